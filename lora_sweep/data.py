@@ -1,0 +1,374 @@
+"""Chat data: read and check train.json / test.json, render with the chat template,
+label the assistant's tokens, pack or truncate to the sequence length, cache on disk.
+
+Labels are built here, not by a stock collator: when the pad token is the end-of-turn
+token (common for chat models), a collator that masks padding by id would also mask
+every end-of-turn, and the model would never learn to stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_sweep.config import ConfigError, DataSection
+from lora_sweep.models import cache_root
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # label of a token the loss skips
+ROLES = ("system", "user", "assistant")
+MAX_PROBLEMS = 20  # per file; the rest are counted, not listed
+CACHE_VERSION = 1  # bump when the tokenized format or the rendering changes
+
+# Used when a tokenizer has no chat template of its own.
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
+    "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+Sample = dict[str, Any]
+
+
+# ---------------------------------------------------------------- reading and checking
+
+
+def check_sample(obj: Any) -> list[str]:
+    """What is wrong with one parsed line (empty when it is a valid chat sample)."""
+    if not isinstance(obj, dict):
+        return [f"must be a JSON object, got {type(obj).__name__}"]
+    messages = obj.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return ['"messages" must be a non-empty list of {"role", "content"} objects']
+    problems = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            problems.append(f"messages[{i}] must be an object with role and content")
+            continue
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            problems.append(f'messages[{i}].role must be "user", "assistant" or "system", got {role!r}')
+        if not isinstance(content, str):
+            problems.append(f"messages[{i}].content must be a string, got {type(content).__name__}")
+    if not problems and not any(m["role"] == "assistant" for m in messages):
+        problems.append("has no assistant message: there is nothing to learn from it")
+    return problems
+
+
+def read_samples(path: str | Path) -> tuple[list[Sample], list[str]]:
+    """Parse a JSON-lines chat file; return the samples and every problem as `file:line: ...`."""
+    path = Path(path)
+    if not path.is_file():
+        return [], [f"{path}: no such file"]
+    samples, problems = [], []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            found = check_sample(obj)
+            problems += [f"{path}:{number}: {p}" for p in found]
+            if not found:
+                samples.append(obj)
+    if not samples and not problems:
+        problems.append(f"{path}: has no samples")
+    return samples, problems
+
+
+def capped(problems: list[str], cap: int = MAX_PROBLEMS) -> list[str]:
+    if len(problems) <= cap:
+        return problems
+    return problems[:cap] + [f"... and {len(problems) - cap} more problems in the same file"]
+
+
+def load_samples(data: DataSection) -> tuple[list[Sample], list[Sample]]:
+    """Read and check both files, raising one ConfigError with every problem of both."""
+    train, train_problems = read_samples(data.train_file)
+    test, test_problems = read_samples(data.test_file)
+    problems = capped(train_problems) + capped(test_problems)
+    if problems:
+        raise ConfigError(problems, "data")
+    return train, test
+
+
+def select(samples: list[Sample], n: int, seed: int) -> list[Sample]:
+    """`n` samples picked by `seed`, in file order; all of them when there are fewer."""
+    if n >= len(samples):
+        return samples
+    keep = sorted(random.Random(seed).sample(range(len(samples)), n))
+    return [samples[i] for i in keep]
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """Replace the conversation's system message by `system_prompt` (or add one)."""
+    if system_prompt is None:
+        return messages
+    rest = [m for m in messages if m["role"] != "system"]
+    return [{"role": "system", "content": system_prompt}, *rest]
+
+
+# ---------------------------------------------------------------- rendering and labels
+
+
+def chat_template(tokenizer: Any) -> str:
+    """The tokenizer's chat template, or our plain fallback (said once in the log)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.chat_template
+    log.warning("tokenizer has no chat template; using lora_sweep's plain one: <|role|>\\ntext<eos>")
+    return FALLBACK_TEMPLATE
+
+
+def render(tokenizer: Any, messages: list[dict], template: str, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def segments(tokenizer: Any, messages: list[dict], template: str) -> list[tuple[str, bool]]:
+    """Split the rendered conversation into (text, is_answer) pieces.
+
+    An answer runs from the end of the generation prompt before an assistant message to
+    where the conversation with that message diverges from the whole conversation, so it
+    includes the end-of-turn token the template puts after it.
+    """
+    full = render(tokenizer, messages, template, generation_prompt=False)
+    pieces: list[tuple[str, bool]] = []
+    pos = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(tokenizer, messages[:i], template, generation_prompt=True) if i else ""
+        after = render(tokenizer, messages[: i + 1], template, generation_prompt=False)
+        if not full.startswith(before) or len(before) < pos:
+            raise ValueError(
+                "the chat template does not render conversations incrementally, so answers "
+                "cannot be located; set data.train_on_prompt: true"
+            )
+        end = len(os.path.commonprefix([after, full]))
+        pieces += [(full[pos : len(before)], False), (full[len(before) : end], True)]
+        pos = end
+    pieces.append((full[pos:], False))
+    return [(text, answer) for text, answer in pieces if text]
+
+
+def needs_bos(tokenizer: Any, text: str) -> bool:
+    """True when the tokenizer adds a BOS by itself but the rendered template has none."""
+    bos = tokenizer.bos_token
+    if bos is None or text.startswith(bos):
+        return False
+    return tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
+
+
+def tokenize_sample(
+    tokenizer: Any, messages: list[dict], template: str, train_on_prompt: bool
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels of one conversation: answers labelled, the rest IGNORE."""
+    ids: list[int] = []
+    labels: list[int] = []
+    pieces = segments(tokenizer, messages, template)
+    if pieces and needs_bos(tokenizer, pieces[0][0]):
+        ids.append(tokenizer.bos_token_id)
+        labels.append(tokenizer.bos_token_id if train_on_prompt else IGNORE)
+    for text, answer in pieces:
+        piece = tokenizer(text, add_special_tokens=False).input_ids
+        ids += piece
+        labels += piece if (answer or train_on_prompt) else [IGNORE] * len(piece)
+    return ids, labels
+
+
+# ---------------------------------------------------------------- rows
+
+
+@dataclass
+class Rows:
+    """Token rows stored flat: row i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+    offsets: torch.Tensor
+
+    @classmethod
+    def of(cls, rows: list[tuple[list[int], list[int]]]) -> Rows:
+        lengths = torch.tensor([0] + [len(r[0]) for r in rows], dtype=torch.int64)
+        return cls(
+            ids=torch.tensor([t for r in rows for t in r[0]], dtype=torch.int64),
+            labels=torch.tensor([t for r in rows for t in r[1]], dtype=torch.int64),
+            offsets=torch.cumsum(lengths, 0),
+        )
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def row(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = self.offsets[i].item(), self.offsets[i + 1].item()
+        return self.ids[a:b], self.labels[a:b]
+
+    def lengths(self) -> list[int]:
+        return (self.offsets[1:] - self.offsets[:-1]).tolist()
+
+
+def pack(examples: list[tuple[list[int], list[int]]], seqlen: int, keep_tail: bool) -> Rows:
+    """Concatenate examples end to end and cut rows of exactly `seqlen` tokens.
+
+    The tail shorter than a row is dropped for training (no padding at all) and kept as a
+    shorter row for testing (`keep_tail`), so evaluation sees every test token.
+    """
+    ids = [t for e in examples for t in e[0]]
+    labels = [t for e in examples for t in e[1]]
+    rows = [(ids[a : a + seqlen], labels[a : a + seqlen]) for a in range(0, len(ids), seqlen)]
+    if rows and len(rows[-1][0]) < seqlen and not keep_tail:
+        rows.pop()
+    return Rows.of(rows)
+
+
+def truncate(examples: list[tuple[list[int], list[int]]], seqlen: int) -> Rows:
+    """Each example alone, cut to `seqlen` tokens (padded per batch by the collator)."""
+    return Rows.of([(e[0][:seqlen], e[1][:seqlen]) for e in examples])
+
+
+class RowDataset(torch.utils.data.Dataset):
+    def __init__(self, rows: Rows):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids, labels = self.rows.row(i)
+        return {"input_ids": ids, "labels": labels}
+
+
+@dataclass
+class Collator:
+    """Pads a batch to its longest row; padding is masked from attention and loss by position."""
+
+    pad_id: int
+
+    def __call__(self, batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        width = max(len(item["input_ids"]) for item in batch)
+        out = {
+            "input_ids": torch.full((len(batch), width), self.pad_id, dtype=torch.int64),
+            "labels": torch.full((len(batch), width), IGNORE, dtype=torch.int64),
+            "attention_mask": torch.zeros((len(batch), width), dtype=torch.int64),
+        }
+        for i, item in enumerate(batch):
+            n = len(item["input_ids"])
+            out["input_ids"][i, :n] = item["input_ids"]
+            out["labels"][i, :n] = item["labels"]
+            out["attention_mask"][i, :n] = 1
+        return out
+
+
+# ---------------------------------------------------------------- the whole pipeline, cached
+
+
+@dataclass
+class Tokenized:
+    train: Rows
+    test: Rows
+    stats: dict[str, Any]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = [tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token]
+    return hashlib.sha256((vocab + json.dumps(extra)).encode()).hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cache_path(data: DataSection, seed: int, tokenizer: Any) -> Path:
+    """Where the tokenized data of these files, tokenizer and settings is cached."""
+    settings = data.model_dump(
+        include={"system_prompt", "varied_seqlen", "train_on_prompt", "train_nsamples",
+                 "test_nsamples", "train_seqlen", "test_seqlen"}
+    )
+    key = json.dumps(
+        [CACHE_VERSION, file_digest(data.train_file), file_digest(data.test_file),
+         tokenizer_fingerprint(tokenizer), settings, seed],
+        sort_keys=True,
+    )
+    folder = Path(data.cache_dir) if data.cache_dir else cache_root() / "tokenized"
+    return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+
+
+def tokenize(data: DataSection, seed: int, tokenizer: Any, train: list[Sample], test: list[Sample]) -> Tokenized:
+    """Render, label and pack (or truncate) both sides."""
+    template = chat_template(tokenizer)
+    sides = {}
+    stats: dict[str, Any] = {}
+    for side, samples, n, seqlen in (
+        ("train", train, data.train_nsamples, data.train_seqlen),
+        ("test", test, data.test_nsamples, data.test_seqlen),
+    ):
+        picked = select(samples, n, seed)
+        examples = [
+            tokenize_sample(tokenizer, with_system_prompt(s["messages"], data.system_prompt), template,
+                            data.train_on_prompt)
+            for s in picked
+        ]
+        rows = truncate(examples, seqlen) if data.varied_seqlen else pack(examples, seqlen, keep_tail=side == "test")
+        if not len(rows):
+            total = sum(len(e[0]) for e in examples)
+            raise ConfigError(
+                [f"data.{side}_seqlen ({seqlen}) is longer than all {side} data together ({total} tokens): "
+                 f"lower it or add samples"], "data")
+        if not (rows.labels != IGNORE).any():
+            raise ConfigError([f"{side} data has no labelled tokens after cutting to {seqlen} tokens: "
+                               f"raise data.{side}_seqlen"], "data")
+        stored = sum(rows.lengths())
+        padded = len(rows) * max(rows.lengths())  # tokens a batch of the longest rows would hold
+        stats[side] = {
+            "samples": len(picked),
+            "sample_tokens": sum(len(e[0]) for e in examples),
+            "rows": len(rows),
+            "tokens": stored,
+            "labelled_tokens": int((rows.labels != IGNORE).sum()),
+            "truncated_samples": sum(len(e[0]) > seqlen for e in examples) if data.varied_seqlen else 0,
+            # real (non-pad) tokens over the tokens of rows padded to the longest one
+            "real_token_share": stored / padded,
+            # tokens that made it into rows over the tokens of the samples (packing drops a tail)
+            "kept_token_share": stored / sum(len(e[0]) for e in examples),
+        }
+        sides[side] = rows
+    return Tokenized(sides["train"], sides["test"], stats)
+
+
+def prepare(
+    data: DataSection, seed: int, tokenizer: Any, samples: tuple[list[Sample], list[Sample]] | None = None
+) -> Tokenized:
+    """Tokenized data for a job, from the cache when these files and settings were seen before.
+
+    `samples` are the already checked (train, test) samples, read again when not given.
+    """
+    path = cache_path(data, seed, tokenizer)
+    if path.is_file():
+        blob = torch.load(path, weights_only=True)
+        log.info("tokenized data from cache %s", path)
+        return Tokenized(Rows(**blob["train"]), Rows(**blob["test"]), json.loads(blob["stats"]))
+    train, test = samples or load_samples(data)
+    tokenized = tokenize(data, seed, tokenizer, train, test)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(
+        {"train": vars(tokenized.train), "test": vars(tokenized.test), "stats": json.dumps(tokenized.stats)},
+        tmp,
+    )
+    os.replace(tmp, path)  # atomic: trials reading the cache never see half a file
+    log.info("tokenized data cached in %s", path)
+    return tokenized

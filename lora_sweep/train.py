@@ -1,0 +1,349 @@
+"""One LoRA fine-tuning job: load data, load model, wrap with LoRA, train, save, report.
+
+    python -m lora_sweep train job.yaml [key.sub=value ...]
+    accelerate launch <flags> -m lora_sweep.train job.yaml
+
+Leaves in `output_dir`: config.yaml (what ran), events.jsonl, adapter/ (the adapter of the
+best evaluation), result.json, and Trainer checkpoints under checkpoints/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    EarlyStoppingCallback,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.utils import logging as hf_logging
+
+from lora_sweep import data as D
+from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job
+from lora_sweep.events import EventLog
+from lora_sweep.models import resolve_model
+
+log = logging.getLogger("lora_sweep.train")
+
+# Set by the sweep: the job stops when the sweep process that launched it is gone.
+PARENT_PID_ENV = "LORA_SWEEP_PARENT_PID"
+EXIT_ERROR = 1
+EXIT_ORPHANED = 75
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))  # exp(710) overflows a float
+
+
+# ---------------------------------------------------------------- model
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        # Padding is masked by position in our collator, so pad == eos is harmless here.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(config: JobConfig, path: str) -> Any:
+    """The base model with LoRA adapters on `lora.target_modules`."""
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=pick_dtype(config.model.dtype), trust_remote_code=config.model.trust_remote_code
+    )
+    lora = config.lora
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def plan_steps(config: JobConfig, train_rows: int, world_size: int) -> int:
+    """Optimizer steps of the run: num_training_steps, or epochs over the rows."""
+    t = config.training
+    if t.num_training_steps is not None:
+        return t.num_training_steps
+    batches = math.ceil(train_rows / (config.data.train_batch_size * world_size))
+    per_epoch = max(1, batches // t.gradient_accumulation_steps)
+    return max(1, math.ceil(t.epochs * per_epoch))
+
+
+def warmup_steps(config: JobConfig, max_steps: int) -> tuple[int, str | None]:
+    """Warmup of the schedule, and a warning when it had to be clamped to the run."""
+    t = config.training
+    if not t.lr_scheduler_type.endswith("_with_warmup"):
+        return 0, None  # the reference: plain linear / cosine have no warmup
+    if t.num_warmup_steps <= max_steps:
+        return t.num_warmup_steps, None
+    return max_steps, (
+        f"num_warmup_steps ({t.num_warmup_steps}) is longer than the run ({max_steps} steps): "
+        f"clamped to {max_steps}, so the learning rate rises for the whole run"
+    )
+
+
+# transformers 5.x renamed gradient_checkpointing; use the name this version has.
+CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
+
+
+def training_arguments(config: JobConfig, out: Path, max_steps: int, warmup: int, dtype: torch.dtype) -> TrainingArguments:
+    t, d = config.training, config.data
+    on_gpu = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        max_steps=max_steps,
+        per_device_train_batch_size=d.train_batch_size,
+        per_device_eval_batch_size=d.test_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type.removesuffix("_with_warmup"),
+        warmup_steps=warmup,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_epsilon,
+        max_grad_norm=t.max_grad_norm,
+        eval_strategy=t.evaluation_strategy,  # transformers 5 name of `evaluation_strategy`
+        eval_steps=t.eval_steps,
+        eval_delay=t.eval_delay,
+        eval_accumulation_steps=t.eval_accumulation_steps,
+        save_strategy="epoch" if t.evaluation_strategy == "epoch" else "steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # the filter would hide a diverged run behind earlier losses
+        **{CHECKPOINTING: t.gradient_checkpointing, f"{CHECKPOINTING}_kwargs": {"use_reentrant": False}},
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu,
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient
+        remove_unused_columns=False,
+        disable_tqdm=True,  # events and log lines show progress
+        report_to="none",
+    )
+
+
+# ---------------------------------------------------------------- events
+
+
+class Reporter(TrainerCallback):
+    """Writes events as training goes, keeps the adapter of the best evaluation, stops on NaN."""
+
+    def __init__(self, events: EventLog, adapter_dir: Path, max_steps: int):
+        self.events = events
+        self.adapter_dir = adapter_dir
+        self.max_steps = max_steps
+        self.best: dict[str, Any] | None = None
+        self.evals: list[dict[str, Any]] = []
+        self.eval_seconds = 0.0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        loss = logs["loss"]
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"training loss is {loss} at step {state.global_step}")
+        self.events.emit(
+            "train", step=state.global_step, loss=loss, lr=logs.get("learning_rate"),
+            tokens=logs.get("num_input_tokens_seen"), epoch=logs.get("epoch"),
+        )
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        loss = metrics["eval_loss"]
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"evaluation loss is {loss} at step {state.global_step}")
+        self.eval_seconds += metrics.get("eval_runtime", 0.0)
+        record = {"step": state.global_step, "eval_loss": loss, "perplexity": perplexity(loss)}
+        self.evals.append(record)
+        improved = self.best is None or loss < self.best["eval_loss"]
+        if improved:
+            self.best = record
+            if state.is_world_process_zero:
+                model.save_pretrained(self.adapter_dir)  # small: only the LoRA weights
+        self.events.emit("eval", **record, best=improved)
+        log.info("step %d/%d  eval_loss %.4f  perplexity %.2f%s", state.global_step, self.max_steps,
+                 loss, record["perplexity"], "  (best)" if improved else "")
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.events.emit("checkpoint", step=state.global_step, path=str(path))
+
+
+def watch_parent() -> None:
+    """Exit when the sweep that launched this job dies (SIGKILL leaves no chance to stop us)."""
+    pid = int(os.environ.get(PARENT_PID_ENV, "0"))
+    if not pid:
+        return
+
+    def check() -> None:
+        while True:
+            time.sleep(2)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=check, daemon=True, name="watch-parent").start()
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run(config: JobConfig) -> dict[str, Any]:
+    """Run the job; return result.json's content. Raises ConfigError before writing anything."""
+    started = time.time()
+    samples = D.load_samples(config.data)  # every data problem, before any model is loaded
+    model_path = resolve_model(config.model.name_or_path)
+    tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
+    tokenized = D.prepare(config.data, config.training.seed, tokenizer, samples)
+    data_ready = time.time()
+
+    out = Path(config.output_dir)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(config, out / "config.yaml")
+    events = EventLog(out / "events.jsonl", enabled=main_process)
+
+    model = load_model(config, model_path)
+    model_ready = time.time()
+    max_steps = plan_steps(config, len(tokenized.train), world_size)
+    warmup, warning = warmup_steps(config, max_steps)
+    events.emit("start", max_steps=max_steps, warmup_steps=warmup, data=tokenized.stats,
+                trainable_parameters=model.get_nb_trainable_parameters()[0])
+    if warning:
+        log.warning(warning)
+        events.emit("warning", message=warning)
+
+    args = training_arguments(config, out, max_steps, warmup, model.dtype)
+    reporter = Reporter(events, out / "adapter", max_steps)
+    callbacks: list[TrainerCallback] = [reporter]
+    stopper = None
+    if config.training.early_stopping_patience and config.training.evaluation_strategy != "no":
+        stopper = EarlyStoppingCallback(config.training.early_stopping_patience)
+        callbacks.append(stopper)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=D.RowDataset(tokenized.train),
+        eval_dataset=D.RowDataset(tokenized.test),
+        data_collator=D.Collator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our events and log lines replace its dict dumps
+    try:
+        output = trainer.train()
+        if not reporter.evals or reporter.evals[-1]["step"] != trainer.state.global_step:
+            trainer.evaluate()  # the end of training is always evaluated
+    except Exception as exc:
+        events.emit("error", message=f"{type(exc).__name__}: {exc}", step=trainer.state.global_step)
+        raise
+    trained = time.time()
+
+    stopped_early = stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
+    train_seconds = output.metrics["train_runtime"] - reporter.eval_seconds
+    best = reporter.best
+    result = {
+        "best_eval_loss": best["eval_loss"],
+        "best_perplexity": best["perplexity"],
+        "best_step": best["step"],
+        "steps_run": trainer.state.global_step,
+        "max_steps": max_steps,
+        "stop_reason": "early_stopping" if stopped_early else "completed",
+        "wall_time_s": round(time.time() - started, 3),
+        "train_tokens": trainer.state.num_input_tokens_seen,
+        # tokens are summed over all processes, so this is the throughput of the whole job
+        "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / max(train_seconds, 1e-9), 1),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "adapter_path": str((out / "adapter").resolve()),
+        "evals": reporter.evals,
+        "timings_s": {
+            "data": round(data_ready - started, 3),
+            "model_load": round(model_ready - data_ready, 3),
+            "train": round(train_seconds, 3),
+            "eval": round(reporter.eval_seconds, 3),
+            "total_train_loop": round(trained - model_ready, 3),
+        },
+        "data": tokenized.stats,
+    }
+    if main_process:
+        (out / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    events.emit("done", **{k: v for k, v in result.items() if k not in ("evals", "data")})
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lora_sweep train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="job YAML (ours, or a flat AI Toolkit lora.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. training.learning_rate=1e-3")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    hf_logging.disable_progress_bar()  # shard-writing bars would fill the trial logs
+    watch_parent()
+    try:
+        config = load_job(args.config, args.overrides)
+        result = run(config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    log.info("best eval_loss %.4f at step %d; adapter in %s", result["best_eval_loss"], result["best_step"],
+             result["adapter_path"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
