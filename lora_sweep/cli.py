@@ -19,9 +19,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from lora_sweep.validate import validate_file
+    """Check a study or job YAML and its data files, every problem at once."""
+    from lora_sweep import config as C
+    from lora_sweep.data import read_samples
 
-    print(validate_file(args.config, args.overrides))
+    tree = C.apply_overrides(C.read_yaml(args.config), args.overrides)
+    study = C.is_study(tree)
+    problems: list[str] = []
+    try:
+        config = C.load_study(args.config, args.overrides) if study else C.load_job(args.config, args.overrides)
+    except ConfigError as exc:
+        problems += exc.problems
+        config = None
+    counts = []
+    if config is not None:
+        for path in (config.data.train_file, config.data.test_file):
+            samples, found = read_samples(path)
+            problems += found
+            counts.append(len(samples))
+    if problems:
+        raise ConfigError(problems, args.config)
+    kind = "study" if study else "job"
+    extra = ""
+    if study:
+        from lora_sweep.space import build_space
+
+        extra = f", {len(build_space(config).distributions)} parameters searched over {config.study.n_trials} trials"
+    print(f"{args.config}: valid {kind} config ({counts[0]} train and {counts[1]} test samples{extra})")
     return 0
 
 

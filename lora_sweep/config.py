@@ -286,8 +286,8 @@ def format_errors(error: ValidationError, prefix: str = "") -> list[str]:
         elif item["type"] == "missing":
             lines.append(f"{path}: required")
         elif item["type"] == "value_error":
-            # our own validators already name the paths and values they speak of
-            lines.append(message if not path or message.startswith(f"{path}.") else f"{path}: {message}")
+            # our own validators already name the paths and values they speak of, a line each
+            lines += [m if not path or m.startswith(f"{path}.") else f"{path}: {m}" for m in message.split("\n")]
         else:
             lines.append(f"{path}: {message} (got {item['input']!r})")
     return lines
@@ -310,3 +310,119 @@ def load_job(path: str | Path, overrides: list[str] = ()) -> JobConfig:
 def dump_yaml(config: BaseModel, path: str | Path) -> None:
     """Write a config with every default filled in, so the file alone reproduces the run."""
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+# ---------------------------------------------------------------- the study (a sweep)
+
+
+class SamplerSection(Section):
+    type: Literal["tpe", "random", "cmaes", "gp", "qmc", "grid"] = Field(
+        "tpe", description="Optuna sampler; tpe is multivariate unless options say otherwise."
+    )
+    seed: int | None = Field(0, description="Sampler seed, for a repeatable sequence of trials.")
+    options: dict[str, Any] = Field({}, description="Extra keyword arguments of the optuna sampler.")
+
+
+class PrunerSection(Section):
+    type: Literal["none", "median", "successive_halving", "hyperband"] = Field(
+        "median", description="Optuna pruner, fed each evaluation of a trial."
+    )
+    options: dict[str, Any] = Field(
+        {}, description="Keyword arguments of the optuna pruner (e.g. n_startup_trials, n_warmup_steps)."
+    )
+
+
+class StudySection(Section):
+    name: str = Field("lora-sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Study name.")
+    storage: str | None = Field(
+        None,
+        description="Optuna storage URL; default sqlite:///<dir>/<name>.db. A path ending in .log or "
+        "journal:///path uses the journal file storage; postgresql://... for many machines.",
+    )
+    dir: str = Field("studies", description="Folder of the study's trial folders and tokenized cache.")
+    n_trials: int = Field(20, ge=1, description="Trials to finish (completed or pruned); failed ones are re-tried.")
+    timeout: float | None = Field(None, gt=0, description="Seconds after which no new trial starts.")
+    trial_timeout: float | None = Field(None, gt=0, description="Seconds after which a trial is stopped and failed.")
+    sampler: SamplerSection = SamplerSection()
+    pruner: PrunerSection = PrunerSection()
+    parallel: int = Field(1, ge=1, description="Trials run at once by this worker.")
+    devices: Literal["auto", "cpu"] | list[int] = Field(
+        "auto", description="GPU ids to share among parallel trials; auto: all visible GPUs, else the CPU."
+    )
+    gpus_per_trial: int = Field(1, ge=1, description="GPUs of one trial (DDP through Accelerate).")
+    max_failures: int = Field(3, ge=1, description="Failed trials in a row after which the sweep stops.")
+    enqueue_defaults: bool = Field(
+        True, description="Trial 0 runs the documented defaults: the baseline the others are compared to."
+    )
+    base_space: Literal["standard", "none"] = Field(
+        "standard",
+        description="standard: search_space entries change the reference's standard space; none: only "
+        "the entries given are searched.",
+    )
+    launcher_args: list[str] | None = Field(
+        None, description="Flags for `accelerate launch`, replacing the ones lora_sweep picks."
+    )
+    heartbeat_interval: int = Field(
+        30, ge=1, description="Seconds between trial heartbeats; a trial silent for grace_period is failed."
+    )
+    grace_period: int | None = Field(None, ge=1, description="Seconds; default twice heartbeat_interval.")
+    stop_grace: float = Field(10.0, ge=0, description="Seconds a stopped job gets to exit before it is killed.")
+
+
+class ObjectiveSection(Section):
+    metric: Literal["eval_loss", "perplexity"] = Field(
+        "eval_loss", description="What the study optimizes: the best value over a trial's evaluations."
+    )
+
+    @property
+    def direction(self) -> str:
+        return "minimize"
+
+
+class StudyConfig(Section):
+    """A sweep: `python -m lora_sweep run study.yaml`."""
+
+    study: StudySection = StudySection()
+    model: ModelSection = ModelSection()
+    lora: LoraSection = LoraSection()
+    data: DataSection
+    training: TrainingSection = TrainingSection()
+    search_space: dict[str, Any] = Field(
+        {}, description="Parameter name -> {type, low, high, log} / {type: categorical, choices} or a bare value."
+    )
+    objective: ObjectiveSection = ObjectiveSection()
+
+    @model_validator(mode="after")
+    def _space(self) -> StudyConfig:
+        from lora_sweep.space import build_space  # space builds on the names defined here
+
+        build_space(self)  # raises ValueError with every problem of the space
+        return self
+
+    def job_tree(self) -> dict[str, Any]:
+        """The job part of the study, as a plain tree a trial's params are applied to."""
+        return self.model_dump(mode="json", include={"model", "lora", "data", "training"})
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.study.dir) / self.study.name
+
+    @property
+    def storage_url(self) -> str:
+        return self.study.storage or f"sqlite:///{Path(self.study.dir) / self.study.name}.db"
+
+
+STUDY_GROUPS = ("study", "search_space", "objective")
+
+
+def is_study(tree: dict[str, Any]) -> bool:
+    return any(group in tree for group in STUDY_GROUPS)
+
+
+def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
+    """Load a study YAML with dotted overrides, reporting every problem at once."""
+    tree = apply_overrides(read_yaml(path), list(overrides))
+    try:
+        return StudyConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc), str(path)) from None

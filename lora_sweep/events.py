@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Set by the sweep for the jobs it launches: a job exits when this process is gone.
+PARENT_PID_ENV = "LORA_SWEEP_PARENT_PID"
+
 
 class EventLog:
     """Appends events to a file; `enabled=False` (non-main DDP ranks) writes nothing."""

@@ -36,13 +36,11 @@ from transformers.utils import logging as hf_logging
 
 from lora_sweep import data as D
 from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job
-from lora_sweep.events import EventLog
+from lora_sweep.events import PARENT_PID_ENV, EventLog
 from lora_sweep.models import resolve_model
 
 log = logging.getLogger("lora_sweep.train")
 
-# Set by the sweep: the job stops when the sweep process that launched it is gone.
-PARENT_PID_ENV = "LORA_SWEEP_PARENT_PID"
 EXIT_ERROR = 1
 EXIT_ORPHANED = 75
 
@@ -245,16 +243,30 @@ def run(config: JobConfig) -> dict[str, Any]:
     model_path = resolve_model(config.model.name_or_path)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
     tokenized = D.prepare(config.data, config.training.seed, tokenizer, samples)
-    data_ready = time.time()
 
     out = Path(config.output_dir)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml(config, out / "config.yaml")
     events = EventLog(out / "events.jsonl", enabled=main_process)
+    try:
+        result = fit(config, model_path, tokenizer, tokenized, events, started)
+    except Exception as exc:
+        events.emit("error", message=f"{type(exc).__name__}: {exc}")
+        raise
+    if main_process:
+        (out / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    events.emit("done", **{k: v for k, v in result.items() if k not in ("evals", "data")})
+    return result
 
+
+def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokenized, events: EventLog,
+        started: float) -> dict[str, Any]:
+    """Load the model, train it with LoRA, keep the best adapter; the result's figures."""
+    data_ready = time.time()
+    out = Path(config.output_dir)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     model = load_model(config, model_path)
     model_ready = time.time()
     max_steps = plan_steps(config, len(tokenized.train), world_size)
@@ -282,19 +294,15 @@ def run(config: JobConfig) -> dict[str, Any]:
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # our events and log lines replace its dict dumps
-    try:
-        output = trainer.train()
-        if not reporter.evals or reporter.evals[-1]["step"] != trainer.state.global_step:
-            trainer.evaluate()  # the end of training is always evaluated
-    except Exception as exc:
-        events.emit("error", message=f"{type(exc).__name__}: {exc}", step=trainer.state.global_step)
-        raise
+    output = trainer.train()
+    if not reporter.evals or reporter.evals[-1]["step"] != trainer.state.global_step:
+        trainer.evaluate()  # the end of training is always evaluated
     trained = time.time()
 
     stopped_early = stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
     train_seconds = output.metrics["train_runtime"] - reporter.eval_seconds
     best = reporter.best
-    result = {
+    return {
         "best_eval_loss": best["eval_loss"],
         "best_perplexity": best["perplexity"],
         "best_step": best["step"],
@@ -317,10 +325,6 @@ def run(config: JobConfig) -> dict[str, Any]:
         },
         "data": tokenized.stats,
     }
-    if main_process:
-        (out / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    events.emit("done", **{k: v for k, v in result.items() if k not in ("evals", "data")})
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

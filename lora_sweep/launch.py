@@ -1,0 +1,115 @@
+"""Launch one job as `accelerate launch ... -m lora_sweep.train job.yaml`, follow its events,
+and stop it (terminate, then kill) when asked or when it runs past its time.
+
+The job runs in a session of its own, so stopping it stops the launcher and every process
+it started, and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_sweep.events import PARENT_PID_ENV, EventReader
+
+POLL_S = 0.5  # how often the events file and the process are looked at
+LOG_TAIL_LINES = 40
+
+
+def launcher_args(gpus: list[int] | None, cpu_threads: int, port: int) -> list[str]:
+    """Flags for `accelerate launch`: one process per GPU of the trial, or one CPU process."""
+    common = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if not gpus:
+        # plain `accelerate launch` sets OMP threads to 1 on the CPU: give the trial its share
+        return ["--cpu", "--num_processes", "1", *common, "--num_cpu_threads_per_process", str(cpu_threads)]
+    multi = ["--multi_gpu"] if len(gpus) > 1 else []
+    # parallel DDP trials on one node each need their own rendezvous port
+    return [*multi, "--num_processes", str(len(gpus)), *common, "--main_process_port", str(port)]
+
+
+def command(job_path: Path, flags: list[str]) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "lora_sweep.train", str(job_path)]
+
+
+@dataclass
+class JobRun:
+    returncode: int
+    stopped: bool = False  # stopped because on_event asked (pruned)
+    timed_out: bool = False
+    events: list[dict[str, Any]] = field(default_factory=list)
+    log_tail: str = ""
+
+
+def stop(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to the job's whole process group, SIGKILL to whatever is left after `grace` s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers the launcher did not reap
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+def run_job(
+    job_path: Path,
+    folder: Path,
+    flags: list[str],
+    on_event: Callable[[dict[str, Any]], bool],
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    stop_grace: float = 10.0,
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> JobRun:
+    """Run the job to its end; `on_event` sees each event and returns True to stop the job."""
+    log_path = folder / "train.log"
+    child_env = {**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command(job_path, flags), stdout=log, stderr=subprocess.STDOUT,
+                                env=child_env, cwd=folder, start_new_session=True)
+    if started:
+        started(proc)
+    reader = EventReader(folder / "events.jsonl")
+    run = JobRun(returncode=0)
+    begin = time.monotonic()
+    try:
+        while True:
+            exited = proc.poll() is not None
+            for event in reader.new():  # read after poll: an exited job's last events are seen
+                run.events.append(event)
+                if not run.stopped and on_event(event):
+                    run.stopped = True
+            if exited:
+                break
+            if run.stopped:
+                stop(proc, stop_grace)
+                break
+            if timeout is not None and time.monotonic() - begin > timeout:
+                run.timed_out = True
+                stop(proc, stop_grace)
+                break
+            time.sleep(POLL_S)
+    finally:
+        if proc.poll() is None:  # the sweep itself is being interrupted
+            stop(proc, stop_grace)
+    run.returncode = proc.returncode
+    run.log_tail = tail(log_path)
+    return run

@@ -1,0 +1,370 @@
+"""The sweep: an Optuna study whose trials are launched fine-tuning jobs.
+
+    python -m lora_sweep run study.yaml [key.sub=value ...]     # start or resume
+    python -m lora_sweep worker study.yaml                      # join from another process or machine
+
+The parent owns the study database; a job never opens it. Each trial writes its resolved
+job config to `<study.dir>/<name>/trials/<number>/job.yaml`, is launched through
+`accelerate launch`, and is followed through its events: every evaluation is reported to
+the trial, and the pruner's verdict stops the job.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
+
+from lora_sweep import launch
+from lora_sweep import space as S
+from lora_sweep.config import ConfigError, JobConfig, StudyConfig, dump_yaml, format_errors, load_study
+
+log = logging.getLogger("lora_sweep.sweep")
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class TrialFailed(RuntimeError):
+    """The job of a trial failed; the trial is recorded as FAIL and the sweep goes on."""
+
+
+# ---------------------------------------------------------------- optuna pieces from the config
+
+
+class SQLiteStorage(RDBStorage):
+    """RDBStorage for SQLite, which has no row locks: without this lock, two parallel trials
+    of one sweep can both take the same waiting (enqueued) trial."""
+
+    _claim = threading.Lock()
+
+    def set_trial_state_values(self, *args: Any, **kwargs: Any) -> bool:
+        with self._claim:
+            return super().set_trial_state_values(*args, **kwargs)
+
+
+def make_storage(config: StudyConfig) -> optuna.storages.BaseStorage:
+    """The study's storage; RDB storages get heartbeats so a killed sweep's trials are re-run."""
+    url, s = config.storage_url, config.study
+    if url.startswith("journal://") or url.endswith(".log"):
+        path = Path(url.removeprefix("journal://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    engine_kwargs: dict[str, Any] = {}
+    cls = RDBStorage
+    if url.startswith("sqlite:///"):
+        cls = SQLiteStorage
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # parallel trials write from several threads: wait for the lock instead of failing
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    # A trial whose heartbeat stops (its sweep was killed) is failed and its params run again;
+    # optuna 4.9 renamed the callback argument.
+    if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters:
+        retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    else:
+        retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=s.heartbeat_interval,
+            grace_period=s.grace_period or 2 * s.heartbeat_interval,
+            **retry,
+        )
+
+
+def make_sampler(config: StudyConfig, space: S.Space) -> optuna.samplers.BaseSampler:
+    s = config.study.sampler
+    options = dict(s.options)
+    if s.type == "tpe":
+        options.setdefault("multivariate", True)
+        return optuna.samplers.TPESampler(seed=s.seed, **options)
+    if s.type == "grid":
+        grid = {}
+        for name, dist in space.distributions.items():
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                grid[name] = list(dist.choices)
+            elif dist.step is not None:
+                n = int(round((dist.high - dist.low) / dist.step))
+                grid[name] = [dist.low + i * dist.step for i in range(n + 1)]
+            else:
+                raise ConfigError([f"search_space.{name}: the grid sampler needs a step or categorical choices"])
+        return optuna.samplers.GridSampler(grid, seed=s.seed, **options)
+    cls = {"random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler,
+           "gp": optuna.samplers.GPSampler, "qmc": optuna.samplers.QMCSampler}[s.type]
+    return cls(seed=s.seed, **options)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    p = config.study.pruner
+    cls = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+           "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+           "hyperband": optuna.pruners.HyperbandPruner}[p.type]
+    return cls(**p.options)
+
+
+def device_groups(config: StudyConfig) -> list[list[int] | None]:
+    """One entry per trial slot: the GPU ids it uses, or None for a CPU slot."""
+    s = config.study
+    if s.devices == "cpu":
+        return [None] * s.parallel
+    if s.devices == "auto":
+        import torch
+
+        gpus = list(range(torch.cuda.device_count()))
+    else:
+        gpus = list(s.devices)
+    if not gpus:
+        return [None] * s.parallel
+    groups = [gpus[i : i + s.gpus_per_trial] for i in range(0, len(gpus), s.gpus_per_trial)]
+    groups = [g for g in groups if len(g) == s.gpus_per_trial]
+    if not groups:
+        raise ConfigError([f"study.gpus_per_trial ({s.gpus_per_trial}) is more than the GPUs there are ({gpus})"])
+    if s.parallel > len(groups):
+        log.warning("study.parallel is %d but the GPUs make %d groups of %d: running %d at once",
+                    s.parallel, len(groups), s.gpus_per_trial, len(groups))
+    return groups[: s.parallel]
+
+
+# ---------------------------------------------------------------- one trial
+
+
+@dataclass
+class Sweep:
+    config: StudyConfig
+    space: S.Space
+    study: optuna.Study
+    slots: queue.Queue = field(default_factory=queue.Queue)
+    failures_in_a_row: int = 0
+    stop_reason: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def folder(self) -> Path:
+        return self.config.folder.resolve()
+
+    def job_config(self, params: dict[str, Any], folder: Path) -> JobConfig:
+        tree = S.apply(self.config.job_tree(), self.space, params)
+        tree["output_dir"] = str(folder)
+        tree["data"]["cache_dir"] = str(self.folder / "cache")
+        for side in ("train_file", "test_file"):  # the job runs in its own folder
+            tree["data"][side] = str(Path(tree["data"][side]).resolve())
+        tree["data"]["dataset"] = None
+        if Path(tree["model"]["name_or_path"]).is_dir():
+            tree["model"]["name_or_path"] = str(Path(tree["model"]["name_or_path"]).resolve())
+        try:
+            return JobConfig.model_validate(tree)
+        except ValidationError as exc:
+            raise TrialFailed("; ".join(format_errors(exc))) from None
+
+    def objective(self, trial: optuna.Trial) -> float:
+        params = S.suggest(trial, self.space)
+        folder = self.folder / "trials" / str(trial.number)
+        shutil.rmtree(folder, ignore_errors=True)  # a number reused after a database was deleted
+        folder.mkdir(parents=True)
+        trial.set_user_attr("trial_dir", str(folder))
+        job = self.job_config(params, folder)
+        dump_yaml(job, folder / "job.yaml")
+
+        metric = self.config.objective.metric
+        curve: list[list[float]] = []
+        state = {"step": 0}
+
+        def on_event(event: dict[str, Any]) -> bool:
+            if event["event"] == "train":
+                state["step"] = event["step"]
+            elif event["event"] == "start":
+                state["max_steps"] = event["max_steps"]
+            elif event["event"] == "eval":
+                value = event[metric]
+                curve.append([event["step"], value])
+                trial.report(value, event["step"])
+                log.info("trial %d  step %d/%s  %s %.4f  (trial best %.4f; study best %s)", trial.number,
+                         event["step"], state.get("max_steps", "?"), metric, value, min(v for _, v in curve),
+                         self.best_text())
+                return trial.should_prune()
+            return False
+
+        slot = self.slots.get()
+        try:
+            flags = self.config.study.launcher_args or launch.launcher_args(
+                slot, cpu_threads=max(1, (os.cpu_count() or 1) // self.config.study.parallel),
+                port=29500 + (slot[0] if slot else 0))
+            env = {}
+            if slot:
+                env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, slot))}
+            elif self.config.study.devices == "cpu":
+                env = {"CUDA_VISIBLE_DEVICES": ""}  # keep the jobs off GPUs that are there
+            began = time.time()
+            run = launch.run_job(folder / "job.yaml", folder, flags, on_event, env=env,
+                                 timeout=self.config.study.trial_timeout, stop_grace=self.config.study.stop_grace)
+        finally:
+            self.slots.put(slot)
+        trial.set_user_attr("eval_curve", curve)
+        trial.set_user_attr("steps_run", state["step"])
+        trial.set_user_attr("wall_time_s", round(time.time() - began, 2))
+        return self.outcome(trial, run, folder, curve)
+
+    def outcome(self, trial: optuna.Trial, run: launch.JobRun, folder: Path, curve: list[list[float]]) -> float:
+        """The trial's value, or TrialPruned / TrialFailed with what the job left behind."""
+        if run.stopped:
+            trial.set_user_attr("stop_reason", "pruned")
+            raise optuna.TrialPruned(f"pruned at step {curve[-1][0]}")
+        errors = [e["message"] for e in run.events if e["event"] == "error"]
+        if run.timed_out or run.returncode != 0 or errors or not (folder / "result.json").is_file():
+            if run.timed_out:
+                message = f"timed out after {self.config.study.trial_timeout} s"
+            elif errors:
+                message = errors[-1]
+            else:
+                message = f"job exited with code {run.returncode}"
+            trial.set_user_attr("error", message)
+            trial.set_user_attr("log_tail", run.log_tail)
+            trial.set_user_attr("stop_reason", "error")
+            raise TrialFailed(f"trial {trial.number}: {message} (log: {folder / 'train.log'})")
+        result = json.loads((folder / "result.json").read_text())
+        for key in ("adapter_path", "best_step", "steps_run", "stop_reason", "train_tokens_per_s",
+                    "peak_memory_mb", "wall_time_s"):
+            trial.set_user_attr(f"job_{key}" if key == "wall_time_s" else key, result[key])
+        return min(v for _, v in curve)  # the best evaluation, not the last
+
+    # ---------------------------------------------------------------- progress and stopping
+
+    def best_text(self) -> str:
+        try:
+            best = self.study.best_trial
+        except ValueError:
+            return "none yet"
+        return f"{best.value:.4f} (trial {best.number})"
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """One line per finished trial; stop after max_failures failures in a row."""
+        with self.lock:
+            if trial.state == TrialState.FAIL:
+                self.failures_in_a_row += 1
+            else:
+                self.failures_in_a_row = 0
+            counts = Counter(t.state for t in study.get_trials(deepcopy=False))
+            value = f"{trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("error", "-")
+            log.info("trial %d %s  %s  [%d complete, %d pruned, %d failed; best %s]", trial.number,
+                     trial.state.name, value, counts[TrialState.COMPLETE], counts[TrialState.PRUNED],
+                     counts[TrialState.FAIL], self.best_text())
+            if self.failures_in_a_row >= self.config.study.max_failures:
+                self.stop_reason = (f"{self.failures_in_a_row} trials failed in a row (study.max_failures): "
+                                    f"stopping; see the trials' error and log_tail user attrs")
+                study.stop()
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def prepare_data(config: StudyConfig) -> None:
+    """Check the data and tokenize it once into the study's cache, before any trial starts."""
+    from lora_sweep import data as D
+    from lora_sweep.models import resolve_model
+    from lora_sweep.train import load_tokenizer
+
+    samples = D.load_samples(config.data)
+    data = config.data.model_copy(update={"cache_dir": str(config.folder.resolve() / "cache")})
+    tokenizer = load_tokenizer(resolve_model(config.model.name_or_path), config.model.trust_remote_code)
+    tokenized = D.prepare(data, config.training.seed, tokenizer, samples)
+    log.info("data: %d train rows, %d test rows of up to %d / %d tokens", len(tokenized.train),
+             len(tokenized.test), config.data.train_seqlen, config.data.test_seqlen)
+
+
+def open_study(config: StudyConfig, space: S.Space, join_only: bool) -> optuna.Study:
+    name = config.study.name
+    url = config.storage_url
+    if join_only and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise ConfigError([f"study {name!r} is not in {url}: start it with `python -m lora_sweep run`"])
+    storage = make_storage(config)
+    exists = name in optuna.get_all_study_names(storage)
+    if join_only and not exists:
+        raise ConfigError([f"study {name!r} is not in {config.storage_url}: start it with "
+                           f"`python -m lora_sweep run`"])
+    study = optuna.create_study(storage=storage, study_name=name, direction=config.objective.direction,
+                                sampler=make_sampler(config, space), pruner=make_pruner(config), load_if_exists=True)
+    if not exists:
+        study.set_user_attr("config", config.model_dump(mode="json"))
+        study.set_user_attr("metric", config.objective.metric)
+        study.set_user_attr("space", S.describe(space))
+        if config.study.enqueue_defaults:
+            params, notes = S.default_params(config, space)
+            study.enqueue_trial(params, user_attrs={"baseline": "documented defaults"})
+            study.set_user_attr("defaults_notes", notes)
+            for note in notes:
+                log.info("defaults trial: %s", note)
+    return study
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Study, str | None]:
+    """Run trials until study.n_trials have finished (completed or pruned).
+
+    Returns the study and, when the sweep gave up early, why."""
+    space = S.build_space(config)
+    prepare_data(config)
+    study = open_study(config, space, join_only)
+    sweep = Sweep(config, space, study)
+    for slot in device_groups(config):
+        sweep.slots.put(slot)
+    deadline = time.monotonic() + config.study.timeout if config.study.timeout else None
+    log.info("study %s in %s: %d of %d trials finished", config.study.name, config.storage_url,
+             finished(study), config.study.n_trials)
+    while sweep.stop_reason is None:
+        remaining = config.study.n_trials - finished(study)
+        left = deadline - time.monotonic() if deadline else None
+        if remaining <= 0 or (left is not None and left <= 0):
+            break
+        # n_trials=remaining: failed trials count here and are made up in the next round
+        study.optimize(sweep.objective, n_trials=remaining, timeout=left, n_jobs=sweep.slots.qsize(),
+                       catch=(TrialFailed,), callbacks=[sweep.after_trial])
+    return study, sweep.stop_reason
+
+
+def summary(config: StudyConfig, study: optuna.Study) -> str:
+    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    lines = [f"study {config.study.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))]
+    try:
+        best = study.best_trial
+    except ValueError:
+        return "\n".join(lines + ["no trial completed"])
+    lines += [
+        f"best: trial {best.number}, {config.objective.metric} {best.value:.4f}",
+        f"  params: {json.dumps(best.params)}",
+        f"  adapter: {best.user_attrs.get('adapter_path')}",
+        f"dashboard: optuna-dashboard {config.storage_url}",
+    ]
+    return "\n".join(lines)
+
+
+def main(config_path: str, overrides: list[str], join_only: bool = False) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what its INFO lines say
+    config = load_study(config_path, overrides)
+    study, stopped = run_sweep(config, join_only)
+    print(summary(config, study))
+    if stopped:
+        print(f"error: {stopped}", file=sys.stderr)
+        return 1
+    return 0

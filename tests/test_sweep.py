@@ -1,0 +1,227 @@
+"""The sweep, for real: launched jobs, a SQLite study database, pruning, failures, resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from conftest import REPO, run_module, write_yaml
+from lora_sweep.config import ConfigError, StudyConfig
+from lora_sweep.events import read_events
+from lora_sweep.space import build_space, default_params
+
+
+def study_tree(model: Path, data: Path, folder: Path, **study) -> dict:
+    return {
+        "study": {"name": "tiny", "dir": str(folder), "n_trials": 3, "sampler": {"type": "random", "seed": 3},
+                  "pruner": {"type": "none"}, "heartbeat_interval": 1, "grace_period": 2, **study},
+        "model": {"name_or_path": str(model)},
+        "lora": {"lora_dropout": 0.0},
+        "data": {"dataset": str(data), "train_seqlen": 32, "test_seqlen": 32, "train_batch_size": 2,
+                 "test_batch_size": 4},
+        "training": {"num_training_steps": 6, "eval_steps": 2, "save_steps": 2},
+        "search_space": {"num_warmup_steps": {"type": "int", "low": 0, "high": 4}},
+    }
+
+
+def load(folder: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder}/{name}.db")
+
+
+def job_processes(marker: str) -> list[int]:
+    """PIDs of live processes whose command line mentions `marker`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmdline:
+                found.append(int(pid))
+    return found
+
+
+def test_default_space_is_the_reference_table():
+    config = StudyConfig.model_validate({"data": {"dataset": "d"}})
+    space = build_space(config)
+    assert space.distributions == {
+        "learning_rate": FloatDistribution(1e-4, 1e-2, log=True),
+        "weight_decay": FloatDistribution(1e-5, 1e-1, log=True),
+        "adam_beta1": FloatDistribution(0.9, 0.99),
+        "adam_beta2": FloatDistribution(0.9, 0.999),
+        "adam_epsilon": FloatDistribution(1e-9, 1e-6, log=True),
+        "num_warmup_steps": IntDistribution(0, 10000),
+        "lora_dropout": FloatDistribution(0.0, 0.5),
+        "lr_scheduler_type": CategoricalDistribution(["linear_with_warmup", "cosine_with_warmup"]),
+    }
+    params, notes = default_params(config, space)
+    assert params == {"learning_rate": 2e-4, "weight_decay": 1e-5, "adam_beta1": 0.9, "adam_beta2": 0.95,
+                      "adam_epsilon": 1e-8, "num_warmup_steps": 0, "lora_dropout": 0.1,
+                      "lr_scheduler_type": "linear_with_warmup"}
+    assert notes == ["lr_scheduler_type linear runs as linear_with_warmup with num_warmup_steps 0 (the same schedule)",
+                     "weight_decay 0.0 is outside [1e-05, 0.1]: runs as 1e-05"]
+
+
+def test_space_overrides_fixes_and_lora_params():
+    config = StudyConfig.model_validate({"data": {"dataset": "d"}, "search_space": {
+        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2}, "lora_dropout": 0.05, "r": {"type": "int", "low": 4, "high": 16, "step": 4},
+        "target_modules": {"type": "categorical", "choices": [["q_proj", "v_proj"], "all-linear"]}}})
+    space = build_space(config)
+    assert space.distributions["learning_rate"] == FloatDistribution(1e-3, 1e-2)
+    assert space.distributions["r"] == IntDistribution(4, 16, step=4)
+    assert space.distributions["target_modules"].choices == ("q_proj,v_proj", "all-linear")
+    assert space.fixed == {"lora_dropout": 0.05} and "lora_dropout" not in space.distributions
+
+
+def test_bad_space_every_problem_at_once(tmp_path):
+    path = write_yaml(tmp_path / "study.yaml", {
+        "data": {"dataset": "d"},
+        "training": {"save_steps": 10, "eval_steps": 4},
+        "search_space": {"learning_rat": {"type": "float", "low": 1e-4, "high": 1e-2},
+                         "weight_decay": {"type": "float", "low": 0.1, "high": 0.01},
+                         "adam_epsilon": {"type": "float", "low": 0, "high": 1e-6, "log": True},
+                         "lora_dropout": {"type": "float", "low": 0.0, "high": 1.5},
+                         "r": {"type": "normal", "mean": 8}},
+    })
+    proc = run_module(["validate", str(path)])
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == f"error: {path}: 1 problem:"
+    # the training group is checked first; fix it and every space problem shows
+    proc = run_module(["validate", str(path), "training.save_steps=8"])
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"error: {path}: 5 problems:"
+    assert any(l.startswith("  - search_space.learning_rat: unknown parameter; use a reference name (") for l in lines)
+    assert "  - search_space.weight_decay: low <= high must hold, but got (low=0.1, high=0.01)" in lines
+    assert "  - search_space.adam_epsilon: a log distribution needs low > 0, got low=0" in lines
+    assert "  - search_space.lora_dropout: value 1.5 is not valid for lora_dropout: Input should be less than 1" in lines
+    assert "  - search_space.r: type must be float, int or categorical, got 'normal'" in lines
+    assert not (tmp_path / "studies").exists()
+
+
+def test_sweep_end_to_end_in_parallel(tiny_llama, chat_data, tmp_path):
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=4, parallel=2)
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    assert run_module(["validate", str(config)]).stdout.strip() == (
+        f"{config}: valid study config (8 train and 8 test samples, 8 parameters searched over 4 trials)")
+    proc = run_module(["run", str(config)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OperationalError" not in proc.stderr and "locked" not in proc.stderr
+    study = load(tmp_path / "studies")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert trials[0].user_attrs["baseline"] == "documented defaults"
+    assert trials[0].params["learning_rate"] == 2e-4 and trials[0].params["lr_scheduler_type"] == "linear_with_warmup"
+    for t in trials:
+        assert 1e-4 <= t.params["learning_rate"] <= 1e-2 and 0 <= t.params["num_warmup_steps"] <= 4
+        assert t.params["lr_scheduler_type"] in ("linear_with_warmup", "cosine_with_warmup")
+        folder = Path(t.user_attrs["trial_dir"])
+        assert folder == tmp_path / "studies/tiny/trials" / str(t.number)
+        evals = [e for e in read_events(folder / "events.jsonl") if e["event"] == "eval"]
+        assert t.value == min(e["eval_loss"] for e in evals)  # the best evaluation, not the last
+        assert t.intermediate_values == {e["step"]: e["eval_loss"] for e in evals}
+        assert t.user_attrs["eval_curve"] == [[e["step"], e["eval_loss"]] for e in evals]
+        assert t.user_attrs["best_step"] in (2, 4, 6) and t.user_attrs["steps_run"] == 6
+        assert (Path(t.user_attrs["adapter_path"]) / "adapter_model.safetensors").is_file()
+        assert t.user_attrs["train_tokens_per_s"] > 0 and t.user_attrs["peak_memory_mb"] > 0
+        assert f"learning_rate: {t.params['learning_rate']}" in (folder / "job.yaml").read_text()
+    assert len(list((tmp_path / "studies/tiny/cache").glob("*.pt"))) == 1  # tokenized once for all
+    assert f"best: trial {study.best_trial.number}, eval_loss {study.best_value:.4f}" in proc.stdout
+    assert proc.stderr.count(" COMPLETE ") == 4
+    # run again: already finished, nothing more runs
+    again = run_module(["run", str(config)], cwd=tmp_path)
+    assert again.returncode == 0 and len(load(tmp_path / "studies").trials) == 4
+
+
+def test_pruning_stops_the_job(tiny_llama, chat_data, tmp_path):
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=3,
+                      base_space="none", pruner={"type": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 0}})
+    tree["training"].update(num_training_steps=60, eval_steps=4, save_steps=4, learning_rate=0.03,
+                            early_stopping_patience=0)
+    # trial 0 (the defaults) learns fast; trial 1 draws a rate too small to learn and falls behind
+    tree["search_space"] = {"learning_rate": {"type": "categorical", "choices": [0.03, 1e-7]}}
+    tree["study"]["n_trials"] = 2
+    proc = run_module(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = load(tmp_path / "studies").get_trials()
+    assert trials[0].params["learning_rate"] == 0.03 and trials[1].params["learning_rate"] == 1e-7
+    assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["stop_reason"] == "pruned"
+    assert max(trials[1].intermediate_values) < 60 and trials[1].user_attrs["steps_run"] < 60
+    assert job_processes(str(tmp_path / "studies/tiny/trials/1/job.yaml")) == []
+    events = read_events(tmp_path / "studies/tiny/trials/1/events.jsonl")
+    assert events[-1]["event"] != "done"  # stopped mid-run
+
+
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(tiny_llama, chat_data, tmp_path):
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=2, base_space="none",
+                      enqueue_defaults=False, sampler={"type": "random", "seed": 0})
+    tree["search_space"] = {"target_modules": {"type": "categorical", "choices": [["q_proj", "v_proj"], ["nope_proj"]]}}
+    proc = run_module(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = load(tmp_path / "studies").get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2 and failed
+    for t in failed:
+        assert t.params["target_modules"] == "nope_proj"
+        assert "nope_proj" in t.user_attrs["error"] and "not found in the base model" in t.user_attrs["error"]
+        assert "Traceback" in t.user_attrs["log_tail"] and t.user_attrs["stop_reason"] == "error"
+    assert all(t.params["target_modules"] == "q_proj,v_proj" for t in trials if t.state == TrialState.COMPLETE)
+
+
+def test_too_many_failures_in_a_row_stop_the_sweep(tiny_llama, chat_data, tmp_path):
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=5, max_failures=2,
+                      enqueue_defaults=False)
+    tree["lora"]["target_modules"] = ["nope_proj"]
+    proc = run_module(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: 2 trials failed in a row (study.max_failures): stopping; see the trials' error and log_tail user attrs")
+    assert [t.state for t in load(tmp_path / "studies").get_trials()] == [TrialState.FAIL] * 2
+
+
+def test_worker_needs_an_existing_study(tiny_llama, chat_data, tmp_path):
+    config = write_yaml(tmp_path / "study.yaml", study_tree(tiny_llama, chat_data, tmp_path / "studies"))
+    proc = run_module(["worker", str(config)], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"study 'tiny' is not in sqlite:///{tmp_path}/studies/tiny.db: start it with `python -m lora_sweep run`" in proc.stderr
+    assert not (tmp_path / "studies/tiny.db").exists() and not (tmp_path / "studies/tiny/trials").exists()
+
+
+def test_resume_after_the_sweep_is_killed(tiny_llama, chat_data, tmp_path):
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=3)
+    tree["training"].update(num_training_steps=30, eval_steps=2, save_steps=2)  # long enough to kill mid-trial
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    sweep = subprocess.Popen([sys.executable, "-m", "lora_sweep", "run", str(config)], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    events = tmp_path / "studies/tiny/trials/1/events.jsonl"
+    deadline = time.time() + 180
+    while not (events.is_file() and any(e["event"] == "eval" for e in read_events(events))):
+        assert time.time() < deadline and sweep.poll() is None
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    job = str(tmp_path / "studies/tiny/trials/1/job.yaml")
+    deadline = time.time() + 20
+    while job_processes(job) and time.time() < deadline:  # the orphaned job notices and exits
+        time.sleep(0.5)
+    assert job_processes(job) == []
+    assert load(tmp_path / "studies").trials[1].state == TrialState.RUNNING
+    time.sleep(3)  # past the heartbeat grace period (2 s)
+
+    proc = run_module(["run", str(config)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = load(tmp_path / "studies").get_trials()
+    assert trials[1].state == TrialState.FAIL
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and len(trials) == 4
+    assert trials[2].params == trials[1].params  # the interrupted parameters ran again
