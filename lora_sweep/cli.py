@@ -37,6 +37,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
             samples, found = read_samples(path)
             problems += found
             counts.append(len(samples))
+        if not problems:
+            from lora_sweep.evaluate import check_scorer
+
+            try:
+                check_scorer(config.objective, samples)
+            except ConfigError as exc:
+                problems += exc.problems
     if problems:
         raise ConfigError(problems, args.config)
     kind = "study" if study else "job"
@@ -55,21 +62,86 @@ def cmd_run(args: argparse.Namespace) -> int:
     return sweep.main(args.config, args.overrides, join_only=args.command == "worker")
 
 
+def cmd_best(args: argparse.Namespace) -> int:
+    from lora_sweep import export
+    from lora_sweep.config import load_study
+
+    print(export.best(load_study(args.config, args.overrides)))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from lora_sweep import export
+    from lora_sweep.config import load_study
+
+    config = load_study(args.config, args.overrides)
+    answers = export.generate(config, args.trial, args.prompt, args.input, args.base, args.max_new_tokens)
+    export.print_answers(answers, args.input)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lora_sweep import export
+    from lora_sweep.config import load_study
+
+    out = export.export(load_study(args.config, args.overrides), args.trial, args.out, args.merge)
+    print(f"{'merged model' if args.merge else 'adapter'} written to {out}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from lora_sweep import dashboard
+
+    return dashboard.main([args.config, *args.overrides, "--port", str(args.port), "--host", args.host])
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lora_sweep import report
+
+    return report.main([args.config, *args.overrides, *(["-o", args.output] if args.output else [])])
+
+
+def add_trial(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trial", default="best", help="`best` or a trial number (default: best)")
+
+
 COMMANDS = {
-    "train": (cmd_train, "run one fine-tuning job from a job YAML (or a flat AI Toolkit lora.yaml)"),
-    "validate": (cmd_validate, "check a study or job YAML and its data files; print every problem"),
-    "run": (cmd_run, "run (or resume) the sweep of a study YAML"),
-    "worker": (cmd_run, "join a study that `run` started, from another process or machine"),
+    "train": (cmd_train, "run one fine-tuning job from a job YAML (or a flat AI Toolkit lora.yaml)", None),
+    "validate": (cmd_validate, "check a study or job YAML and its data files; print every problem", None),
+    "run": (cmd_run, "run (or resume) the sweep of a study YAML", None),
+    "worker": (cmd_run, "join a study that `run` started, from another process or machine", None),
+    "best": (cmd_best, "print the best trial: value, params, adapter path", None),
+    "generate": (cmd_generate, "answer prompts with a trial's adapter (or --base without it)", lambda p: (
+        add_trial(p),
+        p.add_argument("--prompt", help="one user message to answer"),
+        p.add_argument("--input", help="a JSONL file of conversations (the reference format) to answer"),
+        p.add_argument("--base", action="store_true", help="answer with the base model, without an adapter"),
+        p.add_argument("--max-new-tokens", type=int, help="default: objective.max_new_tokens"),
+    )),
+    "export": (cmd_export, "copy a trial's adapter (or --merge: a full model) to a folder", lambda p: (
+        add_trial(p),
+        p.add_argument("--out", required=True, help="the folder to write (new or empty)"),
+        p.add_argument("--merge", action="store_true", help="merge the adapter into the base model"),
+    )),
+    "dashboard": (cmd_dashboard, "serve optuna-dashboard on the study's storage", lambda p: (
+        p.add_argument("--port", type=int, default=8080),
+        p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)"),
+    )),
+    "report": (cmd_report, "write the sweep report as one self-contained HTML file", lambda p: (
+        p.add_argument("-o", "--output", help="default: <study.dir>/<name>/report.html"),
+    )),
 }
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="lora_sweep", description="LoRA fine-tuning sweeps with Optuna and PEFT.")
     sub = top.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (_, help_text, extra) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("config", help="study or job YAML")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. study.n_trials=4")
+        if extra:
+            extra(p)
     return top
 
 

@@ -23,8 +23,10 @@ class ConfigError(ValueError):
         self.problems = list(problems)
         self.source = source
         head = f"{source}: " if source else ""
-        noun = "problem" if len(problems) == 1 else "problems"
-        super().__init__(f"{head}{len(problems)} {noun}:\n" + "\n".join(f"  - {p}" for p in problems))
+        if len(problems) == 1:  # one problem, one line
+            super().__init__(f"{head}{problems[0]}")
+        else:
+            super().__init__(f"{head}{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class Section(BaseModel):
@@ -167,6 +169,63 @@ class TrainingSection(Section):
         return self
 
 
+LOSS_METRICS = ("eval_loss", "perplexity")
+
+
+class ObjectiveSection(Section):
+    metric: str = Field(
+        "eval_loss",
+        description="What the study optimizes, the best value over a trial's evaluations: eval_loss or "
+        "perplexity (minimized), or a generation metric scored on the test answers (maximized): "
+        "exact_match, contains, token_f1, rouge_l, json_valid, json_fields, regex_fields, or "
+        "`python:package.module:function`.",
+    )
+    regex: str | None = Field(None, description="The regex with named groups that regex_fields compares.")
+    max_new_tokens: int = Field(64, ge=1, description="Tokens generated per test answer (greedy).")
+    generation_batch_size: int = Field(8, ge=1, description="Test conversations answered at once.")
+    generate_every: int = Field(
+        1, ge=1, description="Score the generation metric at every Nth evaluation (and always at the last)."
+    )
+    also: Literal["eval_loss", "wall_time"] | None = Field(
+        None, description="A second objective, minimized: a multi-objective study (no pruning)."
+    )
+    baseline: bool = Field(True, description="Evaluate the untuned base model once per study.")
+
+    @model_validator(mode="after")
+    def _scorer(self) -> ObjectiveSection:
+        if self.is_generation:
+            from lora_sweep.scorers import ScorerError, load_scorer
+
+            try:
+                load_scorer(self.metric, self.regex)
+            except ScorerError as exc:
+                raise ValueError(f"objective.metric: {exc}") from None
+        if self.also == "eval_loss" and not self.is_generation:
+            raise ValueError(f"objective.also: eval_loss is already the objective ({self.metric})")
+        return self
+
+    @property
+    def is_generation(self) -> bool:
+        return self.metric not in LOSS_METRICS
+
+    @property
+    def key(self) -> str:
+        """The field of an `eval` event that holds the metric."""
+        return "score" if self.is_generation else self.metric
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.is_generation else "minimize"
+
+    @property
+    def directions(self) -> list[str]:
+        return [self.direction, "minimize"] if self.also else [self.direction]
+
+    def better(self, a: float, b: float | None) -> bool:
+        """Is value `a` better than `b` (None: nothing yet)?"""
+        return b is None or (a > b if self.direction == "maximize" else a < b)
+
+
 class JobConfig(Section):
     """One fine-tuning job: what `python -m lora_sweep train job.yaml` runs."""
 
@@ -174,6 +233,7 @@ class JobConfig(Section):
     lora: LoraSection = LoraSection()
     data: DataSection
     training: TrainingSection = TrainingSection()
+    objective: ObjectiveSection = ObjectiveSection()
     output_dir: str = Field("outputs/job", description="Folder for events, adapter and result.")
 
 
@@ -369,16 +429,6 @@ class StudySection(Section):
     stop_grace: float = Field(10.0, ge=0, description="Seconds a stopped job gets to exit before it is killed.")
 
 
-class ObjectiveSection(Section):
-    metric: Literal["eval_loss", "perplexity"] = Field(
-        "eval_loss", description="What the study optimizes: the best value over a trial's evaluations."
-    )
-
-    @property
-    def direction(self) -> str:
-        return "minimize"
-
-
 class StudyConfig(Section):
     """A sweep: `python -m lora_sweep run study.yaml`."""
 
@@ -401,7 +451,7 @@ class StudyConfig(Section):
 
     def job_tree(self) -> dict[str, Any]:
         """The job part of the study, as a plain tree a trial's params are applied to."""
-        return self.model_dump(mode="json", include={"model", "lora", "data", "training"})
+        return self.model_dump(mode="json", include={"model", "lora", "data", "training", "objective"})
 
     @property
     def folder(self) -> Path:
@@ -412,7 +462,7 @@ class StudyConfig(Section):
         return self.study.storage or f"sqlite:///{Path(self.study.dir) / self.study.name}.db"
 
 
-STUDY_GROUPS = ("study", "search_space", "objective")
+STUDY_GROUPS = ("study", "search_space")
 
 
 def is_study(tree: dict[str, Any]) -> bool:

@@ -34,8 +34,8 @@ def launcher_args(gpus: list[int] | None, cpu_threads: int, port: int) -> list[s
     return [*multi, "--num_processes", str(len(gpus)), *common, "--main_process_port", str(port)]
 
 
-def command(job_path: Path, flags: list[str]) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "lora_sweep.train", str(job_path)]
+def command(job_path: Path, flags: list[str], module: str = "lora_sweep.train") -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", module, str(job_path)]
 
 
 @dataclass
@@ -77,16 +77,14 @@ def run_job(
     env: dict[str, str] | None = None,
     timeout: float | None = None,
     stop_grace: float = 10.0,
-    started: Callable[[subprocess.Popen], None] | None = None,
+    module: str = "lora_sweep.train",
 ) -> JobRun:
     """Run the job to its end; `on_event` sees each event and returns True to stop the job."""
     log_path = folder / "train.log"
     child_env = {**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(command(job_path, flags), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command(job_path, flags, module), stdout=log, stderr=subprocess.STDOUT,
                                 env=child_env, cwd=folder, start_new_session=True)
-    if started:
-        started(proc)
     reader = EventReader(folder / "events.jsonl")
     run = JobRun(returncode=0)
     begin = time.monotonic()

@@ -34,7 +34,15 @@ from pydantic import ValidationError
 
 from lora_sweep import launch
 from lora_sweep import space as S
-from lora_sweep.config import ConfigError, JobConfig, StudyConfig, dump_yaml, format_errors, load_study
+from lora_sweep.config import (
+    ConfigError,
+    JobConfig,
+    ObjectiveSection,
+    StudyConfig,
+    dump_yaml,
+    format_errors,
+    load_study,
+)
 
 log = logging.getLogger("lora_sweep.sweep")
 
@@ -75,12 +83,12 @@ def make_storage(config: StudyConfig) -> optuna.storages.BaseStorage:
         engine_kwargs = {"connect_args": {"timeout": 60}}
     # A trial whose heartbeat stops (its sweep was killed) is failed and its params run again;
     # optuna 4.9 renamed the callback argument.
-    if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters:
-        retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
-    else:
-        retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters:
+            retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+        else:
+            retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
         return cls(
             url,
             engine_kwargs=engine_kwargs,
@@ -146,6 +154,36 @@ def device_groups(config: StudyConfig) -> list[list[int] | None]:
 # ---------------------------------------------------------------- one trial
 
 
+def job_config(config: StudyConfig, space: S.Space, params: dict[str, Any], folder: Path) -> JobConfig:
+    """The job a trial runs: the study's job groups with the params applied, paths made absolute
+    (the job runs in its own folder) and the study's tokenized-data cache."""
+    tree = S.apply(config.job_tree(), space, params)
+    tree["output_dir"] = str(folder)
+    tree["data"]["cache_dir"] = str(config.folder.resolve() / "cache")
+    for side in ("train_file", "test_file"):
+        tree["data"][side] = str(Path(tree["data"][side]).resolve())
+    tree["data"]["dataset"] = None
+    if Path(tree["model"]["name_or_path"]).is_dir():
+        tree["model"]["name_or_path"] = str(Path(tree["model"]["name_or_path"]).resolve())
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise TrialFailed("; ".join(format_errors(exc))) from None
+
+
+def slot_launch(config: StudyConfig, slot: list[int] | None) -> tuple[list[str], dict[str, str]]:
+    """Launcher flags and environment of a job on `slot` (its GPU ids, or None for the CPU)."""
+    flags = config.study.launcher_args or launch.launcher_args(
+        slot, cpu_threads=max(1, (os.cpu_count() or 1) // config.study.parallel),
+        port=29500 + (slot[0] if slot else 0))
+    env = {}
+    if slot:
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, slot))}
+    elif config.study.devices == "cpu":
+        env = {"CUDA_VISIBLE_DEVICES": ""}  # keep the jobs off GPUs that are there
+    return flags, env
+
+
 @dataclass
 class Sweep:
     config: StudyConfig
@@ -160,30 +198,16 @@ class Sweep:
     def folder(self) -> Path:
         return self.config.folder.resolve()
 
-    def job_config(self, params: dict[str, Any], folder: Path) -> JobConfig:
-        tree = S.apply(self.config.job_tree(), self.space, params)
-        tree["output_dir"] = str(folder)
-        tree["data"]["cache_dir"] = str(self.folder / "cache")
-        for side in ("train_file", "test_file"):  # the job runs in its own folder
-            tree["data"][side] = str(Path(tree["data"][side]).resolve())
-        tree["data"]["dataset"] = None
-        if Path(tree["model"]["name_or_path"]).is_dir():
-            tree["model"]["name_or_path"] = str(Path(tree["model"]["name_or_path"]).resolve())
-        try:
-            return JobConfig.model_validate(tree)
-        except ValidationError as exc:
-            raise TrialFailed("; ".join(format_errors(exc))) from None
-
     def objective(self, trial: optuna.Trial) -> float:
         params = S.suggest(trial, self.space)
         folder = self.folder / "trials" / str(trial.number)
         shutil.rmtree(folder, ignore_errors=True)  # a number reused after a database was deleted
         folder.mkdir(parents=True)
         trial.set_user_attr("trial_dir", str(folder))
-        job = self.job_config(params, folder)
+        job = job_config(self.config, self.space, params, folder)
         dump_yaml(job, folder / "job.yaml")
 
-        metric = self.config.objective.metric
+        objective = self.config.objective
         curve: list[list[float]] = []
         state = {"step": 0}
 
@@ -192,26 +216,20 @@ class Sweep:
                 state["step"] = event["step"]
             elif event["event"] == "start":
                 state["max_steps"] = event["max_steps"]
-            elif event["event"] == "eval":
-                value = event[metric]
+            elif event["event"] == "eval" and event.get(objective.key) is not None:
+                value = event[objective.key]
                 curve.append([event["step"], value])
-                trial.report(value, event["step"])
                 log.info("trial %d  step %d/%s  %s %.4f  (trial best %.4f; study best %s)", trial.number,
-                         event["step"], state.get("max_steps", "?"), metric, value, min(v for _, v in curve),
-                         self.best_text())
-                return trial.should_prune()
+                         event["step"], state.get("max_steps", "?"), objective.metric, value,
+                         best_of(objective, curve), self.best_text())
+                if not objective.also:  # optuna prunes single-objective studies only
+                    trial.report(value, event["step"])
+                    return trial.should_prune()
             return False
 
         slot = self.slots.get()
         try:
-            flags = self.config.study.launcher_args or launch.launcher_args(
-                slot, cpu_threads=max(1, (os.cpu_count() or 1) // self.config.study.parallel),
-                port=29500 + (slot[0] if slot else 0))
-            env = {}
-            if slot:
-                env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, slot))}
-            elif self.config.study.devices == "cpu":
-                env = {"CUDA_VISIBLE_DEVICES": ""}  # keep the jobs off GPUs that are there
+            flags, env = slot_launch(self.config, slot)
             began = time.time()
             run = launch.run_job(folder / "job.yaml", folder, flags, on_event, env=env,
                                  timeout=self.config.study.trial_timeout, stop_grace=self.config.study.stop_grace)
@@ -222,7 +240,8 @@ class Sweep:
         trial.set_user_attr("wall_time_s", round(time.time() - began, 2))
         return self.outcome(trial, run, folder, curve)
 
-    def outcome(self, trial: optuna.Trial, run: launch.JobRun, folder: Path, curve: list[list[float]]) -> float:
+    def outcome(self, trial: optuna.Trial, run: launch.JobRun, folder: Path,
+                curve: list[list[float]]) -> float | tuple[float, float]:
         """The trial's value, or TrialPruned / TrialFailed with what the job left behind."""
         if run.stopped:
             trial.set_user_attr("stop_reason", "pruned")
@@ -240,14 +259,23 @@ class Sweep:
             trial.set_user_attr("stop_reason", "error")
             raise TrialFailed(f"trial {trial.number}: {message} (log: {folder / 'train.log'})")
         result = json.loads((folder / "result.json").read_text())
-        for key in ("adapter_path", "best_step", "steps_run", "stop_reason", "train_tokens_per_s",
-                    "peak_memory_mb", "wall_time_s"):
+        for key in ("adapter_path", "best_step", "best_eval_loss", "best_score", "steps_run", "stop_reason",
+                    "train_tokens_per_s", "peak_memory_mb", "wall_time_s"):
             trial.set_user_attr(f"job_{key}" if key == "wall_time_s" else key, result[key])
-        return min(v for _, v in curve)  # the best evaluation, not the last
+        if (folder / "predictions.jsonl").is_file():
+            trial.set_user_attr("predictions_path", str(folder / "predictions.jsonl"))
+        best = best_of(self.config.objective, curve)  # the best evaluation, not the last
+        if self.config.objective.also == "eval_loss":
+            return best, result["best_eval_loss"]
+        if self.config.objective.also == "wall_time":
+            return best, result["wall_time_s"]
+        return best
 
     # ---------------------------------------------------------------- progress and stopping
 
     def best_text(self) -> str:
+        if self.config.objective.also:
+            return f"{len(self.study.best_trials)} trials on the Pareto front"
         try:
             best = self.study.best_trial
         except ValueError:
@@ -262,7 +290,8 @@ class Sweep:
             else:
                 self.failures_in_a_row = 0
             counts = Counter(t.state for t in study.get_trials(deepcopy=False))
-            value = f"{trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("error", "-")
+            value = ("/".join(f"{v:.4f}" for v in trial.values) if trial.values
+                     else trial.user_attrs.get("error", "-"))
             log.info("trial %d %s  %s  [%d complete, %d pruned, %d failed; best %s]", trial.number,
                      trial.state.name, value, counts[TrialState.COMPLETE], counts[TrialState.PRUNED],
                      counts[TrialState.FAIL], self.best_text())
@@ -272,16 +301,38 @@ class Sweep:
                 study.stop()
 
 
+def best_of(objective: ObjectiveSection, curve: list[list[float]]) -> float:
+    values = [v for _, v in curve]
+    return max(values) if objective.direction == "maximize" else min(values)
+
+
 # ---------------------------------------------------------------- the sweep
+
+
+def run_baseline(config: StudyConfig, space: S.Space, slot: list[int] | None) -> dict[str, Any]:
+    """Evaluate the untuned base model once, in a launched job like a trial's."""
+    folder = config.folder.resolve() / "baseline"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    dump_yaml(job_config(config, space, {}, folder), folder / "job.yaml")
+    flags, env = slot_launch(config, slot)
+    log.info("evaluating the base model (once per study)")
+    run = launch.run_job(folder / "job.yaml", folder, flags, lambda event: False, env=env,
+                         module="lora_sweep.evaluate", stop_grace=config.study.stop_grace)
+    if run.returncode != 0 or not (folder / "baseline.json").is_file():
+        raise TrialFailed(f"the base-model evaluation failed (code {run.returncode}); see {folder / 'train.log'}")
+    return json.loads((folder / "baseline.json").read_text())
 
 
 def prepare_data(config: StudyConfig) -> None:
     """Check the data and tokenize it once into the study's cache, before any trial starts."""
     from lora_sweep import data as D
+    from lora_sweep.evaluate import check_scorer
     from lora_sweep.models import resolve_model
     from lora_sweep.train import load_tokenizer
 
     samples = D.load_samples(config.data)
+    check_scorer(config.objective, samples[1])
     data = config.data.model_copy(update={"cache_dir": str(config.folder.resolve() / "cache")})
     tokenizer = load_tokenizer(resolve_model(config.model.name_or_path), config.model.trust_remote_code)
     tokenized = D.prepare(data, config.training.seed, tokenizer, samples)
@@ -299,7 +350,7 @@ def open_study(config: StudyConfig, space: S.Space, join_only: bool) -> optuna.S
     if join_only and not exists:
         raise ConfigError([f"study {name!r} is not in {config.storage_url}: start it with "
                            f"`python -m lora_sweep run`"])
-    study = optuna.create_study(storage=storage, study_name=name, direction=config.objective.direction,
+    study = optuna.create_study(storage=storage, study_name=name, directions=config.objective.directions,
                                 sampler=make_sampler(config, space), pruner=make_pruner(config), load_if_exists=True)
     if not exists:
         study.set_user_attr("config", config.model_dump(mode="json"))
@@ -326,8 +377,18 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     prepare_data(config)
     study = open_study(config, space, join_only)
     sweep = Sweep(config, space, study)
-    for slot in device_groups(config):
+    slots = device_groups(config)
+    for slot in slots:
         sweep.slots.put(slot)
+    if config.objective.baseline and "baseline" not in study.user_attrs:
+        try:
+            study.set_user_attr("baseline", run_baseline(config, space, slots[0]))
+        except TrialFailed as exc:
+            log.warning("%s; the sweep goes on without a baseline", exc)
+    if "baseline" in study.user_attrs:
+        base = study.user_attrs["baseline"]
+        log.info("base model: eval_loss %.4f%s", base["eval_loss"],
+                 f", {base['metric']} {base['score']:.4f}" if "score" in base else "")
     deadline = time.monotonic() + config.study.timeout if config.study.timeout else None
     log.info("study %s in %s: %d of %d trials finished", config.study.name, config.storage_url,
              finished(study), config.study.n_trials)
@@ -342,18 +403,33 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     return study, sweep.stop_reason
 
 
-def summary(config: StudyConfig, study: optuna.Study) -> str:
-    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
-    lines = [f"study {config.study.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))]
-    try:
-        best = study.best_trial
-    except ValueError:
+def summary(config: StudyConfig, study: optuna.Study, config_path: str) -> str:
+    """What the sweep reached, and where to look next."""
+    metric = config.objective.metric
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name.lower() for t in trials)
+    lines = [f"study {config.study.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    winners = study.best_trials if config.objective.also else (
+        [study.best_trial] if any(t.state == TrialState.COMPLETE for t in trials) else [])
+    if not winners:
         return "\n".join(lines + ["no trial completed"])
+    base = study.user_attrs.get("baseline", {})
+    base_value = base.get(config.objective.key)
+    if base_value is not None:
+        lines.append(f"base model: {metric} {base_value:.4f}")
+    defaults = [t for t in trials if t.user_attrs.get("baseline") == "documented defaults" and t.values]
+    if defaults:
+        lines.append(f"documented defaults (trial {defaults[0].number}): {metric} {defaults[0].values[0]:.4f}")
+    for best in winners:
+        lines += [
+            f"best: trial {best.number}, {metric} {best.values[0]:.4f}"
+            + (f", {config.objective.also} {best.values[1]:.4f}" if config.objective.also else ""),
+            f"  params: {json.dumps(best.params)}",
+            f"  adapter: {best.user_attrs.get('adapter_path')}",
+        ]
     lines += [
-        f"best: trial {best.number}, {config.objective.metric} {best.value:.4f}",
-        f"  params: {json.dumps(best.params)}",
-        f"  adapter: {best.user_attrs.get('adapter_path')}",
-        f"dashboard: optuna-dashboard {config.storage_url}",
+        f"dashboard: python -m lora_sweep dashboard {config_path}",
+        f"report:    python -m lora_sweep report {config_path}",
     ]
     return "\n".join(lines)
 
@@ -363,7 +439,7 @@ def main(config_path: str, overrides: list[str], join_only: bool = False) -> int
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what its INFO lines say
     config = load_study(config_path, overrides)
     study, stopped = run_sweep(config, join_only)
-    print(summary(config, study))
+    print(summary(config, study, config_path))
     if stopped:
         print(f"error: {stopped}", file=sys.stderr)
         return 1

@@ -36,6 +36,7 @@ from transformers.utils import logging as hf_logging
 
 from lora_sweep import data as D
 from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job
+from lora_sweep.evaluate import GenerationMetric, check_scorer, write_predictions
 from lora_sweep.events import PARENT_PID_ENV, EventLog
 from lora_sweep.models import resolve_model
 
@@ -168,12 +169,20 @@ def training_arguments(config: JobConfig, out: Path, max_steps: int, warmup: int
 
 
 class Reporter(TrainerCallback):
-    """Writes events as training goes, keeps the adapter of the best evaluation, stops on NaN."""
+    """Writes events as training goes, keeps the adapter of the best evaluation, stops on NaN.
 
-    def __init__(self, events: EventLog, adapter_dir: Path, max_steps: int):
+    "Best" follows the objective: the lowest loss, or the highest generation score when the
+    objective is a generation metric (scored every `generate_every` evaluations and at the end).
+    """
+
+    def __init__(self, config: JobConfig, events: EventLog, max_steps: int, tokenizer: Any,
+                 metric: GenerationMetric | None):
+        self.objective = config.objective
+        self.out = Path(config.output_dir)
         self.events = events
-        self.adapter_dir = adapter_dir
         self.max_steps = max_steps
+        self.tokenizer = tokenizer
+        self.metric = metric
         self.best: dict[str, Any] | None = None
         self.evals: list[dict[str, Any]] = []
         self.eval_seconds = 0.0
@@ -196,14 +205,33 @@ class Reporter(TrainerCallback):
         self.eval_seconds += metrics.get("eval_runtime", 0.0)
         record = {"step": state.global_step, "eval_loss": loss, "perplexity": perplexity(loss)}
         self.evals.append(record)
-        improved = self.best is None or loss < self.best["eval_loss"]
+        due = len(self.evals) % self.objective.generate_every == 0 or state.global_step >= self.max_steps
+        self.conclude(record, model, state.is_world_process_zero, score=self.metric is not None and due)
+
+    def conclude(self, record: dict[str, Any], model: Any, main_process: bool, score: bool) -> None:
+        """Score the evaluation if asked, keep it if it is the best so far, and report it."""
+        records = None
+        if score:
+            began = time.time()
+            record["score"], records = self.metric(model, self.tokenizer)
+            self.eval_seconds += time.time() - began
+        value = record.get(self.objective.key)
+        improved = value is not None and self.objective.better(value, self.best and self.best[self.objective.key])
         if improved:
             self.best = record
-            if state.is_world_process_zero:
-                model.save_pretrained(self.adapter_dir)  # small: only the LoRA weights
+            if main_process:
+                model.save_pretrained(self.out / "adapter")  # small: only the LoRA weights
+                if records is not None:
+                    write_predictions(self.out / "predictions.jsonl", records)
         self.events.emit("eval", **record, best=improved)
-        log.info("step %d/%d  eval_loss %.4f  perplexity %.2f%s", state.global_step, self.max_steps,
-                 loss, record["perplexity"], "  (best)" if improved else "")
+        scored = f"  {self.objective.metric} {record['score']:.4f}" if "score" in record else ""
+        log.info("step %d/%d  eval_loss %.4f  perplexity %.2f%s%s", record["step"], self.max_steps,
+                 record["eval_loss"], record["perplexity"], scored, "  (best)" if improved else "")
+
+    def score_last(self, model: Any, main_process: bool) -> None:
+        """Score the last evaluation when the run ended (early stop) between scored ones."""
+        if self.metric is not None and self.evals and "score" not in self.evals[-1]:
+            self.conclude(self.evals[-1], model, main_process, score=True)
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -240,6 +268,7 @@ def run(config: JobConfig) -> dict[str, Any]:
     """Run the job; return result.json's content. Raises ConfigError before writing anything."""
     started = time.time()
     samples = D.load_samples(config.data)  # every data problem, before any model is loaded
+    check_scorer(config.objective, samples[1])
     model_path = resolve_model(config.model.name_or_path)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
     tokenized = D.prepare(config.data, config.training.seed, tokenizer, samples)
@@ -251,7 +280,10 @@ def run(config: JobConfig) -> dict[str, Any]:
         dump_yaml(config, out / "config.yaml")
     events = EventLog(out / "events.jsonl", enabled=main_process)
     try:
-        result = fit(config, model_path, tokenizer, tokenized, events, started)
+        metric = None
+        if config.objective.is_generation:
+            metric = GenerationMetric(config.objective, config.data, config.training.seed, samples[1])
+        result = fit(config, model_path, tokenizer, tokenized, events, started, metric)
     except Exception as exc:
         events.emit("error", message=f"{type(exc).__name__}: {exc}")
         raise
@@ -262,7 +294,7 @@ def run(config: JobConfig) -> dict[str, Any]:
 
 
 def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokenized, events: EventLog,
-        started: float) -> dict[str, Any]:
+        started: float, metric: GenerationMetric | None) -> dict[str, Any]:
     """Load the model, train it with LoRA, keep the best adapter; the result's figures."""
     data_ready = time.time()
     out = Path(config.output_dir)
@@ -278,7 +310,7 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokeniz
         events.emit("warning", message=warning)
 
     args = training_arguments(config, out, max_steps, warmup, model.dtype)
-    reporter = Reporter(events, out / "adapter", max_steps)
+    reporter = Reporter(config, events, max_steps, tokenizer, metric)
     callbacks: list[TrainerCallback] = [reporter]
     stopper = None
     if config.training.early_stopping_patience and config.training.evaluation_strategy != "no":
@@ -297,15 +329,19 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokeniz
     output = trainer.train()
     if not reporter.evals or reporter.evals[-1]["step"] != trainer.state.global_step:
         trainer.evaluate()  # the end of training is always evaluated
+    reporter.score_last(model, trainer.is_world_process_zero())
     trained = time.time()
 
     stopped_early = stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
     train_seconds = output.metrics["train_runtime"] - reporter.eval_seconds
     best = reporter.best
     return {
+        "metric": config.objective.metric,
+        # the evaluation the objective chose, whose adapter is kept
+        "best_step": best["step"],
         "best_eval_loss": best["eval_loss"],
         "best_perplexity": best["perplexity"],
-        "best_step": best["step"],
+        "best_score": best.get("score"),
         "steps_run": trainer.state.global_step,
         "max_steps": max_steps,
         "stop_reason": "early_stopping" if stopped_early else "completed",

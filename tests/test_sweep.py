@@ -31,6 +31,7 @@ def study_tree(model: Path, data: Path, folder: Path, **study) -> dict:
                  "test_batch_size": 4},
         "training": {"num_training_steps": 6, "eval_steps": 2, "save_steps": 2},
         "search_space": {"num_warmup_steps": {"type": "int", "low": 0, "high": 4}},
+        "objective": {"baseline": False},
     }
 
 
@@ -96,7 +97,7 @@ def test_bad_space_every_problem_at_once(tmp_path):
     })
     proc = run_module(["validate", str(path)])
     assert proc.returncode == 2
-    assert proc.stderr.splitlines()[0] == f"error: {path}: 1 problem:"
+    assert proc.stderr.strip() == f"error: {path}: training.save_steps (10) must be a multiple of training.eval_steps (4)"
     # the training group is checked first; fix it and every space problem shows
     proc = run_module(["validate", str(path), "training.save_steps=8"])
     lines = proc.stderr.splitlines()
@@ -111,6 +112,7 @@ def test_bad_space_every_problem_at_once(tmp_path):
 
 def test_sweep_end_to_end_in_parallel(tiny_llama, chat_data, tmp_path):
     tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=4, parallel=2)
+    tree["objective"]["baseline"] = True
     config = write_yaml(tmp_path / "study.yaml", tree)
     assert run_module(["validate", str(config)]).stdout.strip() == (
         f"{config}: valid study config (8 train and 8 test samples, 8 parameters searched over 4 trials)")
@@ -137,6 +139,9 @@ def test_sweep_end_to_end_in_parallel(tiny_llama, chat_data, tmp_path):
         assert f"learning_rate: {t.params['learning_rate']}" in (folder / "job.yaml").read_text()
     assert len(list((tmp_path / "studies/tiny/cache").glob("*.pt"))) == 1  # tokenized once for all
     assert f"best: trial {study.best_trial.number}, eval_loss {study.best_value:.4f}" in proc.stdout
+    base = study.user_attrs["baseline"]
+    assert base["eval_loss"] > study.best_value and f"base model: eval_loss {base['eval_loss']:.4f}" in proc.stdout
+    assert f"documented defaults (trial 0): eval_loss {trials[0].value:.4f}" in proc.stdout
     assert proc.stderr.count(" COMPLETE ") == 4
     # run again: already finished, nothing more runs
     again = run_module(["run", str(config)], cwd=tmp_path)

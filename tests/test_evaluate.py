@@ -1,0 +1,131 @@
+"""Generation metrics as the objective, the base-model baseline, and using the winner:
+best, generate, export (loaded back with PEFT's and transformers' own loaders)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.study import StudyDirection
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from conftest import memorization_samples, run_module, write_jsonl, write_yaml
+from lora_sweep.events import read_events
+from test_sweep import load, study_tree
+
+
+@pytest.fixture(scope="module")
+def gen_study(tiny_llama, tmp_path_factory):
+    """A finished 2-trial study optimizing token_f1 of generated answers."""
+    root = tmp_path_factory.mktemp("gen")
+    data = root / "data"
+    data.mkdir()
+    write_jsonl(data / "train.json", memorization_samples())
+    write_jsonl(data / "test.json", memorization_samples())
+    tree = study_tree(tiny_llama, data, root / "studies", n_trials=2)
+    tree["training"].update(learning_rate=0.03, num_training_steps=8, eval_steps=4, save_steps=4)
+    tree["data"].update(test_nsamples=4, inference_system_prompt="Answer briefly.")
+    tree["objective"] = {"metric": "token_f1", "max_new_tokens": 6, "generation_batch_size": 3}
+    config = write_yaml(root / "study.yaml", tree)
+    proc = run_module(["run", str(config)], cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, config, proc
+
+
+def test_generation_metric_is_the_objective(gen_study):
+    root, _, proc = gen_study
+    study = load(root / "studies")
+    assert study.directions == [StudyDirection.MAXIMIZE]
+    base = study.user_attrs["baseline"]
+    assert base["metric"] == "token_f1" and 0 <= base["score"] <= 1 and base["eval_loss"] > 0
+    assert f"base model: token_f1 {base['score']:.4f}" in proc.stdout
+    predictions = (root / "studies/tiny/baseline/predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 4
+    for trial in study.trials:
+        folder = Path(trial.user_attrs["trial_dir"])
+        evals = [e for e in read_events(folder / "events.jsonl") if e["event"] == "eval"]
+        assert [e["step"] for e in evals] == [4, 8] and all("score" in e for e in evals)
+        assert trial.value == max(e["score"] for e in evals)
+        assert trial.intermediate_values == {e["step"]: e["score"] for e in evals}
+        records = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        assert len(records) == 4 and set(records[0]) == {"input", "reference", "prediction", "score"}
+        assert records[0]["input"][0] == {"role": "system", "content": "Answer briefly."}
+        assert records[0]["reference"] == "The cat likes red."
+        best = [e for e in evals if e["best"]][-1]
+        assert sum(r["score"] for r in records) / 4 == pytest.approx(best["score"])
+        assert trial.user_attrs["best_step"] == best["step"]
+
+
+def test_best_and_generate(gen_study):
+    root, config, _ = gen_study
+    study = load(root / "studies")
+    proc = run_module(["best", str(config)], cwd=root)
+    info = json.loads(proc.stdout)
+    assert info["trial"] == study.best_trial.number and info["token_f1"] == study.best_value
+    assert info["adapter_path"] == study.best_trial.user_attrs["adapter_path"]
+    inputs = write_jsonl(root / "ask.json", memorization_samples()[:3])
+    answers = run_module(["generate", str(config), "--trial", "0", "--input", str(inputs)], cwd=root)
+    assert answers.returncode == 0, answers.stderr[-2000:]
+    assert [set(json.loads(l)) for l in answers.stdout.splitlines()] == [{"prediction"}] * 3
+    again = run_module(["generate", str(config), "--trial", "0", "--input", str(inputs)], cwd=root)
+    assert again.stdout == answers.stdout  # greedy: the same answers
+    one = run_module(["generate", str(config), "--base", "--prompt", "colour of the cat?"], cwd=root)
+    assert one.returncode == 0 and len(one.stdout.splitlines()) >= 1
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_export_loads_with_the_libraries_own_loaders(gen_study, tiny_llama):
+    root, config, _ = gen_study
+    study = load(root / "studies")
+    trial = study.best_trial
+    ids = torch.tensor([[1, 5, 9, 12, 40, 2]])
+    reference = logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                                                 trial.user_attrs["adapter_path"]).eval(), ids)
+
+    proc = run_module(["export", str(config), "--trial", "best", "--out", str(root / "adapter")], cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), root / "adapter").eval()
+    assert torch.allclose(logits(peft, ids), reference, atol=1e-5)
+    readme = (root / "adapter/README.md").read_text()
+    assert f"trial {trial.number}" in readme and f"Objective token_f1: {trial.value}" in readme
+
+    proc = run_module(["export", str(config), "--trial", "best", "--out", str(root / "merged"), "--merge"], cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    merged = AutoModelForCausalLM.from_pretrained(root / "merged").eval()
+    assert torch.allclose(logits(merged, ids), reference, atol=1e-4)
+    assert (root / "merged/tokenizer_config.json").is_file()
+
+
+def test_bad_metric_scorer_and_trial_are_one_line_errors(gen_study, tmp_path):
+    root, config, _ = gen_study
+    proc = run_module(["validate", str(config), "objective.metric=bleu"], cwd=root)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: {config}: objective.metric: unknown scorer 'bleu'; valid: exact_match, contains, token_f1, "
+        "rouge_l, json_valid, json_fields, regex_fields, or python:package.module:function")
+
+    proc = run_module(["validate", str(config), "objective.metric=python:no_such_module:score"], cwd=root)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "cannot import module 'no_such_module'" in proc.stderr
+
+    (tmp_path / "bad_scorer.py").write_text("def score(prediction, reference, sample):\n    return 'abc'\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    moved = ["objective.metric=python:bad_scorer:score", f"study.dir={tmp_path / 'studies'}"]
+    proc = run_module(["run", str(config), *moved], cwd=root, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: objective.metric: scorer python:bad_scorer:score returned 'abc' (str); "
+                                   "it must return a float in [0, 1]")
+    assert not (tmp_path / "studies").exists()
+
+    proc = run_module(["export", str(config), "--trial", "99", "--out", str(tmp_path / "x")], cwd=root)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --trial 99: no such trial; the study has trials 0..1"
+    assert not (tmp_path / "x").exists()
