@@ -98,7 +98,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from lora_sweep import report
 
-    return report.main([args.config, *args.overrides, *(["-o", args.output] if args.output else [])])
+    return report.main([args.config, *args.overrides, *(["-o", args.output] if args.output else []),
+                        *(["--png"] if args.png else [])])
 
 
 def add_trial(p: argparse.ArgumentParser) -> None:
@@ -129,6 +130,7 @@ COMMANDS = {
     )),
     "report": (cmd_report, "write the sweep report as one self-contained HTML file", lambda p: (
         p.add_argument("-o", "--output", help="default: <study.dir>/<name>/report.html"),
+        p.add_argument("--png", action="store_true", help="also a PNG per figure (needs kaleido and a Chromium)"),
     )),
 }
 

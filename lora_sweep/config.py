@@ -9,6 +9,7 @@ Every problem in a file is reported at once, as `path: what is wrong (got value)
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -476,3 +477,26 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
         return StudyConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(format_errors(exc), str(path)) from None
+
+
+def reference_tables() -> str:
+    """Markdown tables of every group's fields (name, default, meaning), as in the README."""
+    groups = [("study", StudySection), ("study.sampler", SamplerSection), ("study.pruner", PrunerSection),
+              ("model", ModelSection), ("lora", LoraSection), ("data", DataSection),
+              ("training", TrainingSection), ("objective", ObjectiveSection)]
+    flat = {path: name for name, path in FLAT_KEYS.items()}
+    out = []
+    for group, model in groups:
+        out += [f"#### `{group}`", "", "| key | default | lora.yaml name | meaning |", "| --- | --- | --- | --- |"]
+        for name, info in model.model_fields.items():
+            if isinstance(info.default, BaseModel):
+                continue  # a nested group, in its own table
+            default = json.dumps(info.default) if info.default is not None or not info.is_required() else "required"
+            alias = flat.get(f"{group}.{name}", "")
+            out.append(f"| `{name}` | `{default}` | {f'`{alias}`' if alias else ''} | {info.description or ''} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(reference_tables())

@@ -20,15 +20,9 @@ from lora_sweep.config import ConfigError, StudyConfig
 
 
 def open_study(config: StudyConfig) -> optuna.Study:
-    from lora_sweep.sweep import make_storage
+    from lora_sweep.sweep import load_existing
 
-    url = config.storage_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise ConfigError([f"no study database at {url}: run the sweep first"])
-    try:
-        return optuna.load_study(study_name=config.study.name, storage=make_storage(config))
-    except KeyError:
-        raise ConfigError([f"study {config.study.name!r} is not in {url}: run the sweep first"]) from None
+    return load_existing(config.storage_url, config.study.name)
 
 
 def pick_trial(study: optuna.Study, which: str) -> FrozenTrial:

@@ -108,6 +108,7 @@ def run_job(
     finally:
         if proc.poll() is None:  # the sweep itself is being interrupted
             stop(proc, stop_grace)
+    run.events += reader.new()  # what the job wrote after it was told to stop
     run.returncode = proc.returncode
     run.log_tail = tail(log_path)
     return run

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
 import queue
 import shutil
@@ -33,12 +34,14 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from lora_sweep import launch
+from lora_sweep.dashboard import upload_trial_artifacts, write_study_note
 from lora_sweep import space as S
 from lora_sweep.config import (
     ConfigError,
     JobConfig,
     ObjectiveSection,
     StudyConfig,
+    StudySection,
     dump_yaml,
     format_errors,
     load_study,
@@ -67,20 +70,28 @@ class SQLiteStorage(RDBStorage):
             return super().set_trial_state_values(*args, **kwargs)
 
 
-def make_storage(config: StudyConfig) -> optuna.storages.BaseStorage:
-    """The study's storage; RDB storages get heartbeats so a killed sweep's trials are re-run."""
-    url, s = config.storage_url, config.study
-    if url.startswith("journal://") or url.endswith(".log"):
-        path = Path(url.removeprefix("journal://"))
+def make_storage(url: str, study: StudySection | None = None) -> optuna.storages.BaseStorage:
+    """The storage at `url`. With the study's settings (a sweep), it is created if missing and
+    RDB storages get heartbeats, so a killed sweep's trials are re-run; without (the commands
+    that read a study), a missing database file is an error, not a new empty one."""
+    journal = url.startswith("journal://") or (url.endswith(".log") and "://" not in url)
+    path = Path(url.removeprefix("journal://")) if journal else None
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+    if path is not None:
+        if study is None and not path.is_file():
+            raise ConfigError([f"no study database at {path}: run the sweep first"])
         path.parent.mkdir(parents=True, exist_ok=True)
+    if journal:
         return JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs: dict[str, Any] = {}
     cls = RDBStorage
     if url.startswith("sqlite:///"):
         cls = SQLiteStorage
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         # parallel trials write from several threads: wait for the lock instead of failing
         engine_kwargs = {"connect_args": {"timeout": 60}}
+    if study is None:
+        return cls(url, engine_kwargs=engine_kwargs)
     # A trial whose heartbeat stops (its sweep was killed) is failed and its params run again;
     # optuna 4.9 renamed the callback argument.
     with warnings.catch_warnings():
@@ -92,10 +103,22 @@ def make_storage(config: StudyConfig) -> optuna.storages.BaseStorage:
         return cls(
             url,
             engine_kwargs=engine_kwargs,
-            heartbeat_interval=s.heartbeat_interval,
-            grace_period=s.grace_period or 2 * s.heartbeat_interval,
+            heartbeat_interval=study.heartbeat_interval,
+            grace_period=study.grace_period or 2 * study.heartbeat_interval,
             **retry,
         )
+
+
+def load_existing(url: str, name: str | None) -> optuna.Study:
+    """A study a sweep made, for reading; the name may be left out when the storage holds one."""
+    storage = make_storage(url)
+    names = optuna.get_all_study_names(storage)
+    if name is None and len(names) == 1:
+        name = names[0]
+    if name not in names:
+        which = f"study {name!r} is" if name else "a study name is needed: it"
+        raise ConfigError([f"{which} not in {url} (it holds: {', '.join(names) or 'none'})"])
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def make_sampler(config: StudyConfig, space: S.Space) -> optuna.samplers.BaseSampler:
@@ -209,12 +232,10 @@ class Sweep:
 
         objective = self.config.objective
         curve: list[list[float]] = []
-        state = {"step": 0}
+        state: dict[str, int] = {}
 
         def on_event(event: dict[str, Any]) -> bool:
-            if event["event"] == "train":
-                state["step"] = event["step"]
-            elif event["event"] == "start":
+            if event["event"] == "start":
                 state["max_steps"] = event["max_steps"]
             elif event["event"] == "eval" and event.get(objective.key) is not None:
                 value = event[objective.key]
@@ -224,7 +245,8 @@ class Sweep:
                          best_of(objective, curve), self.best_text())
                 if not objective.also:  # optuna prunes single-objective studies only
                     trial.report(value, event["step"])
-                    return trial.should_prune()
+                    # a job at its last evaluation has spent its steps: pruning it saves nothing
+                    return event["step"] < state.get("max_steps", math.inf) and trial.should_prune()
             return False
 
         slot = self.slots.get()
@@ -235,8 +257,11 @@ class Sweep:
                                  timeout=self.config.study.trial_timeout, stop_grace=self.config.study.stop_grace)
         finally:
             self.slots.put(slot)
+        # artifacts are trial system attrs, which the storage refuses once the trial is finished
+        upload_trial_artifacts(self.study, trial, self.config)
         trial.set_user_attr("eval_curve", curve)
-        trial.set_user_attr("steps_run", state["step"])
+        # every step the job logged, also those after the pruner's verdict and before it stopped
+        trial.set_user_attr("steps_run", max((e["step"] for e in run.events if e["event"] == "train"), default=0))
         trial.set_user_attr("wall_time_s", round(time.time() - began, 2))
         return self.outcome(trial, run, folder, curve)
 
@@ -261,7 +286,8 @@ class Sweep:
         result = json.loads((folder / "result.json").read_text())
         for key in ("adapter_path", "best_step", "best_eval_loss", "best_score", "steps_run", "stop_reason",
                     "train_tokens_per_s", "peak_memory_mb", "wall_time_s"):
-            trial.set_user_attr(f"job_{key}" if key == "wall_time_s" else key, result[key])
+            if result[key] is not None:  # a loss objective has no score
+                trial.set_user_attr(f"job_{key}" if key == "wall_time_s" else key, result[key])
         if (folder / "predictions.jsonl").is_file():
             trial.set_user_attr("predictions_path", str(folder / "predictions.jsonl"))
         best = best_of(self.config.objective, curve)  # the best evaluation, not the last
@@ -340,16 +366,10 @@ def prepare_data(config: StudyConfig) -> None:
              len(tokenized.test), config.data.train_seqlen, config.data.test_seqlen)
 
 
-def open_study(config: StudyConfig, space: S.Space, join_only: bool) -> optuna.Study:
+def open_study(config: StudyConfig, space: S.Space) -> optuna.Study:
     name = config.study.name
-    url = config.storage_url
-    if join_only and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise ConfigError([f"study {name!r} is not in {url}: start it with `python -m lora_sweep run`"])
-    storage = make_storage(config)
+    storage = make_storage(config.storage_url, config.study)
     exists = name in optuna.get_all_study_names(storage)
-    if join_only and not exists:
-        raise ConfigError([f"study {name!r} is not in {config.storage_url}: start it with "
-                           f"`python -m lora_sweep run`"])
     study = optuna.create_study(storage=storage, study_name=name, directions=config.objective.directions,
                                 sampler=make_sampler(config, space), pruner=make_pruner(config), load_if_exists=True)
     if not exists:
@@ -373,9 +393,12 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     """Run trials until study.n_trials have finished (completed or pruned).
 
     Returns the study and, when the sweep gave up early, why."""
+    deadline = time.monotonic() + config.study.timeout if config.study.timeout else None
     space = S.build_space(config)
+    if join_only:
+        load_existing(config.storage_url, config.study.name)  # a worker joins; it never starts a study
     prepare_data(config)
-    study = open_study(config, space, join_only)
+    study = open_study(config, space)
     sweep = Sweep(config, space, study)
     slots = device_groups(config)
     for slot in slots:
@@ -385,11 +408,11 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
             study.set_user_attr("baseline", run_baseline(config, space, slots[0]))
         except TrialFailed as exc:
             log.warning("%s; the sweep goes on without a baseline", exc)
+    write_study_note(study, config)  # the dashboard's note: objective, space, baseline, config
     if "baseline" in study.user_attrs:
         base = study.user_attrs["baseline"]
         log.info("base model: eval_loss %.4f%s", base["eval_loss"],
                  f", {base['metric']} {base['score']:.4f}" if "score" in base else "")
-    deadline = time.monotonic() + config.study.timeout if config.study.timeout else None
     log.info("study %s in %s: %d of %d trials finished", config.study.name, config.storage_url,
              finished(study), config.study.n_trials)
     while sweep.stop_reason is None:

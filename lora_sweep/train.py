@@ -185,7 +185,8 @@ class Reporter(TrainerCallback):
         self.metric = metric
         self.best: dict[str, Any] | None = None
         self.evals: list[dict[str, Any]] = []
-        self.eval_seconds = 0.0
+        self.eval_seconds = 0.0  # evaluations, generation included
+        self.save_seconds = 0.0  # best-adapter saves
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
@@ -220,9 +221,11 @@ class Reporter(TrainerCallback):
         if improved:
             self.best = record
             if main_process:
+                began = time.time()
                 model.save_pretrained(self.out / "adapter")  # small: only the LoRA weights
                 if records is not None:
                     write_predictions(self.out / "predictions.jsonl", records)
+                self.save_seconds += time.time() - began
         self.events.emit("eval", **record, best=improved)
         scored = f"  {self.objective.metric} {record['score']:.4f}" if "score" in record else ""
         log.info("step %d/%d  eval_loss %.4f  perplexity %.2f%s%s", record["step"], self.max_steps,
@@ -327,13 +330,14 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokeniz
     )
     trainer.remove_callback(PrinterCallback)  # our events and log lines replace its dict dumps
     output = trainer.train()
+    eval_in_train = reporter.eval_seconds  # train_runtime holds these evaluations, not the ones below
     if not reporter.evals or reporter.evals[-1]["step"] != trainer.state.global_step:
         trainer.evaluate()  # the end of training is always evaluated
     reporter.score_last(model, trainer.is_world_process_zero())
     trained = time.time()
 
     stopped_early = stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
-    train_seconds = output.metrics["train_runtime"] - reporter.eval_seconds
+    train_seconds = output.metrics["train_runtime"] - eval_in_train
     best = reporter.best
     return {
         "metric": config.objective.metric,
@@ -357,6 +361,7 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokeniz
             "model_load": round(model_ready - data_ready, 3),
             "train": round(train_seconds, 3),
             "eval": round(reporter.eval_seconds, 3),
+            "adapter_save": round(reporter.save_seconds, 3),
             "total_train_loop": round(trained - model_ready, 3),
         },
         "data": tokenized.stats,

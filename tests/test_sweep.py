@@ -198,7 +198,7 @@ def test_worker_needs_an_existing_study(tiny_llama, chat_data, tmp_path):
     config = write_yaml(tmp_path / "study.yaml", study_tree(tiny_llama, chat_data, tmp_path / "studies"))
     proc = run_module(["worker", str(config)], cwd=tmp_path)
     assert proc.returncode == 2
-    assert f"study 'tiny' is not in sqlite:///{tmp_path}/studies/tiny.db: start it with `python -m lora_sweep run`" in proc.stderr
+    assert proc.stderr.strip() == f"error: no study database at {tmp_path}/studies/tiny.db: run the sweep first"
     assert not (tmp_path / "studies/tiny.db").exists() and not (tmp_path / "studies/tiny/trials").exists()
 
 

@@ -1,0 +1,182 @@
+"""Benchmark 3: sweep efficiency: the demo's sampler and pruner vs random search with no pruning.
+
+For each sampler seed, two real sweeps of the demo task (`lora_sweep.sweep.run_sweep`, trials
+launched as jobs) with the same trial budget (--trials finished trials) and the same steps per
+trial (--steps):
+* random: `study.sampler: {type: random, seed: S}`, `study.pruner: {type: none}`;
+* demo: the demo's sampler (TPE, n_startup_trials 3) with seed S and its median pruner.
+Everything else is the demo's (trial 0 runs the documented defaults in both; training.seed 42).
+
+Read back from each study DB, in trial-number order: state, value, and the training steps each
+trial ran (the last `train` event in its events.jsonl; the `steps_run` user attr without it).
+Failed trials' steps count too. Best-so-far moves when a COMPLETE trial ends, as study.best_value
+does. R = the best value random search reaches by its end; each side's cost is the cumulative
+training steps at the end of the trial where its best-so-far first reaches R. Ratio: demo
+steps / random steps per seed; the median over seeds is the figure. The plot (best-so-far vs
+cumulative steps) is saved next to the results as sweep_efficiency.html.
+
+    python bench/sweep_efficiency.py                            # 3 seeds x 8 trials x 20 steps (long)
+    python bench/sweep_efficiency.py --seeds 0,1 --trials 6 --steps 10 --jobs 2
+    python bench/sweep_efficiency.py --resume --workdir studies/bench-sweeps   # go on after an interruption
+    python bench/sweep_efficiency.py --smoke --results /tmp/r.md
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import benchlib as B
+
+TARGET, STRETCH = 0.5, 1 / 3
+ARMS = {
+    "random": ["study.pruner={type: none, options: {}}"],  # sampler set per seed below
+    "demo": [],
+}
+
+
+def trial_steps(trial: Any) -> int:
+    """Training steps a trial ran: its last `train` event (a pruned job runs on until it is stopped)."""
+    from lora_sweep.events import read_events
+
+    path = Path(trial.user_attrs.get("trial_dir", "")) / "events.jsonl"
+    steps = [e["step"] for e in read_events(path) if e["event"] == "train"] if path.is_file() else []
+    return max(steps, default=int(trial.user_attrs.get("steps_run", 0)))
+
+
+def curve(study: Any, maximize: bool) -> list[dict[str, Any]]:
+    """One point per trial in number order: cumulative steps and best-so-far after it."""
+    from optuna.trial import TrialState
+
+    points, total, best = [], 0, None
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if trial.state == TrialState.RUNNING or trial.state == TrialState.WAITING:
+            continue
+        total += trial_steps(trial)
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            if best is None or (trial.value > best if maximize else trial.value < best):
+                best = trial.value
+        points.append({"number": trial.number, "state": trial.state.name, "steps": total, "best": best})
+    return points
+
+
+def steps_to_reach(points: list[dict[str, Any]], target: float, maximize: bool) -> float:
+    """Cumulative steps when best-so-far first reaches `target`; inf if it never does."""
+    for p in points:
+        if p["best"] is not None and (p["best"] >= target - 1e-12 if maximize else p["best"] <= target + 1e-12):
+            return p["steps"]
+    return math.inf
+
+
+def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> dict[str, Any]:
+    """One sweep (fresh unless --resume); its study and curve."""
+    from lora_sweep.sweep import run_sweep
+
+    name = f"{arm}-s{seed}"
+    folder = work / "sweeps"
+    if not args.resume:
+        shutil.rmtree(folder / name, ignore_errors=True)
+        (folder / f"{name}.db").unlink(missing_ok=True)
+    sampler = ([f"study.sampler={{type: random, seed: {seed}, options: {{}}}}"] if arm == "random"
+               else [f"study.sampler.seed={seed}"])
+    overrides = [f"study.dir={folder}", f"study.name={name}", f"study.n_trials={args.trials}", "study.timeout=null",
+                 "objective.baseline=false", *B.budget_overrides(args.steps), *ARMS[arm], *sampler]
+    if args.smoke:
+        overrides += B.smoke_overrides(model)
+    elif model:
+        overrides.append(f"model.name_or_path={model}")
+    config = B.load_demo(overrides)
+    study, stopped = run_sweep(config)
+    if stopped:
+        raise SystemExit(f"sweep {name} stopped: {stopped}")
+    maximize = config.objective.direction == "maximize"
+    return {"arm": arm, "seed": seed, "points": curve(study, maximize), "maximize": maximize,
+            "metric": config.objective.metric, "steps_per_trial": config.training.num_training_steps}
+
+
+def plot(results: dict[tuple[str, int], dict[str, Any]], path: Path, metric: str, inline: bool) -> None:
+    """Best-so-far vs cumulative training steps, one line per arm and seed."""
+    import plotly.graph_objects as go
+
+    colours = {"random": "#7f7f7f", "demo": "#1f77b4"}
+    dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
+    fig = go.Figure()
+    for (arm, seed), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        pts = [p for p in r["points"] if p["best"] is not None]
+        fig.add_trace(go.Scatter(
+            x=[p["steps"] for p in pts], y=[p["best"] for p in pts], mode="lines+markers", line_shape="hv",
+            name=f"{arm} (seed {seed})", line={"color": colours[arm], "dash": dashes[seed % len(dashes)]},
+            text=[f"trial {p['number']} {p['state'].lower()}" for p in pts],
+            hovertemplate="%{text}<br>%{x} steps<br>best %{y:.4f}<extra>" + f"{arm} s{seed}</extra>"))
+    fig.update_layout(title=f"Best {metric} so far vs cumulative training steps: demo sampler + pruner vs random",
+                      xaxis_title="cumulative training steps", yaxis_title=f"best {metric} so far",
+                      template="plotly_white")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True if inline else "cdn")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = B.parser(__doc__)
+    p.add_argument("--seeds", default="0,1,2", help="sampler seeds, comma-separated (default: %(default)s)")
+    p.add_argument("--trials", type=int, default=8, help="finished trials per sweep (default: the demo's, 8)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per trial (default: the demo's, 20)")
+    p.add_argument("--jobs", type=int, default=1, help="sweeps run at once (steps, not time, are measured; default 1)")
+    p.add_argument("--resume", action="store_true", help="keep the sweeps already in --workdir and finish them")
+    p.add_argument("--plot", type=Path, default=None, help="default: sweep_efficiency.html next to --results")
+    p.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
+                   help="inline: the HTML opens offline (about 5 MB); cdn: small, needs the network")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.trials, args.jobs = "0", 1, max(args.jobs, 2)  # the two arms at once
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+
+    B.quiet()
+    B.sweep_logging()
+    with B.workdir(args.workdir) as work:
+        model = B.model_path(args, work) if (args.smoke or args.model) else None
+        jobs = [(arm, seed) for seed in seeds for arm in ARMS]
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            done = list(pool.map(lambda job: run_arm(*job, args, work, model), jobs))
+        results = {(r["arm"], r["seed"]): r for r in done}
+        (work / "curves.json").write_text(json.dumps([{k: v for k, v in r.items()} for r in done], indent=1))
+
+    metric, maximize = done[0]["metric"], done[0]["maximize"]
+    rows, ratios = [], []
+    for seed in seeds:
+        rnd, demo = results[("random", seed)]["points"], results[("demo", seed)]["points"]
+        target = rnd[-1]["best"] if rnd else None
+        if target is None:
+            rows.append([seed, "-", "-", "-", "-", "-", rnd[-1]["steps"] if rnd else 0, demo[-1]["steps"] if demo else 0, "-"])
+            continue
+        r_steps, d_steps = steps_to_reach(rnd, target, maximize), steps_to_reach(demo, target, maximize)
+        ratio = d_steps / r_steps
+        ratios.append(ratio)
+        pruned = sum(p["state"] == "PRUNED" for p in demo)
+        rows.append([seed, target, r_steps, demo[-1]["best"], d_steps, ratio, rnd[-1]["steps"], demo[-1]["steps"],
+                     f"{pruned}/{len(demo)}"])
+    if not ratios:
+        raise SystemExit("random search completed no trial: nothing to compare")
+    ratio = B.median(ratios)
+    steps = results[("random", seeds[0])]["steps_per_trial"]
+    print(f"{metric} ({'max' if maximize else 'min'}imized), {args.trials} finished trials x {steps} steps per sweep; "
+          f"R = random search's best by its end; steps = cumulative training steps at the end of the trial "
+          f"where best-so-far first reaches R")
+    print(B.table(["seed", "R (random best)", "random steps to R", "demo best", "demo steps to R", "ratio",
+                   "random total steps", "demo total steps", "demo pruned"], rows))
+    print(f"median ratio demo/random steps to R: {B.num(ratio)} (target <= {TARGET:g}, stretch <= 1/3)")
+    plot_path = args.plot or Path(args.results).parent / "sweep_efficiency.html"
+    plot(results, plot_path, metric, args.plotlyjs == "inline")
+    print(f"plot: {plot_path}")
+    figures = "; ".join(f"s{r[0]}: R {B.num(r[1])} random {B.num(r[2])} demo {B.num(r[4])} steps" for r in rows)
+    setup = (f"{B.model_label(args)} demo, seeds {','.join(map(str, seeds))}, {args.trials} trials x {steps} steps")
+    row = B.conclude("3 sweep efficiency", args, setup, figures, ratio, "demo/random steps to R, median",
+                     f"ratio <= {TARGET:g} (stretch 1/3)", ratio <= TARGET)
+    return {"ratio": ratio, "ratios": ratios, "rows": rows, "plot": plot_path, "results": results, "row": row}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""optuna-dashboard on a study's storage, with the study's artifact store.
+
+    python -m lora_sweep dashboard study.yaml [--port N] [--host H]
+
+Binds 127.0.0.1 unless --host says otherwise: the dashboard can edit and delete studies, so it
+is not for the network by default. The artifact store is a folder beside the trial folders,
+`<study.dir>/<name>/artifacts`; `upload_trial_artifacts` fills it from a sweep, so each
+trial's adapter (zipped) and predictions can be downloaded from the trial's page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import socketserver
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.trial import FrozenTrial
+
+from lora_sweep.config import ConfigError, StudyConfig, load_study
+
+
+def artifact_folder(config: StudyConfig) -> Path:
+    return config.folder / "artifacts"
+
+
+def artifact_store(config: StudyConfig) -> FileSystemArtifactStore:
+    """The study's filesystem artifact store (its folder is made here: optuna does not)."""
+    folder = artifact_folder(config).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(folder)
+
+
+def upload_trial_artifacts(study: optuna.Study, trial: optuna.Trial | FrozenTrial,
+                           config: StudyConfig) -> dict[str, str]:
+    """Upload a trial's adapter folder (as `adapter-trial<N>.zip`) and its `predictions.jsonl`,
+    those that exist; returns {"adapter": artifact id, "predictions": artifact id}.
+
+    Call it while the trial runs (in the objective, before it returns or raises): optuna
+    records artifacts as trial system attrs, which an RDB storage refuses once the trial is
+    finished. Each call uploads again, so call it once per trial."""
+    store = artifact_store(config)
+    folder = Path(trial.user_attrs.get("trial_dir") or config.folder.resolve() / "trials" / str(trial.number))
+    adapter = Path(trial.user_attrs.get("adapter_path") or folder / "adapter")
+    predictions = Path(trial.user_attrs.get("predictions_path") or folder / "predictions.jsonl")
+    # a FrozenTrial carries no storage of its own; an optuna.Trial does
+    storage = study._storage if isinstance(trial, FrozenTrial) else None
+    uploaded: dict[str, str] = {}
+    if adapter.is_dir() and any(adapter.iterdir()):
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = shutil.make_archive(str(Path(tmp) / f"adapter-trial{trial.number}"), "zip", root_dir=adapter)
+            uploaded["adapter"] = upload_artifact(artifact_store=store, file_path=archive, study_or_trial=trial,
+                                                  storage=storage, mimetype="application/zip")
+    if predictions.is_file():
+        uploaded["predictions"] = upload_artifact(artifact_store=store, file_path=str(predictions),
+                                                  study_or_trial=trial, storage=storage,
+                                                  mimetype="application/x-ndjson")
+    return uploaded
+
+
+def study_note(study: optuna.Study, config: StudyConfig | None = None) -> str:
+    """A Markdown note for the study's dashboard page: objective, space, base model and the whole
+    config. The dashboard cuts JSON user attrs at 1024 characters; a note is shown whole. What the
+    sweep recorded in the study's user attrs comes first, `config` fills in what is missing."""
+    import yaml
+
+    from lora_sweep import space as S
+
+    attrs = study.user_attrs
+    tree = attrs.get("config") or (config.model_dump(mode="json") if config else None)
+    metric = attrs.get("metric") or (config.objective.metric if config else "the objective")
+    space = attrs.get("space") or (S.describe(S.build_space(config)) if config else {})
+    directions = ", ".join(d.name.lower() for d in study.directions)
+    lines = [f"**Objective**: {metric} ({directions})", ""]
+    if space:
+        lines += ["**Search space**", "", *(f"- `{name}`: {text}" for name, text in space.items()), ""]
+    baseline = attrs.get("baseline")
+    if isinstance(baseline, dict):
+        parts = [f"{k} {baseline[k]:.4g}" for k in ("eval_loss", "perplexity")
+                 if isinstance(baseline.get(k), (int, float))]
+        if isinstance(baseline.get("score"), (int, float)):
+            parts.append(f"{baseline.get('metric', 'score')} {baseline['score']:.4g}")
+        lines += ["**Base model** (no adapter): " + ", ".join(parts), ""]
+    for note in attrs.get("defaults_notes") or []:
+        lines.append(f"- defaults trial: {note}")
+    if tree:
+        lines += ["", "**Config**", "", "```yaml", yaml.safe_dump(tree, sort_keys=False).rstrip(), "```"]
+    return "\n".join(lines).strip() + "\n"
+
+
+def write_study_note(study: optuna.Study, config: StudyConfig | None = None) -> None:
+    """Write `study_note` as the study's dashboard note (replacing the note there)."""
+    from optuna_dashboard import save_note
+
+    save_note(study, study_note(study, config))
+
+
+def has_note(study: optuna.Study) -> bool:
+    from optuna_dashboard._note import get_note_from_system_attrs  # no public reader in 0.21
+
+    attrs = study._storage.get_study_system_attrs(study._study_id)  # optuna 5 dropped Study.system_attrs
+    return bool(get_note_from_system_attrs(attrs, None).get("body"))
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # an open browser tab must not keep the process alive at exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # one line per request is noise here
+        pass
+
+
+class _Stop(Exception):
+    """SIGTERM: stop serving and exit 0, as on Ctrl+C."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lora_sweep dashboard study.yaml [--port N] [--host H]`."""
+    from optuna_dashboard import wsgi
+
+    from lora_sweep.sweep import load_existing
+
+    parser = argparse.ArgumentParser(prog="lora_sweep dashboard",
+                                     description="serve optuna-dashboard on the study's storage")
+    parser.add_argument("config", help="study YAML")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. study.name=other")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        config = load_study(args.config, args.overrides)
+        study = load_existing(config.storage_url, config.study.name)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    storage = study._storage
+    try:
+        if not has_note(study):
+            write_study_note(study, config)
+    except Exception as exc:  # a note is a nicety: a locked or read-only database must not stop the dashboard
+        print(f"warning: the study note was not written: {exc}", file=sys.stderr)
+    app = wsgi(storage, artifact_store=artifact_store(config))
+    try:
+        server = make_server(args.host, args.port, app, server_class=_Server, handler_class=_QuietHandler)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    port = server.server_address[1]
+    # the URL first, flushed: a test or a script waits for this line
+    print(f"http://{host}:{port}/dashboard/studies/{study._study_id}", flush=True)
+    print(f"optuna-dashboard for study {config.study.name!r} in {config.storage_url}; "
+          f"artifacts in {artifact_folder(config)}; Ctrl+C to stop", flush=True)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.serve_forever()
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+    print("dashboard stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""The benchmarks in bench/ are not tests; these are smoke runs of each (tiny model, a few steps,
+results to a temporary file) so that they cannot rot. Nothing here asserts on a timing."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+
+import benchlib  # noqa: E402
+import data_pipeline  # noqa: E402
+import generation  # noqa: E402
+import job_throughput  # noqa: E402
+import sweep_efficiency  # noqa: E402
+import trial_cost  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def library_settings():
+    """The benchmarks quieten transformers for the whole process: give the other tests it back."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    yield
+    hf_logging.set_verbosity(verbosity)
+    hf_logging.enable_progress_bar()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def real_results_untouched():
+    path = REPO / "bench" / "RESULTS.md"
+    before = path.read_bytes() if path.is_file() else None
+    yield
+    assert (path.read_bytes() if path.is_file() else None) == before, "a smoke run wrote to bench/RESULTS.md"
+
+
+def smoke(module, tmp_path: Path, capsys, *extra: str) -> tuple[dict, str, Path]:
+    """Run a benchmark's main with --smoke; its return value, its stdout and the results file."""
+    results = tmp_path / "RESULTS.md"
+    out = module.main(["--smoke", "--results", str(results), "--workdir", str(tmp_path / "work"), *extra])
+    return out, capsys.readouterr().out, results
+
+
+def table_rows(path: Path) -> list[dict[str, str]]:
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[1:]]
+
+
+def check(printed: str, results: Path, bench: str) -> dict[str, str]:
+    """The printed ratio is a positive finite number and one well-formed row was appended."""
+    found = re.search(r"^ratio: (\S+) \((.+)\)$", printed, re.M)
+    assert found, printed
+    ratio = float(found.group(1))
+    assert math.isfinite(ratio) and ratio > 0
+    assert re.search(r"^target: .+: (met|NOT met|n/a)$", printed, re.M)
+    rows = table_rows(results)
+    assert len(rows) == 1 and list(rows[0]) == benchlib.COLUMNS
+    row = rows[0]
+    assert row["bench"] == bench and row["setup"].startswith("smoke, ")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", row["date"])
+    assert row["machine"] and all(f"{lib} " in row["versions"] for lib in ("torch", "transformers", "peft", "optuna"))
+    assert float(row["ratio"].split()[0]) == pytest.approx(ratio, rel=1e-2)
+    assert row["met"] in ("yes", "no")
+    return row
+
+
+def test_results_file_gets_a_header_once_then_rows(tmp_path):
+    path = tmp_path / "R.md"
+    path.write_text("# notes kept above\n", encoding="utf-8")
+    for n in (1, 2):
+        benchlib.append_result(path, "x", "s", "a | b", 0.5 * n, "what", "t", n == 2)
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("# notes kept above\n") and text.count("| date | bench |") == 1
+    rows = table_rows(path)
+    assert [r["ratio"] for r in rows] == ["0.5 (what)", "1 (what)"] and [r["met"] for r in rows] == ["no", "yes"]
+    assert rows[0]["figures"] == "a / b"  # a pipe would break the table
+
+
+def test_steps_to_reach():
+    points = [{"steps": 20, "best": 0.2}, {"steps": 30, "best": 0.2}, {"steps": 50, "best": 0.6},
+              {"steps": 70, "best": 0.6}]
+    assert sweep_efficiency.steps_to_reach(points, 0.6, maximize=True) == 50
+    assert sweep_efficiency.steps_to_reach(points, 0.7, maximize=True) == math.inf
+    assert sweep_efficiency.steps_to_reach([{"steps": 5, "best": None}, {"steps": 9, "best": 1.5}], 2.0,
+                                           maximize=False) == 9
+
+
+def test_curve_counts_every_trial_s_steps_and_only_complete_values(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    study = optuna.create_study(direction="maximize")
+    folder = tmp_path / "t2"
+    folder.mkdir()
+    (folder / "events.jsonl").write_text('{"event": "train", "step": 7}\n{"event": "eval", "step": 6}\n')
+    for state, value, attrs in [(TrialState.COMPLETE, 0.3, {"steps_run": 20}),
+                                (TrialState.PRUNED, None, {"steps_run": 10}),  # its value never counts
+                                (TrialState.PRUNED, None, {"steps_run": 5, "trial_dir": str(folder)}),
+                                (TrialState.FAIL, None, {"steps_run": 3}),
+                                (TrialState.COMPLETE, 0.5, {"steps_run": 20})]:
+        study.add_trial(create_trial(state=state, value=value, params={"x": 0.0}, user_attrs=attrs,
+                                     distributions={"x": FloatDistribution(0, 1)},
+                                     intermediate_values={} if value else {1: 0.9}))
+    points = sweep_efficiency.curve(study, maximize=True)
+    assert [p["steps"] for p in points] == [20, 30, 37, 40, 60]  # trial 2: its last train event, not the attr
+    assert [p["best"] for p in points] == [0.3, 0.3, 0.3, 0.3, 0.5]
+    assert sweep_efficiency.steps_to_reach(points, 0.5, maximize=True) == 60
+
+
+def test_job_throughput(tmp_path, capsys):
+    out, printed, results = smoke(job_throughput, tmp_path, capsys)
+    check(printed, results, "1 job throughput")
+    assert out["same_start"], "both sides must train the same rows from the same model (same first loss)"
+    for side in ("ours", "plain"):
+        assert len(out["runs"][side]) == 2
+        for run in out["runs"][side]:
+            assert run["steady_tokens"] == 3 * 2 * 32 and run["steady_s"] > 0 and run["tokens"] == 4 * 2 * 32
+    assert "ours steady" in printed and "plain steady" in printed
+
+
+def test_trial_cost(tmp_path, capsys):
+    out, printed, results = smoke(trial_cost, tmp_path, capsys, "--trials", "1")
+    check(printed, results, "2 trial fixed cost")
+    (trial,) = out["trials"]
+    parts = trial_cost.FIXED + trial_cost.USEFUL
+    assert sum(trial[p] for p in parts) == pytest.approx(trial["wall"], abs=1e-6)
+    for part in ("launch + imports", "model load", "training steps", "evaluations", "checkpoint saves"):
+        assert trial[part] > 0, part
+    assert trial["steps"] == 2 and out["tokenized"] == 0
+    assert out["fixed_s"] + sum(trial[p] for p in trial_cost.USEFUL) == pytest.approx(trial["wall"], abs=1e-6)
+    assert "what dominates the fixed cost" in printed
+
+
+def test_sweep_efficiency(tmp_path, capsys):
+    out, printed, results = smoke(sweep_efficiency, tmp_path, capsys)  # 1 seed, 1 trial per arm, both at once
+    check(printed, results, "3 sweep efficiency")
+    assert out["plot"] == tmp_path / "sweep_efficiency.html"
+    html = out["plot"].read_text(encoding="utf-8")
+    assert "plotly" in html and "random (seed 0)" in html and "demo (seed 0)" in html
+    for arm in ("random", "demo"):
+        points = out["results"][(arm, 0)]["points"]
+        assert [(p["number"], p["state"], p["steps"]) for p in points] == [(0, "COMPLETE", 2)]
+    (row,) = out["rows"]
+    assert row[2] == row[4] == 2 and row[5] == out["ratio"] == 1  # both ran the enqueued defaults first
+
+
+def test_data_pipeline(tmp_path, capsys):
+    out, printed, results = smoke(data_pipeline, tmp_path, capsys)
+    row = check(printed, results, "4 data pipeline")
+    assert out["packed_share"] == 1.0  # packed training rows hold no padding at all
+    assert 0 < out["varied_share"] <= 1 and out["build_s"] > 0
+    assert row["met"] == "yes"
+
+
+def test_generation(tmp_path, capsys):
+    out, printed, results = smoke(generation, tmp_path, capsys)
+    check(printed, results, "5 generation")
+    assert len(out["answers"][8]) == len(out["answers"][1]) == 8
+    assert re.search(r"^outputs: \d+ of 8 identical between batch 8 and batch 1", printed, re.M)
+    assert all(0 <= i < 8 for i in out["differ"])

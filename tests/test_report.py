@@ -1,0 +1,425 @@
+"""Seeing the sweep: the report's frame and figures, the notebook run headless, the dashboard
+over real HTTP, artifacts, and the HTML report opened in headless Chromium.
+
+One real tiny-model sweep (module fixture) makes a study with completed, pruned and failed
+trials and a base-model baseline; a synthetic generation-metric study (no training) covers
+what that sweep does not reach: many completed trials, a score, predictions."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import queue
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+from wsgiref.util import setup_testing_defaults
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from conftest import REPO, memorization_samples, run_module, write_jsonl, write_yaml
+from lora_sweep import dashboard, report
+from lora_sweep.config import ConfigError, StudyConfig
+
+NOTEBOOK = REPO / "notebooks" / "sweep_report.ipynb"
+N_FIGURES = 6  # report.views: history, curves, parallel, importance, slices, best vs base
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_llama, tmp_path_factory) -> SimpleNamespace:
+    """A real sweep of 3 trials: 0 the defaults (completes), 1 a module that does not exist (fails,
+    and is made up for), 2 a rate too small to learn (pruned at step 8, the first evaluation past
+    the pruner's warmup). The random sampler's seed 11 draws them in this order."""
+    root = tmp_path_factory.mktemp("seen")
+    data = root / "data"
+    data.mkdir()
+    write_jsonl(data / "train.json", memorization_samples())
+    write_jsonl(data / "test.json", memorization_samples())
+    tree = {
+        "study": {"name": "seen", "dir": str(root / "studies"), "n_trials": 2,
+                  "sampler": {"type": "random", "seed": 11}, "base_space": "none",
+                  "pruner": {"type": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 5}},
+                  "heartbeat_interval": 1, "grace_period": 2},
+        "model": {"name_or_path": str(tiny_llama)},
+        "lora": {"lora_dropout": 0.0},
+        "data": {"dataset": str(data), "train_seqlen": 32, "test_seqlen": 32, "train_batch_size": 2,
+                 "test_batch_size": 4},
+        "training": {"num_training_steps": 12, "eval_steps": 4, "save_steps": 4, "learning_rate": 0.03,
+                     "early_stopping_patience": 0},
+        "search_space": {"learning_rate": {"type": "categorical", "choices": [0.03, 1e-7]},
+                         "target_modules": {"type": "categorical", "choices": ["all-linear", ["nope_proj"]]},
+                         "r": {"type": "categorical", "choices": [16, 4]}},
+    }
+    config = write_yaml(root / "study.yaml", tree)
+    proc = run_module(["run", str(config)], cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="seen", storage=f"sqlite:///{root}/studies/seen.db")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED], states
+    return SimpleNamespace(root=root, config=config, study=study)
+
+
+def synthetic_study(folder: Path, name: str = "rich") -> optuna.Study:
+    """A generation-metric study (maximized) made without training: varied params, every trial
+    state, a base-model baseline, and predictions for the completed trials and the base model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{folder}/{name}.db", direction="maximize")
+    study.set_user_attr("metric", "json_fields")
+    study.set_user_attr("baseline", {"eval_loss": 2.5, "perplexity": 12.2, "metric": "json_fields", "score": 0.1})
+    dists = {"learning_rate": FloatDistribution(1e-4, 1e-2, log=True), "r": IntDistribution(4, 32, step=4),
+             "lr_scheduler_type": CategoricalDistribution(["linear_with_warmup", "cosine_with_warmup"])}
+    rng = random.Random(0)
+    records = [{"input": [{"role": "user", "content": f"fields of item {i}?"}], "reference": f'{{"id": {i}}}',
+                "prediction": f'{{"id": {i if i % 2 else 0}}}', "score": float(i % 2)} for i in range(6)]
+    write_jsonl(_mkdir(folder / name / "baseline") / "predictions.jsonl",
+                [{**r, "prediction": "{}", "score": 0.0} for r in records])
+    for n in range(8):
+        params = {"learning_rate": 10 ** rng.uniform(-4, -2), "r": rng.choice(range(4, 33, 4)),
+                  "lr_scheduler_type": rng.choice(dists["lr_scheduler_type"].choices)}
+        state = TrialState.FAIL if n == 5 else TrialState.PRUNED if n in (2, 6) else TrialState.COMPLETE
+        quality = 1 - abs(math.log10(params["learning_rate"]) + 3) / 2  # best near 1e-3
+        steps = {TrialState.COMPLETE: [10, 20, 30, 40], TrialState.PRUNED: [10, 20], TrialState.FAIL: []}[state]
+        curve = {s: round(0.1 + 0.7 * quality * (i + 1) / 4 + rng.uniform(0, 0.03), 4) for i, s in enumerate(steps)}
+        trial_dir = _mkdir(folder / name / "trials" / str(n))
+        attrs = {"trial_dir": str(trial_dir), "steps_run": steps[-1] if steps else 0,
+                 "stop_reason": {TrialState.FAIL: "error", TrialState.PRUNED: "pruned"}.get(state, "completed")}
+        if n == 0:
+            attrs["baseline"] = "documented defaults"
+        if state == TrialState.FAIL:
+            attrs.update(error="CUDA out of memory <b>not html</b>", log_tail="Traceback ...")
+        if state == TrialState.COMPLETE:
+            write_jsonl(trial_dir / "predictions.jsonl", records)
+            attrs.update(best_score=max(curve.values()), best_eval_loss=2.0 - max(curve.values()),
+                         best_step=max(curve, key=curve.get), adapter_path=str(trial_dir / "adapter"),
+                         predictions_path=str(trial_dir / "predictions.jsonl"))
+        value = max(curve.values()) if state == TrialState.COMPLETE else (curve[steps[-1]] if steps else None)
+        study.add_trial(create_trial(state=state, value=value, params=params, distributions=dists,
+                                     intermediate_values=curve, user_attrs=attrs))
+    return study
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def single_trial_study(source: optuna.Study, storage: str) -> optuna.Study:
+    """A study of one real (completed) trial, with the source's study attrs."""
+    one = optuna.create_study(study_name="one", storage=storage, direction="minimize")
+    for key, value in source.user_attrs.items():
+        one.set_user_attr(key, value)
+    one.add_trial(source.trials[0])
+    return one
+
+
+# ---------------------------------------------------------------- frame and figures
+
+
+def test_frame_and_figures_of_the_sweep(sweep):
+    study = sweep.study
+    frame = report.load_frame(study)
+    assert list(frame["number"]) == [t.number for t in study.trials]
+    assert list(frame["state"]) == [t.state.name for t in study.trials]
+    assert {"params_learning_rate", "params_target_modules", "params_r", "best_step", "stop_reason",
+            "train_tokens_per_s", "adapter_path", "error"} <= set(frame.columns)
+    assert "eval_curve" not in frame and "log_tail" not in frame  # lists and logs have better places
+    pruned = frame[frame["state"] == "PRUNED"].iloc[0]
+    assert pruned["last_step"] == 8 and pruned["stop_reason"] == "pruned" and pd.isna(pruned["best_step"])
+    assert "nope_proj" in frame.loc[frame["state"] == "FAIL", "error"].iloc[0]
+    assert frame.attrs["metric"] == "eval_loss" and frame.attrs["baseline"]["eval_loss"] > 0
+
+    table = report.trials_table(frame)
+    values = list(table["value"].dropna())
+    assert values == sorted(values) and table.index[0] == 0 and math.isnan(table["value"].iloc[-1])
+
+    curves = report.curves_figure(frame)
+    pruned_lines = [t for t in curves.data if t.name == f"trial {pruned['number']} (pruned)"]
+    assert pruned_lines[0].line.dash == "dash" and list(pruned_lines[0].x) == [4, 8]
+    assert any(t.marker.symbol == "x" and list(t.x) == [8] for t in curves.data)  # where it was cut short
+    assert [s.line.dash for s in curves.layout.shapes] == ["dot"]  # the base model
+
+    best = report.best_vs_base_figure(frame)
+    assert list(best.data[0].x) == ["base model", "best (trial 0)"]
+    assert best.data[0].y[0] == pytest.approx(study.user_attrs["baseline"]["eval_loss"])
+
+
+def test_single_trial_and_generation_studies(sweep, tmp_path):
+    one = single_trial_study(sweep.study, f"sqlite:///{tmp_path}/one.db")
+    views = report.views(one)
+    assert [v.key for v in views] == ["history", "curves", "parallel", "importance", "slices", "best_vs_base"]
+    notes = {v.key: v.figure.layout.annotations[0].text for v in views if not v.figure.data}
+    assert set(notes) == {"parallel", "importance"}
+    assert "at least 2 completed trials; the study has 1" in notes["importance"]
+
+    rich = synthetic_study(tmp_path / "studies")
+    frame = report.load_frame(rich)
+    assert frame.attrs["direction"] == "maximize" and report.trials_table(frame).index[0] == 1
+    importances, note = report.param_importances(rich)
+    assert set(importances) == {"learning_rate", "r", "lr_scheduler_type"} and next(iter(importances)) == "learning_rate"
+    assert report.parallel_figure(rich).data  # optuna's figure, not our note
+    best = report.best_vs_base_figure(frame)
+    assert [a.text for a in best.layout.annotations] == ["json_fields", "eval_loss"]
+    assert list(best.data[0].x) == ["base model", "defaults (trial 0)", "best (trial 1)"]
+    assert best.data[0].y[0] == 0.1 and best.data[1].y[0] == 2.5
+    predictions = report.predictions_frame(frame, n=3)
+    assert list(predictions.columns) == ["input", "reference", "prediction (trial 1)", "score",
+                                         "base model prediction", "base score"]
+    assert list(predictions["input"]) == ["fields of item 0?", "fields of item 1?", "fields of item 2?"]
+
+
+def test_relative_paths_are_taken_from_where_the_yaml_was_found(tmp_path, monkeypatch):
+    write_yaml(_mkdir(tmp_path / "sweeps") / "s.yaml",
+               {"study": {"name": "s", "dir": "studies", "storage": "journal://logs/s.log"},
+                "data": {"train_file": "a", "test_file": "b"}})
+    monkeypatch.chdir(_mkdir(tmp_path / "notebooks"))
+    config = report.find_config("sweeps/s.yaml")
+    assert config.study.dir == str(tmp_path / "studies") and config.storage_url == f"journal://{tmp_path}/logs/s.log"
+    with pytest.raises(ConfigError, match="no study database at"):
+        report.open_study("sweeps/s.yaml")
+
+
+# ---------------------------------------------------------------- the notebook
+
+
+def run_notebook(parameters: str, cwd: Path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1 and nb.cells.index(cells[0]) <= 1, "the parameters cell must be at the top"
+    cells[0].source = parameters  # what papermill's injected cell would set
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+def notebook_outputs(nb) -> tuple[list, str, list]:
+    """(error outputs, all stream text, mime types of each code cell's outputs)."""
+    errors, text, mimes = [], "", []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell_mimes = set()
+        for out in cell.outputs:
+            if out.output_type == "error":
+                errors.append(f"{out.ename}: {out.evalue}")
+            elif out.output_type == "stream":
+                text += out.text
+            else:
+                cell_mimes |= set(out.get("data", {}))
+        mimes.append(cell_mimes)
+    return errors, text, mimes
+
+
+def test_notebook_runs_headless(sweep, tmp_path):
+    pytest.importorskip("nbclient", reason="the notebook test needs the test extra (nbclient, ipykernel)")
+    # a relative YAML path, as in a checkout: the kernel runs in notebooks/, the YAML is found above
+    nb = run_notebook('study_yaml = "study.yaml"\nstorage = None\nstudy_name = None', _mkdir(sweep.root / "notebooks"))
+    errors, text, mimes = notebook_outputs(nb)
+    assert errors == []
+    n = len(sweep.study.trials)
+    assert re.search(rf"^{n} trials: 1 complete, 1 fail, 1 pruned$", text, re.M), text
+    table = next(o.data["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                 if o.output_type == "execute_result" and "text/html" in o.get("data", {}))
+    assert table.split("<tbody>")[1].count("<tr") == n  # the displayed table: a row per trial
+    assert sum("application/vnd.plotly.v1+json" in m for m in mimes) == N_FIGURES
+    assert "No predictions" in text  # eval_loss: no generation metric
+
+    # one trial, named by storage URL: the views that need more say so, nothing fails
+    single_trial_study(sweep.study, f"sqlite:///{tmp_path}/one.db")
+    nb = run_notebook(f'study_yaml = None\nstorage = "sqlite:///{tmp_path}/one.db"\nstudy_name = "one"', tmp_path)
+    errors, text, mimes = notebook_outputs(nb)
+    assert errors == [] and re.search(r"^1 trial: 1 complete$", text, re.M), text
+    assert sum("application/vnd.plotly.v1+json" in m for m in mimes) == N_FIGURES
+
+
+# ---------------------------------------------------------------- the dashboard
+
+
+def get_json(url: str, timeout: float = 5) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+def test_dashboard_serves_the_study(sweep):
+    proc = subprocess.Popen([sys.executable, "-m", "lora_sweep", "dashboard", str(sweep.config), "--port", "0"],
+                            cwd=sweep.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+        url = lines.get(timeout=60).strip()  # the URL comes first
+        match = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/dashboard/studies/(\d+)", url)
+        assert match, url
+        base, study_id = f"http://127.0.0.1:{match[1]}", int(match[2])
+        deadline = time.time() + 30
+        while True:
+            try:
+                summaries = get_json(f"{base}/api/studies")["study_summaries"]
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        assert [(s["study_id"], s["study_name"]) for s in summaries] == [(study_id, "seen")]
+        assert {"config", "metric", "space", "baseline"} <= {a["key"] for a in summaries[0]["user_attrs"]}
+
+        detail = get_json(f"{base}/api/studies/{study_id}?after=0")
+        trials = sweep.study.trials
+        assert len(detail["trials"]) == len(trials)
+        assert [t["state"] for t in detail["trials"]] == [t.state.name.capitalize() for t in trials]
+        assert detail["has_intermediate_values"]
+        for served, trial in zip(detail["trials"], trials):
+            attrs = {a["key"]: a["value"] for a in served["user_attrs"]}
+            assert set(attrs) == set(trial.user_attrs)
+            assert {v["step"]: v["value"] for v in served["intermediate_values"]} == trial.intermediate_values
+        assert "adapter" in {a["key"]: a["value"] for a in detail["trials"][0]["user_attrs"]}["adapter_path"]
+        assert "nope_proj" in {a["key"]: a["value"] for a in detail["trials"][1]["user_attrs"]}["error"]
+        assert detail["note"]["body"].startswith("**Objective**: eval_loss (minimize)")  # the whole config
+        assert "```yaml\nstudy:\n  name: seen" in detail["note"]["body"]
+        with urllib.request.urlopen(url, timeout=5) as page:  # the printed URL opens the app
+            assert page.status == 200 and b"<html" in page.read().lower()
+    finally:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, err
+    assert out.strip().endswith("dashboard stopped") and "Traceback" not in err
+
+
+def test_trial_artifacts_are_served(tmp_path):
+    config = StudyConfig.model_validate({"study": {"name": "up", "dir": str(tmp_path / "studies")},
+                                         "data": {"train_file": "a", "test_file": "b"}})
+    (tmp_path / "studies").mkdir()
+    study = optuna.create_study(study_name="up", storage=config.storage_url)
+    trial = study.ask()
+    folder = _mkdir(tmp_path / "studies/up/trials/0")
+    (_mkdir(folder / "adapter") / "adapter_config.json").write_text("{}")
+    (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    write_jsonl(folder / "predictions.jsonl", [{"input": "a", "reference": "b", "prediction": "c", "score": 0.0}])
+    trial.set_user_attr("trial_dir", str(folder))
+    ids = dashboard.upload_trial_artifacts(study, trial, config)  # while the trial runs
+    study.tell(trial, 1.0)
+    assert (tmp_path / "studies/up/artifacts").is_dir()
+    metas = {m.filename: m for m in optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=study._storage)}
+    assert set(metas) == {"adapter-trial0.zip", "predictions.jsonl"}
+    assert metas["adapter-trial0.zip"].artifact_id == ids["adapter"]
+
+    from optuna_dashboard import wsgi
+
+    app = wsgi(study._storage, artifact_store=dashboard.artifact_store(config))
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = f"/artifacts/{study._study_id}/{study.trials[0]._trial_id}/{ids['adapter']}"
+    started = []
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: started.append((status, dict(headers)))))
+    assert started[0][0] == "200 OK" and started[0][1]["Content-Type"] == "application/zip"
+    assert sorted(zipfile.ZipFile(io.BytesIO(body)).namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+# ---------------------------------------------------------------- the HTML report in Chromium
+
+CHROMIUM = report.find_chromium()
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs a Chromium to open the HTML report "
+                                    "(Debian: apt-get install chromium)")
+
+# Records script errors, rejected promises and console.error calls in <pre id="js-errors">;
+# `data-loaded` says the page's load event came, so an empty <pre> means something.
+PROBE = """<script>
+window.__errors = [];
+function __record(m) { var p = document.getElementById('js-errors'); if (p) p.textContent += m + '\\n'; else window.__errors.push(m); }
+window.addEventListener('error', function (e) { __record('error: ' + e.message); });
+window.addEventListener('unhandledrejection', function (e) { __record('rejection: ' + e.reason); });
+var __consoleError = console.error;
+console.error = function () { __record('console.error: ' + Array.from(arguments).join(' ')); __consoleError.apply(console, arguments); };
+document.addEventListener('DOMContentLoaded', function () {
+  var p = document.createElement('pre'); p.id = 'js-errors'; p.textContent = window.__errors.join('\\n'); document.body.prepend(p); });
+window.addEventListener('load', function () { document.body.setAttribute('data-loaded', 'yes'); });
+</script>"""
+
+
+def chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    # the proxy goes nowhere: a page that needed the network would not render here
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars", "--mute-audio",
+           f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args, page.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def rendered(html_path: Path, tmp_path: Path) -> tuple[str, str]:
+    """The page's DOM once its scripts ran (without the scripts' text), and what the probe caught."""
+    probed = tmp_path / f"probed-{html_path.name}"
+    probed.write_text(html_path.read_text(encoding="utf-8").replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
+    dom = chromium(probed, tmp_path / "profile", "--dump-dom").stdout
+    assert 'data-loaded="yes"' in dom, dom[-2000:]
+    caught = re.search(r'<pre id="js-errors">(.*?)</pre>', dom, re.S)
+    assert caught is not None
+    return re.sub(r"<script\b.*?</script>", "", dom, flags=re.S), caught[1]
+
+
+def assert_renders(html_path: Path, tmp_path: Path) -> str:
+    source = html_path.read_text(encoding="utf-8")
+    assert source.count("window.PlotlyConfig") == 1  # plotly.js inlined once, not per figure
+    tags = re.findall(r"<(?:script|link|img|iframe)\b[^>]*>", re.sub(r"<script\b[^>]*>.*?</script>", "<script>",
+                                                                  source, flags=re.S))
+    assert not [t for t in tags if re.search(r"\b(src|href)=", t)]  # nothing fetched: it opens offline
+    divs = re.findall(r'<div id="(fig-[\w-]+)" class="plotly-graph-div"', source)
+    assert len(divs) == N_FIGURES
+    dom, errors = rendered(html_path, tmp_path)
+    assert errors == ""
+    assert dom.count('class="plot-container plotly"') == N_FIGURES  # every figure was drawn
+    starts = [dom.index(f'id="{div}"') for div in divs] + [len(dom)]
+    for div, start, end in zip(divs, starts, starts[1:]):
+        assert 'class="main-svg"' in dom[start:end], f"{div} has no plot"
+    assert "WebGL is not supported" not in dom
+    return dom
+
+
+@needs_chromium
+def test_html_report_renders_in_chromium(sweep, tmp_path):
+    # the error probe itself catches errors: a page that throws
+    broken = tmp_path / "broken.html"
+    broken.write_text("<html><head></head><body><script>throw new Error('probe works')</script></body></html>")
+    assert "probe works" in rendered(broken, tmp_path)[1]
+
+    out = tmp_path / "report.html"
+    proc = run_module(["report", str(sweep.config), "-o", str(out)], cwd=sweep.root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.is_file() and str(out) in proc.stdout
+    dom = assert_renders(out, tmp_path)
+    assert dom.count("<tr>") >= len(sweep.study.trials)  # the trials table
+
+    shot = tmp_path / "report.png"
+    chromium(out, tmp_path / "profile", "--window-size=1280,4400", f"--screenshot={shot}")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    keep = os.environ.get("LORA_SWEEP_TEST_ARTIFACTS")  # CI uploads this folder
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / "sweep_report.png")
+        shutil.copy(out, Path(keep) / "sweep_report.html")
+
+    # a study with enough completed trials for parallel coordinates, importances and slices
+    rich = tmp_path / "rich.html"
+    report.write_html(synthetic_study(tmp_path / "studies"), rich)
+    dom = assert_renders(rich, tmp_path)
+    assert "Predictions of the best trial" in dom
+    assert "&lt;b&gt;not html&lt;/b&gt;" in dom  # trial text is escaped
