@@ -91,15 +91,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from lora_sweep import dashboard
+    from lora_sweep.config import load_study
 
-    return dashboard.main([args.config, *args.overrides, "--port", str(args.port), "--host", args.host])
+    return dashboard.serve(load_study(args.config, args.overrides), args.host, args.port)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from lora_sweep import report
+    from lora_sweep.config import load_study
 
-    return report.main([args.config, *args.overrides, *(["-o", args.output] if args.output else []),
-                        *(["--png"] if args.png else [])])
+    report.write_report(load_study(args.config, args.overrides), args.output, args.png)
+    return 0
 
 
 def add_trial(p: argparse.ArgumentParser) -> None:
@@ -125,7 +127,7 @@ COMMANDS = {
         p.add_argument("--merge", action="store_true", help="merge the adapter into the base model"),
     )),
     "dashboard": (cmd_dashboard, "serve optuna-dashboard on the study's storage", lambda p: (
-        p.add_argument("--port", type=int, default=8080),
+        p.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free one)"),
         p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)"),
     )),
     "report": (cmd_report, "write the sweep report as one self-contained HTML file", lambda p: (

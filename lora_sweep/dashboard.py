@@ -10,7 +10,6 @@ trial's adapter (zipped) and predictions can be downloaded from the trial's page
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import signal
 import socketserver
@@ -24,7 +23,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial
 
-from lora_sweep.config import ConfigError, StudyConfig, load_study
+from lora_sweep.config import ConfigError, StudyConfig
 
 
 def artifact_folder(config: StudyConfig) -> Path:
@@ -126,42 +125,27 @@ def _stop(signum: int, frame: Any) -> None:
     raise _Stop
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m lora_sweep dashboard study.yaml [--port N] [--host H]`."""
+def serve(config: StudyConfig, host: str = "127.0.0.1", port: int = 8080) -> int:
+    """Serve optuna-dashboard on the study's storage until Ctrl+C or SIGTERM; port 0: any free one."""
     from optuna_dashboard import wsgi
 
     from lora_sweep.sweep import load_existing
 
-    parser = argparse.ArgumentParser(prog="lora_sweep dashboard",
-                                     description="serve optuna-dashboard on the study's storage")
-    parser.add_argument("config", help="study YAML")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. study.name=other")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free one)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        config = load_study(args.config, args.overrides)
-        study = load_existing(config.storage_url, config.study.name)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    storage = study._storage
+    study = load_existing(config.storage_url, config.study.name)
     try:
         if not has_note(study):
             write_study_note(study, config)
     except Exception as exc:  # a note is a nicety: a locked or read-only database must not stop the dashboard
         print(f"warning: the study note was not written: {exc}", file=sys.stderr)
-    app = wsgi(storage, artifact_store=artifact_store(config))
+    app = wsgi(study._storage, artifact_store=artifact_store(config))
     try:
-        server = make_server(args.host, args.port, app, server_class=_Server, handler_class=_QuietHandler)
+        server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
     except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 2
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    port = server.server_address[1]
+        raise ConfigError([f"cannot listen on {host}:{port}: {exc.strerror}"]) from None
+    shown = f"[{host}]" if ":" in host else host
     # the URL first, flushed: a test or a script waits for this line
-    print(f"http://{host}:{port}/dashboard/studies/{study._study_id}", flush=True)
+    print(f"http://{shown}:{server.server_address[1]}/dashboard/studies/{study._study_id}", flush=True)
     print(f"optuna-dashboard for study {config.study.name!r} in {config.storage_url}; "
           f"artifacts in {artifact_folder(config)}; Ctrl+C to stop", flush=True)
     previous = signal.signal(signal.SIGTERM, _stop)
@@ -174,7 +158,3 @@ def main(argv: list[str] | None = None) -> int:
         server.server_close()
     print("dashboard stopped", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,7 +9,6 @@ with a study of one trial: a view that needs more than the study has is a figure
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import math
@@ -654,34 +653,17 @@ def export_pngs(study: optuna.Study, folder: str | Path, stem: str = "report") -
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m lora_sweep report study.yaml [-o report.html] [--png]`."""
-    parser = argparse.ArgumentParser(prog="lora_sweep report",
-                                     description="write the sweep's views as one self-contained HTML file")
-    parser.add_argument("config", help="study YAML")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. study.name=other")
-    parser.add_argument("-o", "--output", help="HTML file to write (default <study.dir>/<name>/report.html)")
-    parser.add_argument("--png", action="store_true",
-                        help="also write a PNG per figure beside it (needs kaleido and a Chromium)")
-    args = parser.parse_args(argv)
+def write_report(config: StudyConfig, output: str | None = None, png: bool = False) -> Path:
+    """`python -m lora_sweep report`: the HTML report (and PNGs) of the study of `config`."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        config = load_study(args.config, args.overrides)
-        study, _ = open_study(storage=config.storage_url, study_name=config.study.name)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.output) if args.output else config.folder / "report.html"
+    study, _ = open_study(storage=config.storage_url, study_name=config.study.name)
+    out = Path(output) if output else config.folder / "report.html"
     write_html(study, out, config)
     print(f"report: {out}")
-    if args.png:
+    if png:
         pngs = export_pngs(study, out.parent, out.stem)
         if pngs:
             print(f"PNGs: {', '.join(str(p) for p in pngs)}")
         else:
             print("PNGs skipped: they need the kaleido package and a Chromium", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return out
