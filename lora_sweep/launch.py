@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,18 @@ def command(job_path: Path, flags: list[str], module: str = "lora_sweep.train") 
     return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", module, str(job_path)]
 
 
+# The jobs this process runs now, so an interrupted sweep can stop them all.
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
+
+def stop_all(grace: float) -> None:
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        stop(proc, grace)
+
+
 @dataclass
 class JobRun:
     returncode: int
@@ -52,9 +65,7 @@ def stop(proc: subprocess.Popen, grace: float) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=grace)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
+    except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # stragglers the launcher did not reap
@@ -85,6 +96,8 @@ def run_job(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command(job_path, flags, module), stdout=log, stderr=subprocess.STDOUT,
                                 env=child_env, cwd=folder, start_new_session=True)
+    with _running_lock:
+        _running.add(proc)
     reader = EventReader(folder / "events.jsonl")
     run = JobRun(returncode=0)
     begin = time.monotonic()
@@ -108,6 +121,8 @@ def run_job(
     finally:
         if proc.poll() is None:  # the sweep itself is being interrupted
             stop(proc, stop_grace)
+        with _running_lock:
+            _running.discard(proc)
     run.events += reader.new()  # what the job wrote after it was told to stop
     run.returncode = proc.returncode
     run.log_tail = tail(log_path)

@@ -215,7 +215,10 @@ class Sweep:
     slots: queue.Queue = field(default_factory=queue.Queue)
     failures_in_a_row: int = 0
     stop_reason: str | None = None
+    error: BaseException | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    claim: threading.Lock = field(default_factory=threading.Lock)
+    local: threading.local = field(default_factory=threading.local)
 
     @property
     def folder(self) -> Path:
@@ -296,6 +299,45 @@ class Sweep:
         if self.config.objective.also == "wall_time":
             return best, result["wall_time_s"]
         return best
+
+    # ---------------------------------------------------------------- the trial loop
+
+    def work(self, deadline: float | None) -> None:
+        """One slot's loop: start a trial while the study needs one, until the sweep stops.
+
+        A trial starts only while the finished and running trials (of every worker) are fewer
+        than n_trials, so parallel trials and workers do not overshoot and failed trials are
+        made up. The count and the trial's creation happen under one lock (released by
+        `claimed` once the trial is RUNNING), so two slots never both take the last trial."""
+        try:
+            while self.stop_reason is None and (deadline is None or time.monotonic() < deadline):
+                self.claim.acquire()
+                self.local.holds = True
+                try:
+                    if not self.wants_trial():
+                        return
+                    self.study.optimize(self.claimed, n_trials=1, catch=(TrialFailed,),
+                                        callbacks=[self.after_trial])
+                finally:
+                    if self.local.holds:
+                        self.local.holds = False
+                        self.claim.release()
+        except BaseException as exc:  # re-raised by run_sweep in the main thread
+            self.error = exc
+            self.stop_reason = self.stop_reason or f"stopped by an error: {exc!r}"
+
+    def wants_trial(self) -> bool:
+        active = self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        sampler = self.study.sampler
+        if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(self.study):
+            return False
+        return len(active) < self.config.study.n_trials
+
+    def claimed(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        """The objective, releasing the claim first: the trial exists, the others count it."""
+        self.local.holds = False
+        self.claim.release()
+        return self.objective(trial)
 
     # ---------------------------------------------------------------- progress and stopping
 
@@ -413,16 +455,25 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
         base = study.user_attrs["baseline"]
         log.info("base model: eval_loss %.4f%s", base["eval_loss"],
                  f", {base['metric']} {base['score']:.4f}" if "score" in base else "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a killed sweep's trials: failed, their params re-queued
     log.info("study %s in %s: %d of %d trials finished", config.study.name, config.storage_url,
              finished(study), config.study.n_trials)
-    while sweep.stop_reason is None:
-        remaining = config.study.n_trials - finished(study)
-        left = deadline - time.monotonic() if deadline else None
-        if remaining <= 0 or (left is not None and left <= 0):
-            break
-        # n_trials=remaining: failed trials count here and are made up in the next round
-        study.optimize(sweep.objective, n_trials=remaining, timeout=left, n_jobs=sweep.slots.qsize(),
-                       catch=(TrialFailed,), callbacks=[sweep.after_trial])
+    workers = [threading.Thread(target=sweep.work, args=(deadline,), name=f"trials-{i}")
+               for i in range(sweep.slots.qsize())]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        sweep.stop_reason = "interrupted: the running trials were stopped and recorded as failed"
+        launch.stop_all(config.study.stop_grace)
+        for worker in workers:
+            worker.join()
+    if sweep.error is not None:
+        raise sweep.error
     return study, sweep.stop_reason
 
 

@@ -1,0 +1,70 @@
+"""Several workers on one study through a real PostgreSQL server: the multi-machine set-up,
+with processes standing in for machines. The server is started here from the machine's
+PostgreSQL binaries (`.ci/run` installs them); without them the test is skipped."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import run_module, write_yaml
+from test_sweep import study_tree
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin")) or [str(Path(p).parent) for p in [shutil.which("initdb")] if p]
+    if not bins or not Path(bins[-1], "pg_ctl").exists():
+        pytest.skip("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (the test extra has it)")
+    pg = Path(bins[-1])
+    data = Path(tempfile.mkdtemp(prefix="lora-sweep-pg-"))  # pytest's tmp folders are private to root
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
+                    "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True)
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def test_workers_join_a_postgresql_study(postgres_url, tiny_llama, chat_data, tmp_path):
+    name = f"tiny-{uuid.uuid4().hex[:8]}"
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=1, name=name, storage=postgres_url)
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    first = run_module(["run", str(config)], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    # two workers, as on two machines, share the rest of a 4-trial budget
+    workers = [subprocess.Popen([sys.executable, "-m", "lora_sweep", "worker", str(config), "study.n_trials=4"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    study = optuna.load_study(study_name=name, storage=postgres_url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4  # no overshoot, no failure
+    assert all(" COMPLETE " in err for _, err in outputs)  # each worker ran trials
+    assert len({t.user_attrs["trial_dir"] for t in study.trials}) == 4
