@@ -258,6 +258,10 @@ class Collator:
 
     def __call__(self, batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         width = max(len(item["input_ids"]) for item in batch)
+        if all(len(item["input_ids"]) == width for item in batch):  # packed rows: nothing to pad
+            ids = torch.stack([item["input_ids"] for item in batch])
+            return {"input_ids": ids, "labels": torch.stack([item["labels"] for item in batch]),
+                    "attention_mask": torch.ones_like(ids)}
         out = {
             "input_ids": torch.full((len(batch), width), self.pad_id, dtype=torch.int64),
             "labels": torch.full((len(batch), width), IGNORE, dtype=torch.int64),

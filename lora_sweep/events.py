@@ -21,13 +21,16 @@ class EventLog:
     def __init__(self, path: str | Path, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
+        self.file = None
 
     def emit(self, kind: str, **fields: Any) -> None:
         if not self.enabled:
             return
+        if self.file is None:  # opened once: an event per training step must cost next to nothing
+            self.file = self.path.open("a", encoding="utf-8")
         line = json.dumps({"event": kind, "time": round(time.time(), 3), **fields})
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")  # one write per event: a reader never sees half a line after a flush
+        self.file.write(line + "\n")
+        self.file.flush()  # a reader sees each event as it happens, and a crash loses none
 
 
 class EventReader:
