@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from lora_sweep import data as D
-from lora_sweep.config import ConfigError, DataSection, JobConfig, ObjectiveSection, load_job
+from lora_sweep.config import ConfigError, DataSection, JobConfig, ModelSection, ObjectiveSection, load_job
 from lora_sweep.scorers import Scorer, load_scorer
 
 log = logging.getLogger("lora_sweep.evaluate")
@@ -132,30 +132,40 @@ def eval_loss(model: Any, rows: D.Rows, batch_size: int, pad_id: int) -> float:
     return total / len(rows)
 
 
-def evaluate_model(config: JobConfig, adapter: str | Path | None = None) -> dict[str, Any]:
-    """Loss, perplexity and (for a generation objective) the metric of the base model, or of
-    the base model with `adapter`; writes baseline.json and predictions.jsonl to output_dir."""
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))  # exp(710) overflows a float
+
+
+def load_for_inference(model_config: ModelSection, adapter: str | Path | None = None) -> tuple[Any, Any]:
+    """The base model (on the GPU if there is one), with `adapter` on top if given, in eval
+    mode, and its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
     from lora_sweep.models import resolve_model
     from lora_sweep.train import load_tokenizer, pick_dtype
 
-    from transformers import AutoModelForCausalLM
-
-    started = time.time()
-    train_samples, test_samples = D.load_samples(config.data)
-    path = resolve_model(config.model.name_or_path)
-    tokenizer = load_tokenizer(path, config.model.trust_remote_code)
-    tokenized = D.prepare(config.data, config.training.seed, tokenizer, (train_samples, test_samples))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(config.model.dtype),
-                                                 trust_remote_code=config.model.trust_remote_code)
+    path = resolve_model(model_config.name_or_path)
+    tokenizer = load_tokenizer(path, model_config.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(model_config.dtype),
+                                                 trust_remote_code=model_config.trust_remote_code)
     if torch.cuda.is_available():
         model.to("cuda")
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
+    return model.eval(), tokenizer
+
+
+def evaluate_model(config: JobConfig, adapter: str | Path | None = None) -> dict[str, Any]:
+    """Loss, perplexity and (for a generation objective) the metric of the base model, or of
+    the base model with `adapter`; writes baseline.json and predictions.jsonl to output_dir."""
+    started = time.time()
+    train_samples, test_samples = D.load_samples(config.data)
+    model, tokenizer = load_for_inference(config.model, adapter)
+    tokenized = D.prepare(config.data, config.training.seed, tokenizer, (train_samples, test_samples))
     loss = eval_loss(model, tokenized.test, config.data.test_batch_size, tokenizer.pad_token_id)
-    result: dict[str, Any] = {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-                              "metric": config.objective.metric}
+    result: dict[str, Any] = {"eval_loss": loss, "perplexity": perplexity(loss), "metric": config.objective.metric}
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if config.objective.is_generation:

@@ -69,23 +69,9 @@ def best(config: StudyConfig) -> str:
 
 def load(config: StudyConfig, trial: FrozenTrial | None) -> tuple[Any, Any]:
     """The base model (with the trial's adapter unless `trial` is None) and its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from lora_sweep.evaluate import load_for_inference
 
-    from lora_sweep.models import resolve_model
-    from lora_sweep.train import load_tokenizer, pick_dtype
-
-    path = resolve_model(config.model.name_or_path)
-    tokenizer = load_tokenizer(path, config.model.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(config.model.dtype),
-                                                 trust_remote_code=config.model.trust_remote_code)
-    if torch.cuda.is_available():
-        model.to("cuda")
-    if trial is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, trial.user_attrs["adapter_path"])
-    return model.eval(), tokenizer
+    return load_for_inference(config.model, trial.user_attrs["adapter_path"] if trial else None)
 
 
 def read_conversations(path: str) -> list[list[dict]]:

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import queue
 import shutil
 import sys
 import threading
@@ -212,7 +211,6 @@ class Sweep:
     config: StudyConfig
     space: S.Space
     study: optuna.Study
-    slots: queue.Queue = field(default_factory=queue.Queue)
     failures_in_a_row: int = 0
     stop_reason: str | None = None
     error: BaseException | None = None
@@ -230,7 +228,11 @@ class Sweep:
         shutil.rmtree(folder, ignore_errors=True)  # a number reused after a database was deleted
         folder.mkdir(parents=True)
         trial.set_user_attr("trial_dir", str(folder))
-        job = job_config(self.config, self.space, params, folder)
+        try:
+            job = job_config(self.config, self.space, params, folder)
+        except TrialFailed as exc:
+            trial.set_user_attr("error", str(exc))
+            raise
         dump_yaml(job, folder / "job.yaml")
 
         objective = self.config.objective
@@ -252,14 +254,10 @@ class Sweep:
                     return event["step"] < state.get("max_steps", math.inf) and trial.should_prune()
             return False
 
-        slot = self.slots.get()
-        try:
-            flags, env = slot_launch(self.config, slot)
-            began = time.time()
-            run = launch.run_job(folder / "job.yaml", folder, flags, on_event, env=env,
-                                 timeout=self.config.study.trial_timeout, stop_grace=self.config.study.stop_grace)
-        finally:
-            self.slots.put(slot)
+        flags, env = slot_launch(self.config, self.local.slot)
+        began = time.time()
+        run = launch.run_job(folder / "job.yaml", folder, flags, on_event, env=env,
+                             timeout=self.config.study.trial_timeout, stop_grace=self.config.study.stop_grace)
         # artifacts are trial system attrs, which the storage refuses once the trial is finished
         upload_trial_artifacts(self.study, trial, self.config)
         trial.set_user_attr("eval_curve", curve)
@@ -302,13 +300,15 @@ class Sweep:
 
     # ---------------------------------------------------------------- the trial loop
 
-    def work(self, deadline: float | None) -> None:
-        """One slot's loop: start a trial while the study needs one, until the sweep stops.
+    def work(self, slot: list[int] | None, deadline: float | None) -> None:
+        """One slot's loop (`slot`: its GPU ids, None on the CPU): start a trial while the study
+        needs one, until the sweep stops.
 
         A trial starts only while the finished and running trials (of every worker) are fewer
         than n_trials, so parallel trials and workers do not overshoot and failed trials are
         made up. The count and the trial's creation happen under one lock (released by
         `claimed` once the trial is RUNNING), so two slots never both take the last trial."""
+        self.local.slot = slot
         try:
             while self.stop_reason is None and (deadline is None or time.monotonic() < deadline):
                 self.claim.acquire()
@@ -443,8 +443,6 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     study = open_study(config, space)
     sweep = Sweep(config, space, study)
     slots = device_groups(config)
-    for slot in slots:
-        sweep.slots.put(slot)
     if config.objective.baseline and "baseline" not in study.user_attrs:
         try:
             study.set_user_attr("baseline", run_baseline(config, space, slots[0]))
@@ -460,8 +458,8 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
         optuna.storages.fail_stale_trials(study)  # a killed sweep's trials: failed, their params re-queued
     log.info("study %s in %s: %d of %d trials finished", config.study.name, config.storage_url,
              finished(study), config.study.n_trials)
-    workers = [threading.Thread(target=sweep.work, args=(deadline,), name=f"trials-{i}")
-               for i in range(sweep.slots.qsize())]
+    workers = [threading.Thread(target=sweep.work, args=(slot, deadline), name=f"slot-{i}")
+               for i, slot in enumerate(slots)]
     for worker in workers:
         worker.start()
     try:

@@ -36,7 +36,7 @@ from transformers.utils import logging as hf_logging
 
 from lora_sweep import data as D
 from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job
-from lora_sweep.evaluate import GenerationMetric, check_scorer, write_predictions
+from lora_sweep.evaluate import GenerationMetric, check_scorer, perplexity, write_predictions
 from lora_sweep.events import PARENT_PID_ENV, EventLog
 from lora_sweep.models import resolve_model
 
@@ -48,10 +48,6 @@ EXIT_ORPHANED = 75
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 700.0))  # exp(710) overflows a float
 
 
 # ---------------------------------------------------------------- model
