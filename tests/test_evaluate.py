@@ -129,3 +129,22 @@ def test_bad_metric_scorer_and_trial_are_one_line_errors(gen_study, tmp_path):
     proc = run_module(["export", str(config), "--trial", "99", "--out", str(tmp_path / "x")], cwd=root)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --trial 99: no such trial; the study has trials 0..1"
     assert not (tmp_path / "x").exists()
+
+
+def test_multi_objective_study(gen_study, tmp_path):
+    root, config, _ = gen_study
+    moved = [f"study.dir={tmp_path / 'studies'}", "objective.also=wall_time", "objective.baseline=false"]
+    proc = run_module(["run", str(config), *moved], cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path / "studies")
+    assert study.directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
+    for trial in study.trials:
+        assert len(trial.values) == 2 and trial.values[1] == trial.user_attrs["job_wall_time_s"]
+        assert trial.intermediate_values == {}  # optuna takes no reports from multi-objective trials
+        assert len(trial.user_attrs["eval_curve"]) == 2
+    for best in study.best_trials:
+        assert f"best: trial {best.number}, token_f1 {best.values[0]:.4f}, wall_time {best.values[1]:.4f}" in proc.stdout
+    front = ", ".join(str(t.number) for t in study.best_trials)
+    best = run_module(["best", str(config), *moved], cwd=root)
+    assert best.returncode == 2 and best.stderr.strip() == (
+        f"error: --trial best: a multi-objective study has no single best; pick one of the Pareto front: {front}")
