@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from optuna.study import StudyDirection

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -11,12 +10,11 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import REPO, run_module, write_yaml
-from lora_sweep.config import ConfigError, StudyConfig
+from conftest import run_module, write_yaml
+from lora_sweep.config import StudyConfig
 from lora_sweep.events import read_events
 from lora_sweep.space import build_space, default_params
 
