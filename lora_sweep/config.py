@@ -463,6 +463,15 @@ class StudyConfig(Section):
         return self.study.storage or f"sqlite:///{Path(self.study.dir) / self.study.name}.db"
 
 
+def storage_file(url: str) -> tuple[str, str] | None:
+    """(scheme prefix, file path) of a file-backed storage URL (`sqlite:///`, `journal://` or a
+    bare path); None for a server URL such as postgresql://."""
+    for prefix in ("sqlite:///", "journal://"):
+        if url.startswith(prefix):
+            return prefix, url[len(prefix):]
+    return ("", url) if url and "://" not in url else None
+
+
 STUDY_GROUPS = ("study", "search_space")
 
 

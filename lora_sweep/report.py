@@ -28,7 +28,7 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
-from lora_sweep.config import ConfigError, StudyConfig, load_study
+from lora_sweep.config import ConfigError, StudyConfig, load_study, storage_file
 
 # Trial user attrs worth a column, in this order; any other scalar user attr follows them
 # (so a score-like metric the sweep adds later shows up without a change here).
@@ -75,12 +75,9 @@ def rebase(config: StudyConfig, root: Path) -> StudyConfig:
     update: dict[str, Any] = {}
     if not Path(s.dir).is_absolute():
         update["dir"] = str(root / s.dir)
-    url = s.storage or ""
-    prefix = next((p for p in ("sqlite:///", "journal://") if url.startswith(p)), None)
-    if prefix is None and url and "://" not in url:
-        prefix = ""  # a bare journal file path
-    if prefix is not None and not Path(url[len(prefix):]).is_absolute():
-        update["storage"] = prefix + str(root / url[len(prefix):])
+    file = storage_file(s.storage or "")
+    if file is not None and not Path(file[1]).is_absolute():
+        update["storage"] = file[0] + str(root / file[1])
     return config.model_copy(update={"study": s.model_copy(update=update)}) if update else config
 
 

@@ -44,6 +44,7 @@ from lora_sweep.config import (
     dump_yaml,
     format_errors,
     load_study,
+    storage_file,
 )
 
 log = logging.getLogger("lora_sweep.sweep")
@@ -73,10 +74,9 @@ def make_storage(url: str, study: StudySection | None = None) -> optuna.storages
     """The storage at `url`. With the study's settings (a sweep), it is created if missing and
     RDB storages get heartbeats, so a killed sweep's trials are re-run; without (the commands
     that read a study), a missing database file is an error, not a new empty one."""
-    journal = url.startswith("journal://") or (url.endswith(".log") and "://" not in url)
-    path = Path(url.removeprefix("journal://")) if journal else None
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
+    file = storage_file(url)
+    journal = file is not None and (file[0] == "journal://" or (file[0] == "" and url.endswith(".log")))
+    path = Path(file[1]) if file is not None and (journal or file[0] == "sqlite:///") else None
     if path is not None:
         if study is None and not path.is_file():
             raise ConfigError([f"no study database at {path}: run the sweep first"])

@@ -17,6 +17,7 @@ from conftest import REPO, job_tree, run_module, write_yaml
 from lora_sweep import data as D
 from lora_sweep import train as T
 from lora_sweep.config import validate_job
+from lora_sweep.evaluate import eval_loss
 from lora_sweep.events import read_events
 
 ACCELERATE_CPU = ["--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
@@ -64,16 +65,6 @@ def test_planned_steps_from_epochs():
     assert T.plan_steps(job, train_rows=40, world_size=2) == 5
     fixed = validate_job({"data": {"dataset": "d"}, "training": {"num_training_steps": 7}})
     assert T.plan_steps(fixed, train_rows=40, world_size=1) == 7
-
-
-def eval_loss(model, rows: D.Rows, batch_size: int, pad_id: int) -> float:
-    """Mean of per-batch losses weighted by batch size, as Trainer's evaluation computes it."""
-    dataset, collate, total = D.RowDataset(rows), D.Collator(pad_id), 0.0
-    with torch.no_grad():
-        for a in range(0, len(rows), batch_size):
-            items = [dataset[i] for i in range(a, min(a + batch_size, len(rows)))]
-            total += model(**collate(items)).loss.item() * len(items)
-    return total / len(rows)
 
 
 def test_loss_goes_down_and_adapter_reproduces_best_eval(tiny_llama, chat_data, tmp_path):
