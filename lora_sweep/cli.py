@@ -44,14 +44,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 check_scorer(config.objective, samples)
             except ConfigError as exc:
                 problems += exc.problems
+    extra = ""
+    if not problems and study:
+        from lora_sweep.space import build_space
+        from lora_sweep.sweep import make_pruner, make_sampler
+
+        space = build_space(config)
+        for check in (lambda: make_sampler(config, space), lambda: make_pruner(config)):
+            try:
+                check()
+            except ConfigError as exc:
+                problems += exc.problems
+        extra = f", {len(space.distributions)} parameters searched over {config.study.n_trials} trials"
     if problems:
         raise ConfigError(problems, args.config)
     kind = "study" if study else "job"
-    extra = ""
-    if study:
-        from lora_sweep.space import build_space
-
-        extra = f", {len(build_space(config).distributions)} parameters searched over {config.study.n_trials} trials"
     print(f"{args.config}: valid {kind} config ({counts[0]} train and {counts[1]} test samples{extra})")
     return 0
 

@@ -385,7 +385,7 @@ class SamplerSection(Section):
 
 
 class PrunerSection(Section):
-    type: Literal["none", "median", "successive_halving", "hyperband"] = Field(
+    type: Literal["none", "median", "percentile", "threshold", "successive_halving", "hyperband"] = Field(
         "median", description="Optuna pruner, fed each evaluation of a trial."
     )
     options: dict[str, Any] = Field(

@@ -11,6 +11,7 @@ the trial, and the pruner's verdict stops the job.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -24,7 +25,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
@@ -121,7 +122,13 @@ def load_existing(url: str, name: str | None) -> optuna.Study:
 
 
 def make_sampler(config: StudyConfig, space: S.Space) -> optuna.samplers.BaseSampler:
+    """The study's sampler; a ConfigError names a bad option."""
     s = config.study.sampler
+    with optuna_options("study.sampler", s.type):
+        return sampler_of(s, space)
+
+
+def sampler_of(s: Any, space: S.Space) -> optuna.samplers.BaseSampler:
     options = dict(s.options)
     if s.type == "tpe":
         options.setdefault("multivariate", True)
@@ -142,12 +149,27 @@ def make_sampler(config: StudyConfig, space: S.Space) -> optuna.samplers.BaseSam
     return cls(seed=s.seed, **options)
 
 
+PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+           "percentile": optuna.pruners.PercentilePruner, "threshold": optuna.pruners.ThresholdPruner,
+           "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner}
+
+
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """The study's pruner; a ConfigError names a bad option."""
     p = config.study.pruner
-    cls = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-           "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-           "hyperband": optuna.pruners.HyperbandPruner}[p.type]
-    return cls(**p.options)
+    with optuna_options("study.pruner", p.type):
+        return PRUNERS[p.type](**p.options)
+
+
+@contextlib.contextmanager
+def optuna_options(where: str, kind: str) -> Iterator[None]:
+    """Turn optuna's complaint about a sampler's or pruner's options into a ConfigError."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError([f"{where}.options: optuna's {kind} {where.rpartition('.')[2]} refused them: {exc}"]) from None
 
 
 def device_groups(config: StudyConfig) -> list[list[int] | None]:
@@ -408,12 +430,13 @@ def prepare_data(config: StudyConfig) -> None:
              len(tokenized.test), config.data.train_seqlen, config.data.test_seqlen)
 
 
-def open_study(config: StudyConfig, space: S.Space) -> optuna.Study:
+def open_study(config: StudyConfig, space: S.Space, sampler: optuna.samplers.BaseSampler,
+               pruner: optuna.pruners.BasePruner) -> optuna.Study:
     name = config.study.name
     storage = make_storage(config.storage_url, config.study)
     exists = name in optuna.get_all_study_names(storage)
     study = optuna.create_study(storage=storage, study_name=name, directions=config.objective.directions,
-                                sampler=make_sampler(config, space), pruner=make_pruner(config), load_if_exists=True)
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
     if not exists:
         study.set_user_attr("config", config.model_dump(mode="json"))
         study.set_user_attr("metric", config.objective.metric)
@@ -437,10 +460,11 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     Returns the study and, when the sweep gave up early, why."""
     deadline = time.monotonic() + config.study.timeout if config.study.timeout else None
     space = S.build_space(config)
+    sampler, pruner = make_sampler(config, space), make_pruner(config)  # bad options: refused before any write
     if join_only:
         load_existing(config.storage_url, config.study.name)  # a worker joins; it never starts a study
     prepare_data(config)
-    study = open_study(config, space)
+    study = open_study(config, space, sampler, pruner)
     sweep = Sweep(config, space, study)
     slots = device_groups(config)
     if config.objective.baseline and "baseline" not in study.user_attrs:

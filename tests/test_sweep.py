@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import optuna
@@ -106,6 +107,81 @@ def test_bad_space_every_problem_at_once(tmp_path):
     assert "  - search_space.lora_dropout: value 1.5 is not valid for lora_dropout: Input should be less than 1" in lines
     assert "  - search_space.r: type must be float, int or categorical, got 'normal'" in lines
     assert not (tmp_path / "studies").exists()
+
+
+def test_bad_sampler_and_pruner_options_are_refused_before_anything_is_written(tiny_llama, chat_data, tmp_path):
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", sampler={"type": "tpe", "options": {"n_startup": 2}},
+                      pruner={"type": "percentile", "options": {"n_startup_trials": 1}})
+    path = write_yaml(tmp_path / "study.yaml", tree)
+    proc = run_module(["validate", str(path)], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: {path}: 2 problems:",
+        "  - study.sampler.options: optuna's tpe sampler refused them: "
+        "TPESampler.__init__() got an unexpected keyword argument 'n_startup'",
+        "  - study.pruner.options: optuna's percentile pruner refused them: "
+        "PercentilePruner.__init__() missing 1 required positional argument: 'percentile'",
+    ]
+    proc = run_module(["run", str(path), "study.sampler.options={}"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: study.pruner.options: optuna's percentile pruner refused them: "
+        "PercentilePruner.__init__() missing 1 required positional argument: 'percentile'")
+    assert not (tmp_path / "studies").exists()
+
+
+def test_every_sampler_type_samples_guided_trials_from_the_space():
+    """Each sampler the config offers imports what it needs and keeps to the space past its startup trials."""
+    from lora_sweep.config import SamplerSection
+    from lora_sweep.sweep import make_sampler
+
+    space_spec = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                  "num_warmup_steps": {"type": "int", "low": 0, "high": 4},
+                  "lr_scheduler_type": {"type": "categorical", "choices": ["linear_with_warmup", "cosine_with_warmup"]}}
+    startup = {"tpe": {"n_startup_trials": 1}, "gp": {"n_startup_trials": 1}, "cmaes": {"n_startup_trials": 1}}
+    for kind in typing.get_args(SamplerSection.model_fields["type"].annotation):
+        spec = dict(space_spec)
+        if kind == "grid":  # a grid needs steps
+            spec["learning_rate"] = {"type": "categorical", "choices": [1e-3, 1e-2]}
+        config = StudyConfig.model_validate({"data": {"dataset": "d"}, "study": {"base_space": "none",
+                                             "sampler": {"type": kind, "seed": 1, "options": startup.get(kind, {})}},
+                                             "search_space": spec})
+        space = build_space(config)
+        study = optuna.create_study(direction="minimize", sampler=make_sampler(config, space))
+        for _ in range(4):
+            trial = study.ask(space.distributions)
+            study.tell(trial, abs(trial.params["learning_rate"] - 3e-3) + trial.params["num_warmup_steps"])
+        trials = study.get_trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, kind
+        for t in trials:
+            assert all(space.distributions[k]._contains(space.distributions[k].to_internal_repr(v))
+                       for k, v in t.params.items()), (kind, t.params)
+        assert len({t.params["learning_rate"] for t in trials}) > 1, kind
+
+
+def test_percentile_and_threshold_pruners_judge_a_trial():
+    from lora_sweep.sweep import make_pruner
+
+    def verdict(pruner: dict, values: list[list[float]], new: float) -> bool:
+        config = StudyConfig.model_validate({"data": {"dataset": "d"}, "study": {"pruner": pruner}})
+        study = optuna.create_study(direction="maximize", pruner=make_pruner(config))
+        for curve in values:
+            trial = study.ask()
+            for step, value in enumerate(curve, start=1):
+                trial.report(value, step)
+            study.tell(trial, max(curve))
+        trial = study.ask()
+        trial.report(new, 1)
+        return bool(trial.should_prune())
+
+    keep_top_quarter = {"type": "percentile", "options": {"percentile": 25, "n_startup_trials": 1}}
+    # completed trials scored 0, 0 and 0.4 at step 1: a 0 is pruned (a median pruner keeps it: 0 is the median)
+    assert verdict(keep_top_quarter, [[0.0], [0.0], [0.4]], 0.0) is True
+    assert verdict({"type": "median", "options": {"n_startup_trials": 1}}, [[0.0], [0.0], [0.4]], 0.0) is False
+    assert verdict(keep_top_quarter, [[0.0], [0.0], [0.4]], 0.35) is False
+    floor = {"type": "threshold", "options": {"lower": 0.05}}
+    assert verdict(floor, [], 0.0) is True
+    assert verdict(floor, [], 0.1) is False
 
 
 def test_sweep_end_to_end_in_parallel(tiny_llama, chat_data, tmp_path):
