@@ -19,6 +19,7 @@ import data_pipeline  # noqa: E402
 import generation  # noqa: E402
 import job_throughput  # noqa: E402
 import sweep_efficiency  # noqa: E402
+import sweep_surrogate  # noqa: E402
 import trial_cost  # noqa: E402
 
 
@@ -151,6 +152,22 @@ def test_sweep_efficiency(tmp_path, capsys):
         assert [(p["number"], p["state"], p["steps"]) for p in points] == [(0, "COMPLETE", 2)]
     (row,) = out["rows"]
     assert row[2] == row[4] == 2 and row[5] == out["ratio"] == 1  # both ran the enqueued defaults first
+
+
+def test_sweep_surrogate_model_and_replay(capsys):
+    probed = {"learning_rate": 4e-3, "lr_scheduler_type": "linear_with_warmup", "num_warmup_steps": 0}
+    assert sweep_surrogate.score(probed, 10, 20) == 0.34375  # a probed point comes back as recorded
+    assert sweep_surrogate.score(probed, 20, 20) == 0.546875
+    # warmup and cosine cover less of the schedule by step 20: a lower effective rate, a lower score
+    assert 0.46875 < sweep_surrogate.score({**probed, "num_warmup_steps": 10}, 20, 20) < 0.546875
+    assert sweep_surrogate.score({**probed, "learning_rate": 5e-4}, 20, 20) == 0.0
+    out = sweep_surrogate.main(["--seeds", "3"])
+    printed = capsys.readouterr().out
+    assert printed.startswith("contender: sampler tpe ") and "3 seeds" in printed
+    assert 0 < out["random_best"] <= 1 and 0 <= out["share_met"] <= 1 and 0 <= out["never"] <= 3
+    with pytest.raises(SystemExit, match="^the probe was recorded for 20 training steps a trial$"):
+        sweep_surrogate.main(["--seeds", "1", "training.num_training_steps=30", "training.save_steps=30",
+                              "training.eval_steps=10"])
 
 
 def test_data_pipeline(tmp_path, capsys):

@@ -1,0 +1,148 @@
+"""Benchmark 3 replayed on a surrogate of the demo objective: many seeds in seconds, no training.
+
+A real run of bench 3 takes about 45 minutes for 3 seeds, too few to tell a better sampler or
+pruner from luck. This script runs the same comparison (random search without pruning vs the
+demo's sampler and pruner, same trial budget, trial 0 the documented defaults, steps to reach
+random search's final best) with the real optuna samplers and pruners built from the real demo
+config (`make_sampler`, `make_pruner`, `build_space`), but each evaluation's score comes from a
+surrogate instead of a training job:
+
+* PROBE: json_fields of real demo trials at steps 5, 10, 15 and 20 for six learning rates
+  (warmup 0, linear, everything else the defaults), recorded on 2026-11-28 with
+      python -m lora_sweep run sweeps/demo.yaml study.name=probe study.n_trials=6 \\
+        study.enqueue_defaults=false study.base_space=none objective.baseline=false \\
+        'study.pruner={type: none}' 'study.sampler={type: grid}' training.eval_steps=5 training.save_steps=20 \\
+        'search_space={learning_rate: {type: categorical, choices: [0.001, 0.0015, 0.0025, 0.004, 0.006, 0.009]}}'
+* a trial's score at step s: PROBE interpolated at its effective learning rate (its peak rate
+  times the share of the warmup-0 linear schedule's area its own schedule, warmup included,
+  has covered by step s) in log space, fading to 0 just below the probed range (real trials
+  under 7e-4 scored 0 in 20 steps); plus noise: one offset per trial (sd --noise; the metric on
+  16 prompts x 4 fields alone has a sampling sd of about 0.06 near 0.5) for trials that learned
+  something, a smaller one per evaluation; rounded to the metric's 1/64 steps.
+
+Other parameters (betas, epsilon, weight decay, dropout) only act through the noise. It is a
+model for choosing settings, not a measurement: only bench 3 (`sweep_efficiency.py`) measures.
+
+    python bench/sweep_surrogate.py                                  # the demo as it is, 60 seeds
+    python bench/sweep_surrogate.py training.eval_steps=5 'study.pruner={type: percentile, options: {percentile: 25}}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from typing import Any
+
+import numpy as np
+
+import benchlib as B
+from sweep_efficiency import TARGET, steps_to_reach
+
+PROBE_STEPS = (5, 10, 15, 20)
+PROBE = {  # learning rate -> json_fields at PROBE_STEPS
+    1.0e-3: (0.0, 0.078125, 0.234375, 0.296875),
+    1.5e-3: (0.0, 0.1875, 0.328125, 0.390625),
+    2.5e-3: (0.21875, 0.40625, 0.53125, 0.46875),
+    4.0e-3: (0.359375, 0.34375, 0.484375, 0.546875),
+    6.0e-3: (0.453125, 0.546875, 0.546875, 0.578125),
+    9.0e-3: (0.1875, 0.484375, 0.4375, 0.6875),
+}
+FADE = 0.4  # in log learning rate below the lowest probe: 1e-3 -> 6.7e-4 goes to 0
+
+
+def multiplier(kind: str, warmup: int, k: int, total: int) -> float:
+    """transformers' linear / cosine schedule with warmup: step k's share of the peak rate."""
+    if k < warmup:
+        return k / warmup
+    progress = (k - warmup) / max(1, total - warmup)
+    return max(0.0, 1 - progress) if kind.startswith("linear") else 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def score(params: dict[str, Any], step: int, total: int) -> float:
+    """The surrogate's noiseless json_fields at `step`."""
+    area = sum(multiplier(params["lr_scheduler_type"], params["num_warmup_steps"], k, total) for k in range(step))
+    probe_area = sum(multiplier("linear", 0, k, total) for k in range(step))
+    x = math.log(params["learning_rate"] * area / probe_area) if area > 0 else -math.inf
+    xs = [math.log(lr) for lr in PROBE]
+    column = [float(np.interp(step, (0, *PROBE_STEPS), (0.0, *scores))) for scores in PROBE.values()]
+    if x < xs[0]:
+        return column[0] * max(0.0, 1 - (xs[0] - x) / FADE)
+    return float(np.interp(x, xs, column))
+
+
+def simulate(config: Any, seed: int, noise: float) -> list[dict[str, Any]]:
+    """One sweep of config.study.n_trials trials on the surrogate; bench 3's curve points."""
+    import optuna
+
+    from lora_sweep import space as S
+    from lora_sweep.sweep import make_pruner, make_sampler
+
+    space = S.build_space(config)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(config, space),
+                                pruner=make_pruner(config))
+    if config.study.enqueue_defaults:
+        study.enqueue_trial(S.default_params(config, space)[0])
+    rng = np.random.default_rng(seed)
+    total, every = config.training.num_training_steps, config.training.eval_steps
+    points, spent, best = [], 0, None
+    for number in range(config.study.n_trials):
+        trial = study.ask(space.distributions)
+        params = {**S.default_params(config, space)[0], **trial.params}
+        offset, value, steps = rng.normal(0, noise), None, total
+        for step in range(every, total + 1, every):
+            clean = score(params, step, total)
+            v = float(np.clip(round((clean + offset * (clean > 0.05) + rng.normal(0, noise / 2)) * 64) / 64, 0, 1))
+            trial.report(v, step)
+            value = v if value is None else max(value, v)  # a trial's value: its best evaluation
+            if step < total and trial.should_prune():  # the sweep never prunes at the last evaluation
+                steps = step
+                break
+        pruned = steps < total
+        study.tell(trial, None if pruned else value, state=optuna.trial.TrialState.PRUNED if pruned else None)
+        if not pruned:
+            best = value if best is None else max(best, value)
+        spent += steps
+        points.append({"number": number, "state": "PRUNED" if pruned else "COMPLETE", "steps": spent, "best": best})
+    return points
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import optuna
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="`key.sub=value` changes to sweeps/demo.yaml for both arms; "
+                   "study.sampler / study.pruner ones are the contender's")
+    p.add_argument("--seeds", type=int, default=60, help="sampler seeds 0..N-1 (default: %(default)s)")
+    p.add_argument("--noise", type=float, default=0.07, help="sd of a trial's offset (default: %(default)s)")
+    args = p.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    shared = [o for o in args.overrides if not o.startswith(("study.sampler", "study.pruner"))]
+    contender = B.load_demo(args.overrides)
+    if contender.training.num_training_steps != PROBE_STEPS[-1]:
+        raise SystemExit(f"the probe was recorded for {PROBE_STEPS[-1]} training steps a trial")
+    ratios, bests = [], []
+    for seed in range(args.seeds):
+        random = B.load_demo([*shared, f"study.sampler={{type: random, seed: {seed}}}", "study.pruner={type: none}"])
+        rnd = simulate(random, seed, args.noise)
+        demo = simulate(contender.model_copy(update={"study": contender.study.model_copy(
+            update={"sampler": contender.study.sampler.model_copy(update={"seed": seed})})}), seed, args.noise)
+        target = rnd[-1]["best"]
+        bests.append(target)
+        ratios.append(steps_to_reach(demo, target, True) / steps_to_reach(rnd, target, True))
+    triples = [statistics.median(ratios[i:i + 3]) for i in range(0, len(ratios) - 2, 3)]
+    out = {"median": statistics.median(ratios), "share_met": float(np.mean([r <= TARGET for r in ratios])),
+           "never": sum(math.isinf(r) for r in ratios), "triples_met": float(np.mean([m <= TARGET for m in triples])),
+           "random_best": statistics.median(bests)}
+    s, pr = contender.study.sampler, contender.study.pruner
+    print(f"contender: sampler {s.type} {s.options}, pruner {pr.type} {pr.options}, "
+          f"evaluated every {contender.training.eval_steps} steps; {args.seeds} seeds, noise {args.noise}")
+    print(B.table(["median ratio", f"seeds <= {TARGET:g}", "seeds never reaching R",
+                   f"3-seed medians <= {TARGET:g}", "random best (median)"],
+                  [[out["median"], out["share_met"], f"{out['never']}/{args.seeds}", out["triples_met"],
+                    out["random_best"]]]))
+    return out
+
+
+if __name__ == "__main__":
+    main()
