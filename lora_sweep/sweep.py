@@ -131,7 +131,6 @@ def make_sampler(config: StudyConfig, space: S.Space) -> optuna.samplers.BaseSam
 def sampler_of(s: Any, space: S.Space) -> optuna.samplers.BaseSampler:
     options = dict(s.options)
     if s.type == "tpe":
-        options.setdefault("multivariate", True)
         return optuna.samplers.TPESampler(seed=s.seed, **options)
     if s.type == "grid":
         grid = {}
