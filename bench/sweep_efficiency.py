@@ -95,7 +95,16 @@ def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> di
         raise SystemExit(f"sweep {name} stopped: {stopped}")
     maximize = config.objective.direction == "maximize"
     return {"arm": arm, "seed": seed, "points": curve(study, maximize), "maximize": maximize,
-            "metric": config.objective.metric, "steps_per_trial": config.training.num_training_steps}
+            "metric": config.objective.metric, "steps_per_trial": config.training.num_training_steps,
+            "settings": settings(config)}
+
+
+def settings(config: Any) -> str:
+    """The sampler and pruner a sweep ran with, as the results row records them."""
+    s, p = config.study.sampler, config.study.pruner
+    sampler = s.type + (" multivariate" if s.type == "tpe" and s.options.get("multivariate") else "")
+    startup = f" {s.options['n_startup_trials']} startup" if "n_startup_trials" in s.options else ""
+    return f"{sampler}{startup} + {p.type} pruner, eval every {config.training.eval_steps}"
 
 
 def plot(results: dict[tuple[str, int], dict[str, Any]], path: Path, metric: str, inline: bool) -> None:
@@ -172,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plot(results, plot_path, metric, args.plotlyjs == "inline")
     print(f"plot: {plot_path}")
     figures = "; ".join(f"s{r[0]}: R {B.num(r[1])} random {B.num(r[2])} demo {B.num(r[4])} steps" for r in rows)
-    setup = (f"{B.model_label(args)} demo, seeds {','.join(map(str, seeds))}, {args.trials} trials x {steps} steps")
+    setup = (f"{B.model_label(args)} demo ({results[('demo', seeds[0])]['settings']}), seeds "
+             f"{','.join(map(str, seeds))}, {args.trials} trials x {steps} steps")
     row = B.conclude("3 sweep efficiency", args, setup, figures, ratio, "demo/random steps to R, median",
                      f"ratio <= {TARGET:g} (stretch 1/3)", ratio <= TARGET)
     return {"ratio": ratio, "ratios": ratios, "rows": rows, "plot": plot_path, "results": results, "row": row}
