@@ -378,7 +378,7 @@ def dump_yaml(config: BaseModel, path: str | Path) -> None:
 
 class SamplerSection(Section):
     type: Literal["tpe", "random", "cmaes", "gp", "qmc", "grid"] = Field(
-        "tpe", description="Optuna sampler (optuna's defaults: tpe samples each parameter independently)."
+        "tpe", description="Optuna sampler, with optuna's defaults (tpe: multivariate for one objective in optuna 5)."
     )
     seed: int | None = Field(0, description="Sampler seed, for a repeatable sequence of trials.")
     options: dict[str, Any] = Field({}, description="Extra keyword arguments of the optuna sampler.")
