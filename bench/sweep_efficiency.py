@@ -102,7 +102,8 @@ def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> di
 def settings(config: Any) -> str:
     """The sampler and pruner a sweep ran with, as the results row records them."""
     s, p = config.study.sampler, config.study.pruner
-    sampler = s.type + (" multivariate" if s.type == "tpe" and s.options.get("multivariate") else "")
+    kind = {True: " multivariate", False: " independent", None: " (optuna's default)"}
+    sampler = s.type + (kind[s.options.get("multivariate")] if s.type == "tpe" else "")
     startup = f" {s.options['n_startup_trials']} startup" if "n_startup_trials" in s.options else ""
     return f"{sampler}{startup} + {p.type} pruner, eval every {config.training.eval_steps}"
 
