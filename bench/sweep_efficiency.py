@@ -72,6 +72,13 @@ def steps_to_reach(points: list[dict[str, Any]], target: float, maximize: bool) 
     return math.inf
 
 
+def arm_overrides(arm: str, seed: int) -> list[str]:
+    """What makes the demo config one arm: random search without pruning, or the demo's own, seeded."""
+    sampler = (f"study.sampler={{type: random, seed: {seed}, options: {{}}}}" if arm == "random"
+               else f"study.sampler.seed={seed}")
+    return [*ARMS[arm], sampler]
+
+
 def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> dict[str, Any]:
     """One sweep (fresh unless --resume); its study and curve."""
     from lora_sweep.sweep import run_sweep
@@ -81,10 +88,8 @@ def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> di
     if not args.resume:
         shutil.rmtree(folder / name, ignore_errors=True)
         (folder / f"{name}.db").unlink(missing_ok=True)
-    sampler = ([f"study.sampler={{type: random, seed: {seed}, options: {{}}}}"] if arm == "random"
-               else [f"study.sampler.seed={seed}"])
     overrides = [f"study.dir={folder}", f"study.name={name}", f"study.n_trials={args.trials}", "study.timeout=null",
-                 "objective.baseline=false", *B.budget_overrides(args.steps), *ARMS[arm], *sampler]
+                 "objective.baseline=false", *B.budget_overrides(args.steps), *arm_overrides(arm, seed)]
     if args.smoke:
         overrides += B.smoke_overrides(model)
     elif model:

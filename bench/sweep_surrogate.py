@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 import benchlib as B
-from sweep_efficiency import TARGET, steps_to_reach
+from sweep_efficiency import TARGET, arm_overrides, steps_to_reach
 
 PROBE_STEPS = (5, 10, 15, 20)
 PROBE = {  # learning rate -> json_fields at PROBE_STEPS
@@ -81,14 +81,15 @@ def simulate(config: Any, seed: int, noise: float) -> list[dict[str, Any]]:
     space = S.build_space(config)
     study = optuna.create_study(direction="maximize", sampler=make_sampler(config, space),
                                 pruner=make_pruner(config))
+    defaults = S.default_params(config, space)[0]
     if config.study.enqueue_defaults:
-        study.enqueue_trial(S.default_params(config, space)[0])
+        study.enqueue_trial(defaults)
     rng = np.random.default_rng(seed)
     total, every = config.training.num_training_steps, config.training.eval_steps
     points, spent, best = [], 0, None
     for number in range(config.study.n_trials):
         trial = study.ask(space.distributions)
-        params = {**S.default_params(config, space)[0], **trial.params}
+        params = {**defaults, **trial.params}
         offset, value, steps = rng.normal(0, noise), None, total
         for step in range(every, total + 1, every):
             clean = score(params, step, total)
@@ -123,10 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"the probe was recorded for {PROBE_STEPS[-1]} training steps a trial")
     ratios, bests = [], []
     for seed in range(args.seeds):
-        random = B.load_demo([*shared, f"study.sampler={{type: random, seed: {seed}}}", "study.pruner={type: none}"])
-        rnd = simulate(random, seed, args.noise)
-        demo = simulate(contender.model_copy(update={"study": contender.study.model_copy(
-            update={"sampler": contender.study.sampler.model_copy(update={"seed": seed})})}), seed, args.noise)
+        rnd = simulate(B.load_demo([*shared, *arm_overrides("random", seed)]), seed, args.noise)
+        demo = simulate(B.load_demo([*args.overrides, *arm_overrides("demo", seed)]), seed, args.noise)
         target = rnd[-1]["best"]
         bests.append(target)
         ratios.append(steps_to_reach(demo, target, True) / steps_to_reach(rnd, target, True))

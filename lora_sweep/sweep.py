@@ -124,28 +124,23 @@ def load_existing(url: str, name: str | None) -> optuna.Study:
 def make_sampler(config: StudyConfig, space: S.Space) -> optuna.samplers.BaseSampler:
     """The study's sampler; a ConfigError names a bad option."""
     s = config.study.sampler
-    with optuna_options("study.sampler", s.type):
-        return sampler_of(s, space)
-
-
-def sampler_of(s: Any, space: S.Space) -> optuna.samplers.BaseSampler:
-    options = dict(s.options)
-    if s.type == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, **options)
-    if s.type == "grid":
-        grid = {}
-        for name, dist in space.distributions.items():
-            if isinstance(dist, optuna.distributions.CategoricalDistribution):
-                grid[name] = list(dist.choices)
-            elif dist.step is not None:
-                n = int(round((dist.high - dist.low) / dist.step))
-                grid[name] = [dist.low + i * dist.step for i in range(n + 1)]
-            else:
-                raise ConfigError([f"search_space.{name}: the grid sampler needs a step or categorical choices"])
-        return optuna.samplers.GridSampler(grid, seed=s.seed, **options)
-    cls = {"random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler,
-           "gp": optuna.samplers.GPSampler, "qmc": optuna.samplers.QMCSampler}[s.type]
-    return cls(seed=s.seed, **options)
+    with optuna_options("sampler", s.type):
+        if s.type == "tpe":
+            return optuna.samplers.TPESampler(seed=s.seed, **s.options)
+        if s.type == "grid":
+            grid = {}
+            for name, dist in space.distributions.items():
+                if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                    grid[name] = list(dist.choices)
+                elif dist.step is not None:
+                    n = int(round((dist.high - dist.low) / dist.step))
+                    grid[name] = [dist.low + i * dist.step for i in range(n + 1)]
+                else:
+                    raise ConfigError([f"search_space.{name}: the grid sampler needs a step or categorical choices"])
+            return optuna.samplers.GridSampler(grid, seed=s.seed, **s.options)
+        cls = {"random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler,
+               "gp": optuna.samplers.GPSampler, "qmc": optuna.samplers.QMCSampler}[s.type]
+        return cls(seed=s.seed, **s.options)
 
 
 PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
@@ -156,19 +151,19 @@ PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPrun
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     """The study's pruner; a ConfigError names a bad option."""
     p = config.study.pruner
-    with optuna_options("study.pruner", p.type):
+    with optuna_options("pruner", p.type):
         return PRUNERS[p.type](**p.options)
 
 
 @contextlib.contextmanager
-def optuna_options(where: str, kind: str) -> Iterator[None]:
-    """Turn optuna's complaint about a sampler's or pruner's options into a ConfigError."""
+def optuna_options(section: str, kind: str) -> Iterator[None]:
+    """Turn optuna's complaint about study.<section>.options into a ConfigError."""
     try:
         yield
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError([f"{where}.options: optuna's {kind} {where.rpartition('.')[2]} refused them: {exc}"]) from None
+        raise ConfigError([f"study.{section}.options: optuna's {kind} {section} refused them: {exc}"]) from None
 
 
 def device_groups(config: StudyConfig) -> list[list[int] | None]:
