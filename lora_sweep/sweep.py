@@ -12,6 +12,7 @@ the trial, and the pruner's verdict stops the job.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import json
 import logging
@@ -27,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import filelock
 import optuna
+import sqlalchemy
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -107,6 +110,64 @@ def make_storage(url: str, study: StudySection | None = None) -> optuna.storages
             grace_period=study.grace_period or 2 * study.heartbeat_interval,
             **retry,
         )
+
+
+class StudyClaim:
+    """The lock under which a worker counts the study's trials and creates the next one, so
+    that parallel slots and workers on other processes or machines never both take the last
+    trial of the budget. Threads of one worker share a threading lock; across processes it is
+    a lock file beside a SQLite or journal file, or a session advisory lock on a PostgreSQL or
+    MySQL server (freed by the server when a killed worker's connection drops)."""
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self.threads = threading.Lock()
+        self.file: filelock.FileLock | None = None
+        self.engine: Any = None
+        self.connection: Any = None
+        file = storage_file(url)
+        if file is not None:
+            Path(file[1]).parent.mkdir(parents=True, exist_ok=True)
+            self.file = filelock.FileLock(f"{file[1]}.claim.lock", thread_local=False)
+            return
+        dialect = url.split("://", 1)[0].split("+", 1)[0]
+        if dialect in ("postgresql", "mysql"):
+            self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+            self.dialect = dialect
+            digest = hashlib.sha256(f"lora_sweep claim {study_name}".encode()).digest()
+            self.key = int.from_bytes(digest[:8], "big", signed=True)  # pg: one bigint
+            self.name = f"lora_sweep-{digest.hex()[:40]}"  # mysql: a name of up to 64 characters
+
+    def acquire(self) -> None:
+        self.threads.acquire()
+        try:
+            if self.file is not None:
+                self.file.acquire()
+            elif self.engine is not None:
+                self.connection = self.engine.connect()
+                if self.dialect == "postgresql":
+                    self.connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+                else:  # GET_LOCK with a negative timeout waits for ever
+                    self.connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": self.name})
+        except BaseException:
+            self.threads.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            if self.file is not None:
+                self.file.release()
+            elif self.connection is not None:
+                self.connection.close()  # a session lock ends with its session (NullPool: really closed)
+                self.connection = None
+        finally:
+            self.threads.release()
+
+    def __enter__(self) -> StudyClaim:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def load_existing(url: str, name: str | None) -> optuna.Study:
@@ -231,8 +292,10 @@ class Sweep:
     stop_reason: str | None = None
     error: BaseException | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    claim: threading.Lock = field(default_factory=threading.Lock)
     local: threading.local = field(default_factory=threading.local)
+
+    def __post_init__(self) -> None:
+        self.claim = StudyClaim(self.config.storage_url, self.config.study.name)
 
     @property
     def folder(self) -> Path:
@@ -322,8 +385,9 @@ class Sweep:
 
         A trial starts only while the finished and running trials (of every worker) are fewer
         than n_trials, so parallel trials and workers do not overshoot and failed trials are
-        made up. The count and the trial's creation happen under one lock (released by
-        `claimed` once the trial is RUNNING), so two slots never both take the last trial."""
+        made up. The count and the trial's creation happen under one StudyClaim (released by
+        `claimed` once the trial is RUNNING), so two slots or workers never both take the last
+        trial."""
         self.local.slot = slot
         try:
             while self.stop_reason is None and (deadline is None or time.monotonic() < deadline):
@@ -426,22 +490,30 @@ def prepare_data(config: StudyConfig) -> None:
 
 def open_study(config: StudyConfig, space: S.Space, sampler: optuna.samplers.BaseSampler,
                pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """The study, created with its defaults trial when missing. Under the study's claim: workers
+    started together against a new database create its tables and the study once."""
     name = config.study.name
-    storage = make_storage(config.storage_url, config.study)
-    exists = name in optuna.get_all_study_names(storage)
-    study = optuna.create_study(storage=storage, study_name=name, directions=config.objective.directions,
-                                sampler=sampler, pruner=pruner, load_if_exists=True)
-    if not exists:
-        study.set_user_attr("config", config.model_dump(mode="json"))
-        study.set_user_attr("metric", config.objective.metric)
-        study.set_user_attr("space", S.describe(space))
-        if config.study.enqueue_defaults:
-            params, notes = S.default_params(config, space)
-            study.enqueue_trial(params, user_attrs={"baseline": "documented defaults"})
-            study.set_user_attr("defaults_notes", notes)
-            for note in notes:
-                log.info("defaults trial: %s", note)
+    with StudyClaim(config.storage_url, name):
+        storage = make_storage(config.storage_url, config.study)
+        exists = name in optuna.get_all_study_names(storage)
+        study = optuna.create_study(storage=storage, study_name=name, directions=config.objective.directions,
+                                    sampler=sampler, pruner=pruner, load_if_exists=True)
+        if not exists:
+            setup_study(config, space, study)
     return study
+
+
+def setup_study(config: StudyConfig, space: S.Space, study: optuna.Study) -> None:
+    """A new study's attrs, and the documented defaults as its first trial."""
+    study.set_user_attr("config", config.model_dump(mode="json"))
+    study.set_user_attr("metric", config.objective.metric)
+    study.set_user_attr("space", S.describe(space))
+    if config.study.enqueue_defaults:
+        params, notes = S.default_params(config, space)
+        study.enqueue_trial(params, user_attrs={"baseline": "documented defaults"})
+        study.set_user_attr("defaults_notes", notes)
+        for note in notes:
+            log.info("defaults trial: %s", note)
 
 
 def finished(study: optuna.Study) -> int:

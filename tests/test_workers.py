@@ -16,9 +16,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from conftest import run_module, write_yaml
+from conftest import REPO, run_module, write_yaml
 from test_sweep import study_tree
 
 
@@ -68,3 +70,59 @@ def test_workers_join_a_postgresql_study(postgres_url, tiny_llama, chat_data, tm
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4  # no overshoot, no failure
     assert all(" COMPLETE " in err for _, err in outputs)  # each worker ran trials
     assert len({t.user_attrs["trial_dir"] for t in study.trials}) == 4
+
+
+# A worker whose trials take no time: the claim (count the study's trials, then create the next)
+# is all it does, so several of them started at the same instant race for the budget's last
+# trials. A pause between the count and the creation stands for a slow sampler (GP, CMA-ES or
+# TPE on a long history take seconds there), which widens the race.
+QUICK_WORKER = """
+import os, sys, time
+from pathlib import Path
+from lora_sweep import space as S
+from lora_sweep.config import load_study
+from lora_sweep.sweep import Sweep, make_pruner, make_sampler, open_study
+
+class Quick(Sweep):
+    def wants_trial(self):
+        wanted = super().wants_trial()
+        time.sleep(0.2)
+        return wanted
+
+    def objective(self, trial):
+        S.suggest(trial, self.space)
+        return 0.0
+
+config = load_study(sys.argv[1])
+space = S.build_space(config)
+study = open_study(config, space, make_sampler(config, space), make_pruner(config))
+ready = Path(sys.argv[2])  # start together: once every worker has opened the study
+(ready / str(os.getpid())).touch()
+deadline = time.time() + 60  # a worker that crashed never comes
+while len(list(ready.iterdir())) < int(sys.argv[3]) and time.time() < deadline:
+    time.sleep(0.01)
+Quick(config, space, study).work(None, None)
+"""
+
+
+@pytest.fixture(params=["sqlite", "journal", "postgresql"])
+def race_storage(request, tmp_path) -> str:
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path}/race.db" if request.param == "sqlite" else str(tmp_path / "race.log")
+
+
+def test_workers_started_together_never_overshoot_the_budget(race_storage, tiny_llama, chat_data, tmp_path):
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=12, name=name, storage=race_storage)
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    (tmp_path / "ready").mkdir()
+    workers = [subprocess.Popen([sys.executable, "-c", QUICK_WORKER, str(config), str(tmp_path / "ready"), "4"],
+                                cwd=REPO, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [w.communicate(timeout=120)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0] * 4, "\n".join(errors)[-3000:]
+    storage = race_storage if "://" in race_storage else JournalStorage(JournalFileBackend(race_storage))
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 12
+    # the study and its defaults trial were created once, by whichever worker came first
+    assert [t.number for t in study.trials if t.user_attrs.get("baseline") == "documented defaults"] == [0]
