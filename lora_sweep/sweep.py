@@ -63,17 +63,6 @@ class TrialFailed(RuntimeError):
 # ---------------------------------------------------------------- optuna pieces from the config
 
 
-class SQLiteStorage(RDBStorage):
-    """RDBStorage for SQLite, which has no row locks: without this lock, two parallel trials
-    of one sweep can both take the same waiting (enqueued) trial."""
-
-    _claim = threading.Lock()
-
-    def set_trial_state_values(self, *args: Any, **kwargs: Any) -> bool:
-        with self._claim:
-            return super().set_trial_state_values(*args, **kwargs)
-
-
 def make_storage(url: str, study: StudySection | None = None) -> optuna.storages.BaseStorage:
     """The storage at `url`. With the study's settings (a sweep), it is created if missing and
     RDB storages get heartbeats, so a killed sweep's trials are re-run; without (the commands
@@ -88,13 +77,11 @@ def make_storage(url: str, study: StudySection | None = None) -> optuna.storages
     if journal:
         return JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs: dict[str, Any] = {}
-    cls = RDBStorage
     if url.startswith("sqlite:///"):
-        cls = SQLiteStorage
         # parallel trials write from several threads: wait for the lock instead of failing
         engine_kwargs = {"connect_args": {"timeout": 60}}
     if study is None:
-        return cls(url, engine_kwargs=engine_kwargs)
+        return RDBStorage(url, engine_kwargs=engine_kwargs)
     # A trial whose heartbeat stops (its sweep was killed) is failed and its params run again;
     # optuna 4.9 renamed the callback argument.
     with warnings.catch_warnings():
@@ -103,7 +90,7 @@ def make_storage(url: str, study: StudySection | None = None) -> optuna.storages
             retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
         else:
             retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
-        return cls(
+        return RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=study.heartbeat_interval,
@@ -129,13 +116,15 @@ class StudyClaim:
             Path(file[1]).parent.mkdir(parents=True, exist_ok=True)
             self.file = filelock.FileLock(f"{file[1]}.claim.lock", thread_local=False)
             return
-        dialect = url.split("://", 1)[0].split("+", 1)[0]
-        if dialect in ("postgresql", "mysql"):
+        digest = hashlib.sha256(f"lora_sweep claim {study_name}".encode()).digest()
+        # the statement that waits for the server's lock of this study, with its parameters
+        self.lock_statement = {
+            "postgresql": ("SELECT pg_advisory_lock(:key)", {"key": int.from_bytes(digest[:8], "big", signed=True)}),
+            # a name of up to 64 characters; a negative timeout waits for ever
+            "mysql": ("SELECT GET_LOCK(:name, -1)", {"name": f"lora_sweep-{digest.hex()[:40]}"}),
+        }.get(url.split("://", 1)[0].split("+", 1)[0])
+        if self.lock_statement is not None:
             self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-            self.dialect = dialect
-            digest = hashlib.sha256(f"lora_sweep claim {study_name}".encode()).digest()
-            self.key = int.from_bytes(digest[:8], "big", signed=True)  # pg: one bigint
-            self.name = f"lora_sweep-{digest.hex()[:40]}"  # mysql: a name of up to 64 characters
 
     def acquire(self) -> None:
         self.threads.acquire()
@@ -144,10 +133,8 @@ class StudyClaim:
                 self.file.acquire()
             elif self.engine is not None:
                 self.connection = self.engine.connect()
-                if self.dialect == "postgresql":
-                    self.connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
-                else:  # GET_LOCK with a negative timeout waits for ever
-                    self.connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": self.name})
+                sql, params = self.lock_statement
+                self.connection.execute(sqlalchemy.text(sql), params)
         except BaseException:
             self.threads.release()
             raise

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from conftest import REPO, run_module, write_yaml
+from lora_sweep.sweep import load_existing
 from test_sweep import study_tree
 
 
@@ -121,8 +120,7 @@ def test_workers_started_together_never_overshoot_the_budget(race_storage, tiny_
                                 cwd=REPO, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     errors = [w.communicate(timeout=120)[1] for w in workers]
     assert [w.returncode for w in workers] == [0] * 4, "\n".join(errors)[-3000:]
-    storage = race_storage if "://" in race_storage else JournalStorage(JournalFileBackend(race_storage))
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = load_existing(race_storage, name)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 12
     # the study and its defaults trial were created once, by whichever worker came first
     assert [t.number for t in study.trials if t.user_attrs.get("baseline") == "documented defaults"] == [0]
