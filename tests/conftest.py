@@ -1,83 +1,18 @@
-"""Fixtures: a tiny byte-level BPE tokenizer with a ChatML template (pad == eos, the trap a
-stock collator falls into) and tiny random Llama / Phi-3 models saved to folders, plus a
-small chat data set. Nothing is downloaded."""
+"""Fixtures: tiny models (built once per session), the memorization data set, a PostgreSQL
+server. The helpers they use are in helpers.py."""
 
 from __future__ import annotations
 
-import json
+import glob
 import os
+import shutil
 import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
-ANIMALS = ["cat", "dog", "owl", "fox", "bee", "cow", "eel", "yak"]
-
-
-def chat(user: str, answer: str, system: str | None = None) -> dict:
-    messages = [{"role": "system", "content": system}] if system else []
-    return {"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
-
-
-def memorization_samples() -> list[dict]:
-    """A small, learnable mapping: the favourite colour of each animal."""
-    return [chat(f"colour of the {a}?", f"The {a} likes {c}.") for a, c in zip(ANIMALS, COLOURS)]
-
-
-def write_jsonl(path: Path, samples: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(s) + "\n" for s in samples), encoding="utf-8")
-    return path
-
-
-def build_tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    corpus = [f"The {a} likes {c}. colour of the {a}? {c} {a}" for a in ANIMALS for c in COLOURS]
-    corpus += ["user assistant system You are a helpful bot. Answer briefly. hello world 0123456789"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
-        unk_token="<|endoftext|>", chat_template=CHATML,
-    )
-    fast.save_pretrained(folder)
-
-
-def build_model(folder: Path, kind: str) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
-    import torch
-
-    build_tokenizer(folder)
-    tok = AutoTokenizer.from_pretrained(folder)
-    common = dict(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**common)) if kind == "llama" else Phi3ForCausalLM(Phi3Config(**common))
-    model.save_pretrained(folder)
-    return folder
+from helpers import build_model, free_port, memorization_samples, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -100,25 +35,24 @@ def chat_data(tmp_path) -> Path:
     return folder
 
 
-def job_tree(model: Path, data: Path, out: Path, **training) -> dict:
-    """A small job config: a few steps of the tiny model on the memorization set."""
-    return {
-        "model": {"name_or_path": str(model)},
-        "lora": {"r": 16, "alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"},
-        "data": {"dataset": str(data), "train_seqlen": 32, "test_seqlen": 32, "train_batch_size": 2,
-                 "test_batch_size": 4, "cache_dir": str(out.parent / "cache")},
-        "training": {"num_training_steps": 6, "eval_steps": 2, "save_steps": 2, "learning_rate": 5e-3,
-                     "lr_scheduler_type": "linear", **training},
-        "output_dir": str(out),
-    }
-
-
-def write_yaml(path: Path, tree: dict) -> Path:
-    path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def run_module(args: list[str], timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
-    """`python -m lora_sweep ...` in a child process, as a user would run it."""
-    return subprocess.run([sys.executable, "-m", "lora_sweep", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=kwargs.pop("cwd", REPO), **kwargs)
+@pytest.fixture(scope="session")
+def postgres_url():
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin")) or [str(Path(p).parent) for p in [shutil.which("initdb")] if p]
+    if not bins or not Path(bins[-1], "pg_ctl").exists():
+        pytest.skip("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (the test extra has it)")
+    pg = Path(bins[-1])
+    data = Path(tempfile.mkdtemp(prefix="lora-sweep-pg-"))  # pytest's tmp folders are private to root
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
+                    "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True)
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+    shutil.rmtree(data, ignore_errors=True)

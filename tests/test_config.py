@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import write_yaml
+from helpers import write_yaml
 from lora_sweep.config import ConfigError, JobConfig, load_job, validate_job
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from conftest import chat, memorization_samples, write_jsonl
+from helpers import chat, memorization_samples, write_jsonl
 from lora_sweep import data as D
 from lora_sweep.config import ConfigError, DataSection
 

@@ -13,9 +13,8 @@ from optuna.study import StudyDirection
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from conftest import memorization_samples, run_module, write_jsonl, write_yaml
+from helpers import load, memorization_samples, run_module, study_tree, write_jsonl, write_yaml
 from lora_sweep.events import read_events
-from test_sweep import load, study_tree
 
 
 @pytest.fixture(scope="module")

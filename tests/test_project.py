@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_module
+from helpers import REPO, run_module
 from lora_sweep.config import reference_tables
 
 

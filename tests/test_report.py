@@ -31,7 +31,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import REPO, memorization_samples, run_module, write_jsonl, write_yaml
+from helpers import REPO, memorization_samples, run_module, write_jsonl, write_yaml
 from lora_sweep import dashboard, report
 from lora_sweep.config import ConfigError, StudyConfig
 

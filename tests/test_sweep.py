@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,42 +13,10 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import run_module, write_yaml
+from helpers import job_processes, load, run_module, study_tree, write_yaml
 from lora_sweep.config import StudyConfig
 from lora_sweep.events import read_events
 from lora_sweep.space import build_space, default_params
-
-
-def study_tree(model: Path, data: Path, folder: Path, **study) -> dict:
-    return {
-        "study": {"name": "tiny", "dir": str(folder), "n_trials": 3, "sampler": {"type": "random", "seed": 3},
-                  "pruner": {"type": "none"}, "heartbeat_interval": 1, "grace_period": 2, **study},
-        "model": {"name_or_path": str(model)},
-        "lora": {"lora_dropout": 0.0},
-        "data": {"dataset": str(data), "train_seqlen": 32, "test_seqlen": 32, "train_batch_size": 2,
-                 "test_batch_size": 4},
-        "training": {"num_training_steps": 6, "eval_steps": 2, "save_steps": 2},
-        "search_space": {"num_warmup_steps": {"type": "int", "low": 0, "high": 4}},
-        "objective": {"baseline": False},
-    }
-
-
-def load(folder: Path, name: str = "tiny") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder}/{name}.db")
-
-
-def job_processes(marker: str) -> list[int]:
-    """PIDs of live processes whose command line mentions `marker`."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if marker in cmdline:
-                found.append(int(pid))
-    return found
 
 
 def test_default_space_is_the_reference_table():

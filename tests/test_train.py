@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-from conftest import REPO, job_tree, run_module, write_yaml
+from helpers import REPO, job_tree, run_module, write_yaml
 from lora_sweep import data as D
 from lora_sweep import train as T
 from lora_sweep.config import validate_job

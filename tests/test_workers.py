@@ -4,52 +4,16 @@ PostgreSQL binaries (`.ci/run` installs them); without them the test is skipped.
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import uuid
-from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import REPO, run_module, write_yaml
+from helpers import REPO, run_module, study_tree, write_yaml
 from lora_sweep.sweep import load_existing
-from test_sweep import study_tree
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin")) or [str(Path(p).parent) for p in [shutil.which("initdb")] if p]
-    if not bins or not Path(bins[-1], "pg_ctl").exists():
-        pytest.skip("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
-    pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (the test extra has it)")
-    pg = Path(bins[-1])
-    data = Path(tempfile.mkdtemp(prefix="lora-sweep-pg-"))  # pytest's tmp folders are private to root
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(data, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
-                    "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
-    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-    shutil.rmtree(data, ignore_errors=True)
 
 
 def test_workers_join_a_postgresql_study(postgres_url, tiny_llama, chat_data, tmp_path):
