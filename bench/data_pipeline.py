@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.samples, args.repeats = args.samples or 40, 1
 
     from lora_sweep import data as D
-    from lora_sweep.train import load_tokenizer
+    from lora_sweep.models import load_tokenizer
 
     B.quiet()
     overrides = [f"data.train_seqlen={args.seqlen}", f"data.test_seqlen={args.seqlen}"] if args.seqlen else []

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from lora_sweep import data as D
     from lora_sweep.evaluate import generate, prompts
-    from lora_sweep.train import load_tokenizer, pick_dtype
+    from lora_sweep.models import load_tokenizer, pick_dtype
 
     B.quiet()
     if args.threads:

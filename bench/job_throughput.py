@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from lora_sweep import data as D
     from lora_sweep.config import DataSection
-    from lora_sweep.train import load_tokenizer
+    from lora_sweep.models import load_tokenizer
 
     B.quiet()
     with B.workdir(args.workdir) as work:

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from lora_sweep import data as D
-from lora_sweep.config import ConfigError, DataSection, JobConfig, ModelSection, ObjectiveSection, load_job
+from lora_sweep.config import ConfigError, DataSection, JobConfig, ObjectiveSection, load_job
+from lora_sweep.models import load_for_inference
 from lora_sweep.scorers import Scorer, load_scorer
 
 log = logging.getLogger("lora_sweep.evaluate")
@@ -134,27 +135,6 @@ def eval_loss(model: Any, rows: D.Rows, batch_size: int, pad_id: int) -> float:
 
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))  # exp(710) overflows a float
-
-
-def load_for_inference(model_config: ModelSection, adapter: str | Path | None = None) -> tuple[Any, Any]:
-    """The base model (on the GPU if there is one), with `adapter` on top if given, in eval
-    mode, and its tokenizer."""
-    from transformers import AutoModelForCausalLM
-
-    from lora_sweep.models import resolve_model
-    from lora_sweep.train import load_tokenizer, pick_dtype
-
-    path = resolve_model(model_config.name_or_path)
-    tokenizer = load_tokenizer(path, model_config.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(model_config.dtype),
-                                                 trust_remote_code=model_config.trust_remote_code)
-    if torch.cuda.is_available():
-        model.to("cuda")
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter))
-    return model.eval(), tokenizer
 
 
 def evaluate_model(config: JobConfig, adapter: str | Path | None = None) -> dict[str, Any]:

@@ -51,6 +51,30 @@ class EventReader:
         return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
 
 
+def better(direction: str, value: float, loss: float | None, best_value: float | None,
+           best_loss: float | None) -> bool:
+    """Is an evaluation scoring `value` (eval loss `loss`) better than the best so far?
+
+    Higher or lower by the study's `direction`; on equal values the lower eval loss wins, since a
+    generation metric on a few prompts often ties between evaluations (`best_value` None:
+    nothing yet)."""
+    if best_value is None:
+        return True
+    if value != best_value:
+        return value > best_value if direction == "maximize" else value < best_value
+    return loss is not None and best_loss is not None and loss < best_loss
+
+
+def best_eval(evals: list[dict[str, Any]], key: str, direction: str) -> dict[str, Any] | None:
+    """The best of a job's `eval` events (or records) that hold `key`, ties broken by eval loss."""
+    best: dict[str, Any] | None = None
+    for record in evals:
+        if record.get(key) is not None and better(direction, record[key], record.get("eval_loss"),
+                                                  best and best[key], best and best.get("eval_loss")):
+            best = record
+    return best
+
+
 def read_events(path: str | Path) -> list[dict[str, Any]]:
     """Every complete event in a file."""
     return EventReader(path).new()

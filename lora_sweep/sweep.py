@@ -464,7 +464,7 @@ def prepare_data(config: StudyConfig) -> None:
     from lora_sweep import data as D
     from lora_sweep.evaluate import check_scorer
     from lora_sweep.models import resolve_model
-    from lora_sweep.train import load_tokenizer
+    from lora_sweep.models import load_tokenizer
 
     samples = D.load_samples(config.data)
     check_scorer(config.objective, samples[1])

@@ -25,7 +25,6 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     EarlyStoppingCallback,
     PrinterCallback,
     Trainer,
@@ -38,7 +37,7 @@ from lora_sweep import data as D
 from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job
 from lora_sweep.evaluate import GenerationMetric, check_scorer, perplexity, write_predictions
 from lora_sweep.events import PARENT_PID_ENV, EventLog
-from lora_sweep.models import resolve_model
+from lora_sweep.models import load_tokenizer, pick_dtype, resolve_model
 
 log = logging.getLogger("lora_sweep.train")
 
@@ -51,22 +50,6 @@ class NonFiniteLoss(RuntimeError):
 
 
 # ---------------------------------------------------------------- model
-
-
-def pick_dtype(name: str) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        # Padding is masked by position in our collator, so pad == eos is harmless here.
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def load_model(config: JobConfig, path: str) -> Any:
