@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,21 @@ class ModelSection(Section):
         "auto", description="Weights dtype; `auto` is bfloat16 on a GPU that has it, float32 on the CPU."
     )
     trust_remote_code: bool = Field(False, description="Passed to transformers' from_pretrained.")
+    display_name: str | None = Field(
+        None,
+        description="The model's display name (AI Toolkit `model: \"Phi-3.6-mini-instruct\"`): recorded, "
+        "not loaded; name_or_path is what loads.",
+    )
+    adapter_path: str | None = Field(
+        None,
+        description="An existing LoRA adapter folder to evaluate (and compare) without training; "
+        "required with training.skip_finetune.",
+    )
+
+    @field_validator("adapter_path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value  # the AI Toolkit writes `adapter_path: ""` for none
 
 
 class LoraSection(Section):
@@ -159,6 +175,9 @@ class TrainingSection(Section):
     save_total_limit: int | None = Field(
         1, ge=1, description="Trainer checkpoints kept on disk (the best adapter is kept apart)."
     )
+    skip_finetune: bool = Field(
+        False, description="Train nothing: evaluate (and compare) model.adapter_path, an existing adapter."
+    )
 
     @model_validator(mode="after")
     def _cadence(self) -> TrainingSection:
@@ -227,6 +246,39 @@ class ObjectiveSection(Section):
         return b is None or (a > b if self.direction == "maximize" else a < b)
 
 
+# An AI Toolkit template's unfilled value: `mount/<run_id>/dataset`.
+PLACEHOLDER = re.compile(r"<[A-Za-z_][A-Za-z0-9_-]*>")
+
+
+def placeholders(value: Any) -> list[str]:
+    """The `<name>` placeholders a string still holds."""
+    return PLACEHOLDER.findall(value) if isinstance(value, str) else []
+
+
+class CompareSection(Section):
+    enabled: bool = Field(
+        False,
+        description="After training, answer the compare file's prompts with the base model and with the "
+        "adapter, and write the answers side by side (shown in the report).",
+    )
+    file: str | None = Field(
+        None,
+        description="JSONL of prompts to compare on, one `{\"query\": ..., \"response\": ...}` per line "
+        "(the AI Toolkit's format); required when enabled.",
+    )
+    temperature: float = Field(0.9, ge=0, description="Sampling temperature of the compared answers; 0 is greedy.")
+
+    @model_validator(mode="after")
+    def _file(self) -> CompareSection:
+        if not self.enabled:
+            return self  # the template keeps a placeholder here while comparing is off
+        if self.file is None:
+            raise ValueError("compare.file: required when compare.enabled is true")
+        if not placeholders(self.file) and not Path(self.file).is_file():  # a placeholder is reported apart
+            raise ValueError(f"compare.file: no such file (got {self.file!r})")
+        return self
+
+
 class JobConfig(Section):
     """One fine-tuning job: what `python -m lora_sweep train job.yaml` runs."""
 
@@ -235,11 +287,24 @@ class JobConfig(Section):
     data: DataSection
     training: TrainingSection = TrainingSection()
     objective: ObjectiveSection = ObjectiveSection()
+    compare: CompareSection = CompareSection()
     output_dir: str = Field("outputs/job", description="Folder for events, adapter and result.")
+
+    @model_validator(mode="after")
+    def _needs(self) -> JobConfig:
+        check_job_needs(self)
+        return self
+
+
+def check_job_needs(job: JobConfig | StudyConfig) -> None:
+    """A field that another group's field makes required."""
+    if job.training.skip_finetune and job.model.adapter_path is None:
+        raise ValueError("model.adapter_path: required when training.skip_finetune is true")
 
 
 # The reference's flat parameter names (AI Toolkit lora.yaml) and their place in our tree.
 # The same names are the parameter names of the search space.
+NOT_PARAMETERS = ("logging_steps", "save_total_limit", "skip_finetune")  # training fields no reference name
 FLAT_KEYS: dict[str, str] = {
     "system_prompt": "data.system_prompt",
     "varied_seqlen": "data.varied_seqlen",
@@ -254,9 +319,27 @@ FLAT_KEYS: dict[str, str] = {
     **{
         name: f"training.{name}"
         for name in TrainingSection.model_fields
-        if name not in ("logging_steps", "save_total_limit")
+        if name not in NOT_PARAMETERS
     },
 }
+# The lora.yaml's other keys (paths, the compare step): read from a flat file, never searched.
+# `model` is here only when its value is a string (the display name); a dict is our model group.
+AITK_KEYS: dict[str, str] = {
+    "model_path": "model.name_or_path",
+    "save_dir": "output_dir",
+    "adapter_path": "model.adapter_path",
+    "skip_finetune": "training.skip_finetune",
+    "compare_enabled": "compare.enabled",
+    "compare_file": "compare.file",
+    "compare_temperature": "compare.temperature",
+}
+
+
+def flat_path(key: str, value: Any) -> str | None:
+    """Where a flat lora.yaml key goes in our tree, or None when `key` is not a flat name."""
+    if key == "model" and isinstance(value, str):
+        return "model.display_name"
+    return FLAT_KEYS.get(key) or AITK_KEYS.get(key)
 
 
 def parse_scalar(text: str) -> Any:
@@ -327,11 +410,11 @@ def unflatten(tree: dict[str, Any]) -> dict[str, Any]:
     A file is flat when one of its top-level keys is a reference name (`learning_rate`,
     `finetune_train_nsamples`, ...). Keys that are neither are left for validation to report.
     """
-    if not any(key in FLAT_KEYS for key in tree):
+    if not any(flat_path(key, value) for key, value in tree.items()):
         return tree
     grouped: dict[str, Any] = {}
     for key, value in tree.items():
-        set_path(grouped, FLAT_KEYS.get(key, key), value)
+        set_path(grouped, flat_path(key, value) or key, value)
     return grouped
 
 
@@ -442,17 +525,25 @@ class StudyConfig(Section):
         {}, description="Parameter name -> {type, low, high, log} / {type: categorical, choices} or a bare value."
     )
     objective: ObjectiveSection = ObjectiveSection()
+    compare: CompareSection = CompareSection()
 
     @model_validator(mode="after")
     def _space(self) -> StudyConfig:
         from lora_sweep.space import build_space  # space builds on the names defined here
 
-        build_space(self)  # raises ValueError with every problem of the space
+        problems = []
+        for check in (check_job_needs, build_space):  # each raises ValueError with all its problems
+            try:
+                check(self)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def job_tree(self) -> dict[str, Any]:
         """The job part of the study, as a plain tree a trial's params are applied to."""
-        return self.model_dump(mode="json", include={"model", "lora", "data", "training", "objective"})
+        return self.model_dump(mode="json", include={"model", "lora", "data", "training", "objective", "compare"})
 
     @property
     def folder(self) -> Path:
@@ -492,8 +583,8 @@ def reference_tables() -> str:
     """Markdown tables of every group's fields (name, default, meaning), as in the README."""
     groups = [("study", StudySection), ("study.sampler", SamplerSection), ("study.pruner", PrunerSection),
               ("model", ModelSection), ("lora", LoraSection), ("data", DataSection),
-              ("training", TrainingSection), ("objective", ObjectiveSection)]
-    flat = {path: name for name, path in FLAT_KEYS.items()}
+              ("training", TrainingSection), ("objective", ObjectiveSection), ("compare", CompareSection)]
+    flat = {path: name for name, path in {**FLAT_KEYS, **AITK_KEYS, "model": "model.display_name"}.items()}
     out = []
     for group, model in groups:
         out += [f"#### `{group}`", "", "| key | default | lora.yaml name | meaning |", "| --- | --- | --- | --- |"]

@@ -119,12 +119,22 @@ def apply(tree: dict[str, Any], space: Space, params: dict[str, Any]) -> dict[st
     return tree
 
 
+def job_errors(tree: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """(location, message) of each problem of a job tree; none when it is a valid job."""
+    try:
+        JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        return [(tuple(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+    return []
+
+
 def build_space(config: StudyConfig) -> Space:
     """The study's space: the standard one (unless base_space: none) changed by search_space."""
     entries: dict[str, Any] = dict(STANDARD_SPACE) if config.study.base_space == "standard" else {}
     entries.update(config.search_space)
     space, problems = Space(), []
     job = config.job_tree()
+    known = job_errors(job)  # the study reports those once; a value is judged by what it adds
     for name, spec in entries.items():
         where = f"search_space.{name}"
         path = param_path(name)
@@ -146,11 +156,8 @@ def build_space(config: StudyConfig) -> Space:
         for value in values:  # every bound and choice must make a valid job
             trial_tree = copy.deepcopy(job)
             set_path(trial_tree, path, to_config_value(path, value))
-            try:
-                JobConfig.model_validate(trial_tree)
-            except ValidationError as exc:
-                problems += [f"{where}: value {value!r} is not valid for {e['loc'][-1] if e['loc'] else path}: "
-                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+            problems += [f"{where}: value {value!r} is not valid for {loc[-1] if loc else path}: {msg}"
+                         for loc, msg in job_errors(trial_tree) if (loc, msg) not in known]
     if not space.distributions and config.study.sampler.type != "grid":
         problems.append("search_space: nothing to search: every parameter is fixed")
     if problems:
