@@ -332,7 +332,13 @@ AITK_KEYS: dict[str, str] = {
     "compare_enabled": "compare.enabled",
     "compare_file": "compare.file",
     "compare_temperature": "compare.temperature",
+    "trust_remote_code": "model.trust_remote_code",
 }
+
+
+def flat_names() -> dict[str, str]:
+    """Our dotted path -> the lora.yaml name, to speak to a user in the names of their file."""
+    return {path: name for name, path in {**FLAT_KEYS, **AITK_KEYS, "model": "model.display_name"}.items()}
 
 
 def flat_path(key: str, value: Any) -> str | None:
@@ -342,16 +348,19 @@ def flat_path(key: str, value: Any) -> str | None:
     return FLAT_KEYS.get(key) or AITK_KEYS.get(key)
 
 
+class Loader(yaml.SafeLoader):
+    """YAML as PyYAML reads it (1.1), except that `1e-4` and `1E-08` are numbers, as in YAML 1.2:
+    1.1 wants a dot and a signed exponent (`1.0e-4`), so a user's `1e-4` would be a string."""
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def parse_scalar(text: str) -> Any:
     """A command-line value read as YAML (`1e-3` -> float, `[a, b]` -> list, `null` -> None)."""
-    value = yaml.safe_load(text)
-    # YAML 1.1 reads `1e-3` as a string; a user typing it means a number.
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    return yaml.load(text, Loader=Loader)
 
 
 def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -374,7 +383,8 @@ def get_path(tree: dict[str, Any], dotted: str) -> Any:
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.sub=value` overrides to a deep copy of `tree`."""
+    """Apply `key.sub=value` overrides (or a lora.yaml name: `learning_rate=1e-3`) to a deep copy of
+    a grouped `tree`."""
     tree = copy.deepcopy(tree)
     problems = []
     for item in overrides:
@@ -382,7 +392,8 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key.strip():
             problems.append(f"override {item!r} must look like key.sub=value")
             continue
-        set_path(tree, key.strip(), parse_scalar(text))
+        value = parse_scalar(text)
+        set_path(tree, flat_path(key.strip(), value) or key.strip(), value)  # `finetune_dataset=d` too
     if problems:
         raise ConfigError(problems, "command line")
     return tree
@@ -394,7 +405,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError([f"no such file: {path}"], str(path))
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
     if tree is None:
@@ -404,13 +415,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
+def is_flat(tree: dict[str, Any]) -> bool:
+    """Is this an AI Toolkit lora.yaml (a top-level key is one of its names)?"""
+    return any(flat_path(key, value) for key, value in tree.items())
+
+
 def unflatten(tree: dict[str, Any]) -> dict[str, Any]:
     """Turn a flat AI Toolkit lora.yaml into our grouped form; grouped input passes through.
 
     A file is flat when one of its top-level keys is a reference name (`learning_rate`,
     `finetune_train_nsamples`, ...). Keys that are neither are left for validation to report.
     """
-    if not any(flat_path(key, value) for key, value in tree.items()):
+    if not is_flat(tree):
         return tree
     grouped: dict[str, Any] = {}
     for key, value in tree.items():
@@ -418,12 +434,16 @@ def unflatten(tree: dict[str, Any]) -> dict[str, Any]:
     return grouped
 
 
-def format_errors(error: ValidationError, prefix: str = "") -> list[str]:
-    """pydantic's errors as `path: message (got value)` lines."""
+DOTTED = re.compile(r"\b[a-z_]+\.[a-z_]+\b")  # a config path inside a message: training.eval_steps
+
+
+def format_errors(error: ValidationError, prefix: str = "", names: dict[str, str] | None = None) -> list[str]:
+    """pydantic's errors as `path: message (got value)` lines; `names` renames paths (to lora.yaml names)."""
     lines = []
     for item in error.errors():
         path = ".".join(str(p) for p in item["loc"])
         path = f"{prefix}{path}" if path else prefix.rstrip(".")
+        path = (names or {}).get(path, path)
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key (check its spelling and group)")
@@ -431,24 +451,64 @@ def format_errors(error: ValidationError, prefix: str = "") -> list[str]:
             lines.append(f"{path}: required")
         elif item["type"] == "value_error":
             # our own validators already name the paths and values they speak of, a line each
-            lines += [m if not path or m.startswith(f"{path}.") else f"{path}: {m}" for m in message.split("\n")]
+            found = [m if not path or m.startswith(f"{path}.") else f"{path}: {m}" for m in message.split("\n")]
+            lines += [DOTTED.sub(lambda key: (names or {}).get(key[0], key[0]), m) for m in found]
         else:
             lines.append(f"{path}: {message} (got {item['input']!r})")
     return lines
 
 
-def validate_job(tree: dict[str, Any], source: str | None = None) -> JobConfig:
-    """Validate a job tree, grouped or flat, reporting every problem at once."""
+# Values a user writes in prose, where `<name>` is text, not a template's placeholder.
+FREE_TEXT = {"data.system_prompt", "data.inference_system_prompt", "objective.regex"}
+EXAMPLE_VALUES = {"data.dataset": "path/to/data", "output_dir": "path/to/output", "model.name_or_path": "path/to/model",
+                  "model.adapter_path": "path/to/adapter", "compare.file": "path/to/compare.jsonl"}
+
+
+def placeholder_problems(tree: dict[str, Any], flat: bool) -> list[str]:
+    """A problem per value that still holds an unfilled template placeholder (`mount/<run_id>/dataset`),
+    named as the user wrote it: by its lora.yaml name when `flat`, else by its dotted path."""
+    names = flat_names() if flat else {}
+    problems = []
+    for path, value in leaves(tree):
+        found = placeholders(value)
+        if not found or path in FREE_TEXT:
+            continue
+        if path == "compare.file" and not get_path(tree, "compare").get("enabled"):
+            continue  # the template keeps it while comparing is off
+        name = names.get(path, path)
+        problems.append(f"{name}: {json.dumps(value)} still holds the placeholder{'s' if len(found) > 1 else ''} "
+                        f"{', '.join(found)}: give the real value on the command line, e.g. "
+                        f"{name}={EXAMPLE_VALUES.get(path, 'VALUE')}")
+    return problems
+
+
+def leaves(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted path, value) of every non-mapping value of a nested dict."""
+    out = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out += leaves(value, f"{path}.") if isinstance(value, dict) else [(path, value)]
+    return out
+
+
+def validate_job(tree: dict[str, Any], source: str | None = None, flat: bool | None = None) -> JobConfig:
+    """Validate a job tree, grouped or flat, reporting every problem at once. `flat`: name problems
+    by their lora.yaml names (default: when `tree` is flat)."""
+    flat = is_flat(tree) if flat is None else flat
+    problems = placeholder_problems(unflatten(tree), flat)
     try:
-        return JobConfig.model_validate(unflatten(tree))
+        job = JobConfig.model_validate(unflatten(tree))
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc), source) from None
+        problems += format_errors(exc, names=flat_names() if flat else None)
+    if problems:
+        raise ConfigError(problems, source)
+    return job
 
 
 def load_job(path: str | Path, overrides: list[str] = ()) -> JobConfig:
     """Load a job config file (ours or a flat AI Toolkit lora.yaml), with dotted overrides."""
-    tree = apply_overrides(unflatten(read_yaml(path)), list(overrides))
-    return validate_job(tree, str(path))
+    tree = read_yaml(path)
+    return validate_job(apply_overrides(unflatten(tree), list(overrides)), str(path), flat=is_flat(tree))
 
 
 def dump_yaml(config: BaseModel, path: str | Path) -> None:
@@ -511,6 +571,10 @@ class StudySection(Section):
     )
     grace_period: int | None = Field(None, ge=1, description="Seconds; default twice heartbeat_interval.")
     stop_grace: float = Field(10.0, ge=0, description="Seconds a stopped job gets to exit before it is killed.")
+    stall_timeout: float | None = Field(
+        None, gt=0, description="Seconds a trial's job may send no event before it is stopped as hung and failed; "
+        "default: 3 of its longest intervals between evaluations, at least 300.",
+    )
 
 
 class StudyConfig(Section):
@@ -563,7 +627,7 @@ def storage_file(url: str) -> tuple[str, str] | None:
     return ("", url) if url and "://" not in url else None
 
 
-STUDY_GROUPS = ("study", "search_space")
+STUDY_GROUPS = ("study", "search_space", "job")
 
 
 def is_study(tree: dict[str, Any]) -> bool:
@@ -584,7 +648,7 @@ def reference_tables() -> str:
     groups = [("study", StudySection), ("study.sampler", SamplerSection), ("study.pruner", PrunerSection),
               ("model", ModelSection), ("lora", LoraSection), ("data", DataSection),
               ("training", TrainingSection), ("objective", ObjectiveSection), ("compare", CompareSection)]
-    flat = {path: name for name, path in {**FLAT_KEYS, **AITK_KEYS, "model": "model.display_name"}.items()}
+    flat = flat_names()
     out = []
     for group, model in groups:
         out += [f"#### `{group}`", "", "| key | default | lora.yaml name | meaning |", "| --- | --- | --- | --- |"]

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import hashlib
+from pathlib import Path
 
-from helpers import write_yaml
-from lora_sweep.config import ConfigError, StudyConfig, load_job, validate_job
+import pytest
+import yaml
+
+from helpers import REPO, run_module, write_yaml
+from lora_sweep.config import FLAT_KEYS, ConfigError, StudyConfig, get_path, load_job, validate_job
 from lora_sweep.space import param_path
+
+TEMPLATE = REPO / "tests/data/aitk/lora.yaml"  # the Phi Silica template, byte for byte
+AION = REPO / "tests/data/aitk/aion-1.1-lora.yaml"  # the newer form, with compare_* and skip_finetune
 
 AITK_EXTRAS = {
     "model": "Phi-3.6-mini-instruct", "model_path": "models/phi", "save_dir": "runs/one",
@@ -31,15 +38,16 @@ def test_flat_extra_keys_find_their_place(tmp_path):
 def test_compare_and_skip_finetune_need_their_files(tmp_path):
     with pytest.raises(ConfigError) as err:
         validate_job({**AITK_EXTRAS, "compare_enabled": True, "compare_file": None, "epochs": 0})
-    assert err.value.problems == ["training.epochs: Input should be greater than 0 (got 0)",
-                                  "compare.file: required when compare.enabled is true"]
+    # a flat file's problems are named in its own names
+    assert err.value.problems == ["epochs: Input should be greater than 0 (got 0)",
+                                  "compare_file: required when compare_enabled is true"]
     missing = str(tmp_path / "compare.json")
     with pytest.raises(ConfigError) as err:
         validate_job({**AITK_EXTRAS, "compare_enabled": True, "compare_file": missing})
-    assert err.value.problems == [f"compare.file: no such file (got {missing!r})"]
+    assert err.value.problems == [f"compare_file: no such file (got {missing!r})"]
     with pytest.raises(ConfigError) as err:
         validate_job({**AITK_EXTRAS, "skip_finetune": True})
-    assert err.value.problems == ["model.adapter_path: required when training.skip_finetune is true"]
+    assert err.value.problems == ["adapter_path: required when skip_finetune is true"]
     (tmp_path / "compare.json").write_text('{"query": "hi", "response": "hello"}\n', encoding="utf-8")
     job = validate_job({**AITK_EXTRAS, "compare_enabled": True, "compare_file": missing,
                         "skip_finetune": True, "adapter_path": "runs/old/adapter"})
@@ -54,3 +62,79 @@ def test_file_keys_are_not_search_parameters():
     assert param_path("compare.temperature") == "compare.temperature"  # a dotted path may still be searched
     study = StudyConfig.model_validate({"data": {"dataset": "d"}, "compare": {"temperature": 0.3}})
     assert study.job_tree()["compare"] == {"enabled": False, "file": None, "temperature": 0.3}
+
+
+def template_overrides(tmp_path: Path, data: Path) -> list[str]:
+    return [f"finetune_dataset={data}", f"model_path={tmp_path / 'model'}", f"save_dir={tmp_path / 'out'}"]
+
+
+def test_template_byte_for_byte():
+    # the copy is the template as published (tests/data/aitk/README.md gives its source)
+    assert hashlib.sha256(TEMPLATE.read_bytes()).hexdigest() == (
+        "578996959839cbf1bb98cf130f789f09e147150b2faa0e8194861c027c219672")
+
+
+def test_template_loads_as_a_job_with_its_values(tmp_path, chat_data):
+    job = load_job(TEMPLATE, template_overrides(tmp_path, chat_data))
+    t, d = job.training, job.data
+    assert (t.learning_rate, t.adam_epsilon, t.adam_beta1, t.adam_beta2) == (2e-4, 1e-8, 0.9, 0.95)
+    assert (t.lr_scheduler_type, t.num_warmup_steps, t.eval_steps, t.save_steps) == ("linear_with_warmup", 400, 64, 64)
+    assert (d.train_seqlen, d.test_seqlen, d.train_batch_size, d.test_batch_size) == (1024, 2048, 2, 8)
+    assert (d.train_nsamples, d.test_nsamples, job.lora.lora_dropout, t.weight_decay) == (8000, 128, 0.1, 0.0)
+    assert (job.model.display_name, job.model.name_or_path, job.output_dir) == (
+        "Phi-3.6-mini-instruct", str(tmp_path / "model"), str(tmp_path / "out"))
+    assert d.train_file == str(chat_data / "train.json")
+    # every documented parameter of the template, as PyYAML reads it, is the job's value
+    template = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))
+    dumped = job.model_dump()
+    for name, path in FLAT_KEYS.items():
+        if name in template and name != "finetune_dataset":
+            assert get_path(dumped, path) == template[name], name
+
+
+def test_placeholders_are_named_with_the_override_to_give(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_job(TEMPLATE, ["learning_rate=-1"])
+    assert err.value.problems == [
+        'save_dir: "mount/<run_id>/save_dir" still holds the placeholder <run_id>: give the real value on the '
+        "command line, e.g. save_dir=path/to/output",
+        'finetune_dataset: "mount/<run_id>/dataset" still holds the placeholder <run_id>: give the real value on '
+        "the command line, e.g. finetune_dataset=path/to/data",
+        "learning_rate: Input should be greater than 0 (got -1)",
+    ]
+    # the newer template keeps a placeholder in compare_file: an error only when comparing is on
+    overrides = template_overrides(tmp_path, tmp_path)
+    job = load_job(AION, overrides)
+    assert (job.compare.enabled, job.model.trust_remote_code, job.model.adapter_path) == (False, True, None)
+    with pytest.raises(ConfigError) as err:
+        load_job(AION, [*overrides, "compare_enabled=true"])
+    assert err.value.problems == [
+        'compare_file: "mount/<run_id>/<compare_file>" still holds the placeholders <run_id>, <compare_file>: '
+        "give the real value on the command line, e.g. compare_file=path/to/compare.jsonl"]
+    # a grouped job is spoken to in its own names; a system prompt may hold <tags>
+    with pytest.raises(ConfigError) as err:
+        validate_job({"data": {"dataset": "runs/<run_id>/data", "system_prompt": "Answer in <json>."}})
+    assert err.value.problems == ['data.dataset: "runs/<run_id>/data" still holds the placeholder <run_id>: give '
+                                  "the real value on the command line, e.g. data.dataset=path/to/data"]
+
+
+def test_exponents_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "lora.yaml"
+    path.write_text("finetune_dataset: d\nadam_epsilon: 1E-08\nlearning_rate: 1e-4\nweight_decay: !!float 1e-2\n",
+                    encoding="utf-8")
+    job = load_job(path)
+    assert (job.training.adam_epsilon, job.training.learning_rate, job.training.weight_decay) == (1e-8, 1e-4, 1e-2)
+    job = load_job(path, ["max_grad_norm=2E0", "seed=7"])
+    assert (job.training.max_grad_norm, job.training.seed) == (2.0, 7)
+
+
+@pytest.mark.integration
+def test_cli_validates_the_template(tmp_path, chat_data):
+    done = run_module(["validate", str(TEMPLATE), *template_overrides(tmp_path, chat_data)], timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"{TEMPLATE}: valid job config (8 train and 8 test samples)\n"
+    done = run_module(["validate", str(TEMPLATE), f"finetune_dataset={chat_data}"], timeout=120)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f'error: {TEMPLATE}: save_dir: "mount/<run_id>/save_dir" still holds the placeholder '
+                           "<run_id>: give the real value on the command line, e.g. save_dir=path/to/output\n")
+    assert not (tmp_path / "out").exists()
