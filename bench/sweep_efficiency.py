@@ -95,7 +95,7 @@ def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> di
     elif model:
         overrides.append(f"model.name_or_path={model}")
     config = B.load_demo(overrides)
-    study, stopped = run_sweep(config)
+    study, stopped, _ = run_sweep(config)
     if stopped:
         raise SystemExit(f"sweep {name} stopped: {stopped}")
     maximize = config.objective.direction == "maximize"

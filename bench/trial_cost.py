@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 overrides.append(f"model.name_or_path={B.model_path(args, work)}")
             config = B.load_demo(overrides)
             began = time.time()
-            study, stopped = run_sweep(config)
+            study, stopped, _ = run_sweep(config)
             if stopped:
                 raise SystemExit(f"the sweep stopped: {stopped}")
             first = min(stamp(t.datetime_start) for t in study.get_trials(deepcopy=False))

@@ -24,15 +24,14 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial
 
 from lora_sweep.config import ConfigError, StudyConfig
+from lora_sweep.storage import StudyFolder, load_existing, masked, shown_config
 
-
-def artifact_folder(config: StudyConfig) -> Path:
-    return config.folder / "artifacts"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def artifact_store(config: StudyConfig) -> FileSystemArtifactStore:
     """The study's filesystem artifact store (its folder is made here: optuna does not)."""
-    folder = artifact_folder(config).resolve()
+    folder = StudyFolder(config.folder).artifacts.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(folder)
 
@@ -46,7 +45,7 @@ def upload_trial_artifacts(study: optuna.Study, trial: optuna.Trial | FrozenTria
     records artifacts as trial system attrs, which an RDB storage refuses once the trial is
     finished. Each call uploads again, so call it once per trial."""
     store = artifact_store(config)
-    folder = Path(trial.user_attrs.get("trial_dir") or config.folder.resolve() / "trials" / str(trial.number))
+    folder = Path(trial.user_attrs.get("trial_dir") or StudyFolder(config.folder.resolve()).trial(trial.number))
     adapter = Path(trial.user_attrs.get("adapter_path") or folder / "adapter")
     predictions = Path(trial.user_attrs.get("predictions_path") or folder / "predictions.jsonl")
     # a FrozenTrial carries no storage of its own; an optuna.Trial does
@@ -73,7 +72,7 @@ def study_note(study: optuna.Study, config: StudyConfig | None = None) -> str:
     from lora_sweep import space as S
 
     attrs = study.user_attrs
-    tree = attrs.get("config") or (config.model_dump(mode="json") if config else None)
+    tree = shown_config(attrs.get("config") or (config.model_dump(mode="json") if config else None))
     metric = attrs.get("metric") or (config.objective.metric if config else "the objective")
     space = attrs.get("space") or (S.describe(S.build_space(config)) if config else {})
     directions = ", ".join(d.name.lower() for d in study.directions)
@@ -125,11 +124,23 @@ def _stop(signum: int, frame: Any) -> None:
     raise _Stop
 
 
-def serve(config: StudyConfig, host: str = "127.0.0.1", port: int = 8080) -> int:
+def read_only(app: Any) -> Any:
+    """The dashboard app refusing every request that could change the study (optuna-dashboard
+    0.21 has no read-only mode of its own): only GET and HEAD pass."""
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD", "GET") in ("GET", "HEAD"):
+            return app(environ, start_response)
+        body = b"read-only dashboard (lora_sweep dashboard --read-only): the study cannot be changed here\n"
+        start_response("403 Forbidden", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return guarded
+
+
+def serve(config: StudyConfig, host: str = "127.0.0.1", port: int = 8080, readonly: bool = False) -> int:
     """Serve optuna-dashboard on the study's storage until Ctrl+C or SIGTERM; port 0: any free one."""
     from optuna_dashboard import wsgi
-
-    from lora_sweep.sweep import load_existing
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_existing(config.storage_url, config.study.name)
@@ -139,6 +150,8 @@ def serve(config: StudyConfig, host: str = "127.0.0.1", port: int = 8080) -> int
     except Exception as exc:  # a note is a nicety: a locked or read-only database must not stop the dashboard
         print(f"warning: the study note was not written: {exc}", file=sys.stderr)
     app = wsgi(study._storage, artifact_store=artifact_store(config))
+    if readonly:
+        app = read_only(app)
     try:
         server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
     except OSError as exc:
@@ -146,8 +159,13 @@ def serve(config: StudyConfig, host: str = "127.0.0.1", port: int = 8080) -> int
     shown = f"[{host}]" if ":" in host else host
     # the URL first, flushed: a test or a script waits for this line
     print(f"http://{shown}:{server.server_address[1]}/dashboard/studies/{study._study_id}", flush=True)
-    print(f"optuna-dashboard for study {config.study.name!r} in {config.storage_url}; "
-          f"artifacts in {artifact_folder(config)}; Ctrl+C to stop", flush=True)
+    print(f"optuna-dashboard for study {config.study.name!r} in {masked(config.storage_url)}; "
+          f"artifacts in {StudyFolder(config.folder).artifacts}; Ctrl+C to stop", flush=True)
+    if host not in LOOPBACK:
+        print(f"warning: --host {host} serves the study to the network with no login: anyone who reaches "
+              f"port {server.server_address[1]} can read every trial, params and artifact (adapters, predictions)"
+              + ("" if readonly else ", and edit or delete the study, its trials and notes; "
+                 "add --read-only to refuse changes"), file=sys.stderr, flush=True)
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         server.serve_forever()

@@ -6,10 +6,15 @@ written before it. Kinds: start, train, eval, checkpoint, warning, done, error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("lora_sweep.events")
 
 # Set by the sweep for the jobs it launches: a job exits when this process is gone.
 PARENT_PID_ENV = "LORA_SWEEP_PARENT_PID"
@@ -34,11 +39,16 @@ class EventLog:
 
 
 class EventReader:
-    """Reads the events appended since the last call; a partial last line waits for its end."""
+    """Reads the events appended since the last call; a partial last line waits for its end.
+
+    A line that is not a JSON object (a job killed mid-write, a stray print into the file) is
+    skipped with a warning and counted in `skipped`: one bad line must not end a sweep."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.offset = 0
+        self.lines = 0
+        self.skipped = 0
 
     def new(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -48,7 +58,84 @@ class EventReader:
             chunk = f.read()
         end = chunk.rfind(b"\n") + 1
         self.offset += end
-        return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+        events = []
+        for line in chunk[:end].splitlines():
+            self.lines += 1
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                event = None
+            if not isinstance(event, dict) or "event" not in event:
+                self.skipped += 1
+                log.warning("%s:%d: not an event, skipped: %.80r", self.path, self.lines, line)
+                continue
+            events.append(event)
+        return events
+
+
+# ---------------------------------------------------------------- what a job reports
+
+
+@dataclass(frozen=True)
+class EvalEvent:
+    """An `eval` event: the job's evaluation at `step`. `score` is the generation metric, present
+    at the evaluations where it was scored; `best` says the job kept this evaluation's adapter."""
+
+    step: int
+    eval_loss: float
+    perplexity: float | None = None
+    score: float | None = None
+    best: bool = False
+
+    @classmethod
+    def of(cls, event: dict[str, Any]) -> EvalEvent:
+        return cls(**{f.name: event[f.name] for f in dataclasses.fields(cls) if f.name in event})
+
+    def value(self, key: str) -> float | None:
+        """The objective's value at this evaluation (`key`: eval_loss, perplexity or score)."""
+        return getattr(self, key)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job's `result.json`: the evaluation the objective chose (its adapter is kept)
+    and the job's figures. Keys this version does not know are kept in `extra`."""
+
+    best_step: int
+    best_eval_loss: float
+    adapter_path: str
+    metric: str = "eval_loss"
+    best_perplexity: float | None = None
+    best_score: float | None = None
+    steps_run: int = 0
+    max_steps: int | None = None
+    stop_reason: str = "completed"
+    wall_time_s: float = 0.0
+    train_tokens: int | None = None
+    train_tokens_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # what the sweep records on the trial (wall_time_s as job_wall_time_s: the trial has its own)
+    TRIAL_ATTRS = ("adapter_path", "best_step", "best_eval_loss", "best_score", "steps_run", "stop_reason",
+                   "train_tokens_per_s", "peak_memory_mb", "wall_time_s")
+
+    @classmethod
+    def read(cls, path: str | Path) -> JobResult:
+        tree = json.loads(Path(path).read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in tree.items() if k in known},
+                   extra={k: v for k, v in tree.items() if k not in known})
+
+    def trial_attrs(self) -> dict[str, Any]:
+        """The user attrs a trial records from its job (None values left out)."""
+        attrs = {("job_" + k if k == "wall_time_s" else k): getattr(self, k) for k in self.TRIAL_ATTRS}
+        return {k: v for k, v in attrs.items() if v is not None}
 
 
 def better(direction: str, value: float, loss: float | None, best_value: float | None,

@@ -17,11 +17,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lora_sweep.config import ConfigError, StudyConfig
+from lora_sweep.storage import load_existing
 
 
 def open_study(config: StudyConfig) -> optuna.Study:
-    from lora_sweep.sweep import load_existing
-
+    """The study of `config`, for reading."""
     return load_existing(config.storage_url, config.study.name)
 
 
@@ -113,6 +113,8 @@ def export(config: StudyConfig, which: str, out: str, merge: bool) -> Path:
     study = open_study(config)
     trial = pick_trial(study, which)
     target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise ConfigError([f"--out {out}: a file of that name exists; give a new folder"])
     if target.exists() and any(target.iterdir()):
         raise ConfigError([f"--out {out}: the folder exists and is not empty"])
     adapter = Path(trial.user_attrs["adapter_path"])

@@ -56,6 +56,8 @@ class JobRun:
     returncode: int
     stopped: bool = False  # stopped because on_event asked (pruned)
     timed_out: bool = False
+    stalled: float = 0.0  # seconds the job was silent when it was stopped as hung (0: it was not)
+    skipped_lines: int = 0  # lines of its events file that were not events
     events: list[dict[str, Any]] = field(default_factory=list)
     log_tail: str = ""
 
@@ -89,8 +91,11 @@ def run_job(
     timeout: float | None = None,
     stop_grace: float = 10.0,
     module: str = "lora_sweep.train",
+    silence_limit: Callable[[], float] | None = None,
 ) -> JobRun:
-    """Run the job to its end; `on_event` sees each event and returns True to stop the job."""
+    """Run the job to its end; `on_event` sees each event and returns True to stop the job.
+    `timeout`: seconds after which the job is stopped; `silence_limit()`: seconds without a new
+    event after which it is stopped as hung."""
     log_path = folder / "train.log"
     child_env = {**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
     with log_path.open("wb") as log:
@@ -100,11 +105,12 @@ def run_job(
         _running.add(proc)
     reader = EventReader(folder / "events.jsonl")
     run = JobRun(returncode=0)
-    begin = time.monotonic()
+    begin = last_event = time.monotonic()
     try:
         while True:
             exited = proc.poll() is not None
             for event in reader.new():  # read after poll: an exited job's last events are seen
+                last_event = time.monotonic()
                 run.events.append(event)
                 if not run.stopped and on_event(event):
                     run.stopped = True
@@ -117,6 +123,11 @@ def run_job(
                 run.timed_out = True
                 stop(proc, stop_grace)
                 break
+            silent = time.monotonic() - last_event
+            if silence_limit is not None and silent > silence_limit():
+                run.stalled = silent
+                stop(proc, stop_grace)
+                break
             time.sleep(POLL_S)
     finally:
         if proc.poll() is None:  # the sweep itself is being interrupted
@@ -125,5 +136,6 @@ def run_job(
             _running.discard(proc)
     run.events += reader.new()  # what the job wrote after it was told to stop
     run.returncode = proc.returncode
+    run.skipped_lines = reader.skipped
     run.log_tail = tail(log_path)
     return run

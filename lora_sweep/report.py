@@ -28,7 +28,8 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
-from lora_sweep.config import ConfigError, StudyConfig, load_study, storage_file
+from lora_sweep.config import ConfigError, StudyConfig, load_study
+from lora_sweep.storage import StudyFolder, load_existing, masked, shown_config, storage_file
 
 # Trial user attrs worth a column, in this order; any other scalar user attr follows them
 # (so a score-like metric the sweep adds later shows up without a change here).
@@ -95,8 +96,6 @@ def open_study(study_yaml: str | Path | None = None, storage: str | None = None,
                study_name: str | None = None) -> tuple[optuna.Study, StudyConfig | None]:
     """The study of a YAML, or of a storage URL and name (the name may be left out if the storage
     holds one study); storage and study_name given with a YAML override the YAML's."""
-    from lora_sweep.sweep import load_existing
-
     config = find_config(study_yaml) if study_yaml else None
     url = storage or (config.storage_url if config else None)
     if url is None:
@@ -506,7 +505,7 @@ def predictions_frame(frame: pd.DataFrame, n: int = 5) -> pd.DataFrame | None:
         "score": [r.get("score") for r in rows],
     })
     # the sweep evaluates the base model in <study folder>/baseline, on the same prompts in order
-    base = Path(best["trial_dir"]).parents[1] / "baseline" / "predictions.jsonl" if not _missing(
+    base = StudyFolder(Path(best["trial_dir"]).parents[1]).baseline / "predictions.jsonl" if not _missing(
         best.get("trial_dir")) else None
     if base is not None and base.is_file():
         base_rows = read_predictions(base, n)
@@ -587,7 +586,7 @@ def write_html(study: optuna.Study, path: str | Path, config: StudyConfig | None
              f"<h1>Sweep report: {esc(study.study_name)}</h1>",
              "".join(f"<p>{esc(line)}</p>" for line in summary_lines(frame)),
              f"<p class='about'>Written {datetime.now():%Y-%m-%d %H:%M}"
-             + (f" from {esc(config.storage_url)}" if config else "") + ".</p>"]
+             + (f" from {esc(masked(config.storage_url))}" if config else "") + ".</p>"]
     parts += ["<h2>Trials</h2>", f"<p class='about'>{esc(ABOUT['table'])}</p>",
               f"<div class='scroll'>{table_html(trials_table(frame))}</div>"]
     for i, view in enumerate(views(study, frame)):
@@ -599,7 +598,7 @@ def write_html(study: optuna.Study, path: str | Path, config: StudyConfig | None
         parts += ["<h2>Predictions of the best trial</h2>", f"<p class='about'>{esc(ABOUT['predictions'])}</p>",
                   f"<div class='scroll'>{table_html(predictions, 'predictions', index=False)}</div>"]
     # the config the sweep recorded is what ran; the YAML may have changed since
-    tree = study.user_attrs.get("config") or (config.model_dump(mode="json") if config else None)
+    tree = shown_config(study.user_attrs.get("config") or (config.model_dump(mode="json") if config else None))
     if tree:
         parts += ["<h2>Study config</h2>",
                   f"<details><summary>YAML</summary><pre>{esc(yaml.safe_dump(tree, sort_keys=False))}</pre></details>"]

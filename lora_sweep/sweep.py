@@ -3,173 +3,63 @@
     python -m lora_sweep run study.yaml [key.sub=value ...]     # start or resume
     python -m lora_sweep worker study.yaml                      # join from another process or machine
 
-The parent owns the study database; a job never opens it. Each trial writes its resolved
-job config to `<study.dir>/<name>/trials/<number>/job.yaml`, is launched through
-`accelerate launch`, and is followed through its events: every evaluation is reported to
-the trial, and the pruner's verdict stops the job.
+This module is the loop: study set-up (storage, sampler, pruner, the defaults trial, the
+base-model evaluation), one thread per trial slot that takes trials in optuna's own shape
+(claim, ask, release, run, tell), stopping (max_failures, timeout, Ctrl+C and SIGTERM) and the
+summary. A trial's own life, from params to result, is in trial.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import inspect
 import json
 import logging
-import math
-import os
-import shutil
+import signal
 import sys
 import threading
 import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
-import filelock
 import optuna
-import sqlalchemy
-from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
-from pydantic import ValidationError
 
 from lora_sweep import launch
-from lora_sweep.dashboard import upload_trial_artifacts, write_study_note
-from lora_sweep import space as S
-from lora_sweep.config import (
-    ConfigError,
-    JobConfig,
-    ObjectiveSection,
-    StudyConfig,
-    StudySection,
-    dump_yaml,
-    format_errors,
-    load_study,
-    storage_file,
+from lora_sweep.config import ConfigError, StudyConfig, load_study
+from lora_sweep.dashboard import write_study_note
+from lora_sweep.space import Space, build_space, default_params, describe, suggest
+from lora_sweep.storage import (
+    OWNER_ATTR,
+    StudyClaim,
+    StudyFolder,
+    check_reachable,
+    fail_and_requeue,
+    fail_orphaned_trials,
+    load_existing,
+    make_storage,
+    masked,
+    shown_config,
+    this_worker,
 )
+from lora_sweep.trial import TrialFailed, run_base_model, run_trial
 
 log = logging.getLogger("lora_sweep.sweep")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
 
 
-class TrialFailed(RuntimeError):
-    """The job of a trial failed; the trial is recorded as FAIL and the sweep goes on."""
+class Interrupted(BaseException):
+    """Ctrl+C or SIGTERM (what Slurm and Kubernetes send) reached the sweep."""
 
 
 # ---------------------------------------------------------------- optuna pieces from the config
 
 
-def make_storage(url: str, study: StudySection | None = None) -> optuna.storages.BaseStorage:
-    """The storage at `url`. With the study's settings (a sweep), it is created if missing and
-    RDB storages get heartbeats, so a killed sweep's trials are re-run; without (the commands
-    that read a study), a missing database file is an error, not a new empty one."""
-    file = storage_file(url)
-    journal = file is not None and (file[0] == "journal://" or (file[0] == "" and url.endswith(".log")))
-    path = Path(file[1]) if file is not None and (journal or file[0] == "sqlite:///") else None
-    if path is not None:
-        if study is None and not path.is_file():
-            raise ConfigError([f"no study database at {path}: run the sweep first"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-    if journal:
-        return JournalStorage(JournalFileBackend(str(path)))
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        # parallel trials write from several threads: wait for the lock instead of failing
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    if study is None:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
-    # A trial whose heartbeat stops (its sweep was killed) is failed and its params run again;
-    # optuna 4.9 renamed the callback argument.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters:
-            retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
-        else:
-            retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=study.heartbeat_interval,
-            grace_period=study.grace_period or 2 * study.heartbeat_interval,
-            **retry,
-        )
-
-
-class StudyClaim:
-    """The lock under which a worker counts the study's trials and creates the next one, so
-    that parallel slots and workers on other processes or machines never both take the last
-    trial of the budget. Threads of one worker share a threading lock; across processes it is
-    a lock file beside a SQLite or journal file, or a session advisory lock on a PostgreSQL or
-    MySQL server (freed by the server when a killed worker's connection drops)."""
-
-    def __init__(self, url: str, study_name: str) -> None:
-        self.threads = threading.Lock()
-        self.file: filelock.FileLock | None = None
-        self.engine: Any = None
-        self.connection: Any = None
-        file = storage_file(url)
-        if file is not None:
-            Path(file[1]).parent.mkdir(parents=True, exist_ok=True)
-            self.file = filelock.FileLock(f"{file[1]}.claim.lock", thread_local=False)
-            return
-        digest = hashlib.sha256(f"lora_sweep claim {study_name}".encode()).digest()
-        # the statement that waits for the server's lock of this study, with its parameters
-        self.lock_statement = {
-            "postgresql": ("SELECT pg_advisory_lock(:key)", {"key": int.from_bytes(digest[:8], "big", signed=True)}),
-            # a name of up to 64 characters; a negative timeout waits for ever
-            "mysql": ("SELECT GET_LOCK(:name, -1)", {"name": f"lora_sweep-{digest.hex()[:40]}"}),
-        }.get(url.split("://", 1)[0].split("+", 1)[0])
-        if self.lock_statement is not None:
-            self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-
-    def acquire(self) -> None:
-        self.threads.acquire()
-        try:
-            if self.file is not None:
-                self.file.acquire()
-            elif self.engine is not None:
-                self.connection = self.engine.connect()
-                sql, params = self.lock_statement
-                self.connection.execute(sqlalchemy.text(sql), params)
-        except BaseException:
-            self.threads.release()
-            raise
-
-    def release(self) -> None:
-        try:
-            if self.file is not None:
-                self.file.release()
-            elif self.connection is not None:
-                self.connection.close()  # a session lock ends with its session (NullPool: really closed)
-                self.connection = None
-        finally:
-            self.threads.release()
-
-    def __enter__(self) -> StudyClaim:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def load_existing(url: str, name: str | None) -> optuna.Study:
-    """A study a sweep made, for reading; the name may be left out when the storage holds one."""
-    storage = make_storage(url)
-    names = optuna.get_all_study_names(storage)
-    if name is None and len(names) == 1:
-        name = names[0]
-    if name not in names:
-        which = f"study {name!r} is" if name else "a study name is needed: it"
-        raise ConfigError([f"{which} not in {url} (it holds: {', '.join(names) or 'none'})"])
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def make_sampler(config: StudyConfig, space: S.Space) -> optuna.samplers.BaseSampler:
+def make_sampler(config: StudyConfig, space: Space) -> optuna.samplers.BaseSampler:
     """The study's sampler; a ConfigError names a bad option."""
     s = config.study.sampler
     with optuna_options("sampler", s.type):
@@ -237,174 +127,143 @@ def device_groups(config: StudyConfig) -> list[list[int] | None]:
     return groups[: s.parallel]
 
 
-# ---------------------------------------------------------------- one trial
+# ---------------------------------------------------------------- the trial loop
 
 
-def job_config(config: StudyConfig, space: S.Space, params: dict[str, Any], folder: Path) -> JobConfig:
-    """The job a trial runs: the study's job groups with the params applied, paths made absolute
-    (the job runs in its own folder) and the study's tokenized-data cache."""
-    tree = S.apply(config.job_tree(), space, params)
-    tree["output_dir"] = str(folder)
-    tree["data"]["cache_dir"] = str(config.folder.resolve() / "cache")
-    for side in ("train_file", "test_file"):
-        tree["data"][side] = str(Path(tree["data"][side]).resolve())
-    tree["data"]["dataset"] = None
-    if Path(tree["model"]["name_or_path"]).is_dir():
-        tree["model"]["name_or_path"] = str(Path(tree["model"]["name_or_path"]).resolve())
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Record the trial's heartbeat while its job runs (RDB storages that have them), so a killed
+    sweep's trials are found stale by the next run."""
+    storage = study._storage
+    interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial._trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
+    thread.start()
     try:
-        return JobConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise TrialFailed("; ".join(format_errors(exc))) from None
-
-
-def slot_launch(config: StudyConfig, slot: list[int] | None) -> tuple[list[str], dict[str, str]]:
-    """Launcher flags and environment of a job on `slot` (its GPU ids, or None for the CPU)."""
-    flags = config.study.launcher_args or launch.launcher_args(
-        slot, cpu_threads=max(1, (os.cpu_count() or 1) // config.study.parallel),
-        port=29500 + (slot[0] if slot else 0))
-    env = {}
-    if slot:
-        env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, slot))}
-    elif config.study.devices == "cpu":
-        env = {"CUDA_VISIBLE_DEVICES": ""}  # keep the jobs off GPUs that are there
-    return flags, env
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @dataclass
 class Sweep:
     config: StudyConfig
-    space: S.Space
+    space: Space
     study: optuna.Study
     failures_in_a_row: int = 0
-    stop_reason: str | None = None
+    stop_reason: str | None = None  # why the sweep stopped before its budget; None: it did not
+    interrupted: str | None = None  # the signal that stopped it
+    note: str | None = None  # why fewer than n_trials finished although nothing failed
     error: BaseException | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    local: threading.local = field(default_factory=threading.local)
+    waiting_logged: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.claim = StudyClaim(self.config.storage_url, self.config.study.name)
 
-    @property
-    def folder(self) -> Path:
-        return self.config.folder.resolve()
-
-    def objective(self, trial: optuna.Trial) -> float:
-        params = S.suggest(trial, self.space)
-        folder = self.folder / "trials" / str(trial.number)
-        shutil.rmtree(folder, ignore_errors=True)  # a number reused after a database was deleted
-        folder.mkdir(parents=True)
-        trial.set_user_attr("trial_dir", str(folder))
-        try:
-            job = job_config(self.config, self.space, params, folder)
-        except TrialFailed as exc:
-            trial.set_user_attr("error", str(exc))
-            raise
-        dump_yaml(job, folder / "job.yaml")
-
-        objective = self.config.objective
-        curve: list[list[float]] = []
-        state: dict[str, int] = {}
-
-        def on_event(event: dict[str, Any]) -> bool:
-            if event["event"] == "start":
-                state["max_steps"] = event["max_steps"]
-            elif event["event"] == "eval" and event.get(objective.key) is not None:
-                value = event[objective.key]
-                curve.append([event["step"], value])
-                log.info("trial %d  step %d/%s  %s %.4f  (trial best %.4f; study best %s)", trial.number,
-                         event["step"], state.get("max_steps", "?"), objective.metric, value,
-                         best_of(objective, curve), self.best_text())
-                if not objective.also:  # optuna prunes single-objective studies only
-                    trial.report(value, event["step"])
-                    # a job at its last evaluation has spent its steps: pruning it saves nothing
-                    return event["step"] < state.get("max_steps", math.inf) and trial.should_prune()
-            return False
-
-        flags, env = slot_launch(self.config, self.local.slot)
-        began = time.time()
-        run = launch.run_job(folder / "job.yaml", folder, flags, on_event, env=env,
-                             timeout=self.config.study.trial_timeout, stop_grace=self.config.study.stop_grace)
-        # artifacts are trial system attrs, which the storage refuses once the trial is finished
-        upload_trial_artifacts(self.study, trial, self.config)
-        trial.set_user_attr("eval_curve", curve)
-        # every step the job logged, also those after the pruner's verdict and before it stopped
-        trial.set_user_attr("steps_run", max((e["step"] for e in run.events if e["event"] == "train"), default=0))
-        trial.set_user_attr("wall_time_s", round(time.time() - began, 2))
-        return self.outcome(trial, run, folder, curve)
-
-    def outcome(self, trial: optuna.Trial, run: launch.JobRun, folder: Path,
-                curve: list[list[float]]) -> float | tuple[float, float]:
-        """The trial's value, or TrialPruned / TrialFailed with what the job left behind."""
-        if run.stopped:
-            trial.set_user_attr("stop_reason", "pruned")
-            raise optuna.TrialPruned(f"pruned at step {curve[-1][0]}")
-        errors = [e["message"] for e in run.events if e["event"] == "error"]
-        if run.timed_out or run.returncode != 0 or errors or not (folder / "result.json").is_file():
-            if run.timed_out:
-                message = f"timed out after {self.config.study.trial_timeout} s"
-            elif errors:
-                message = errors[-1]
-            else:
-                message = f"job exited with code {run.returncode}"
-            trial.set_user_attr("error", message)
-            trial.set_user_attr("log_tail", run.log_tail)
-            trial.set_user_attr("stop_reason", "error")
-            raise TrialFailed(f"trial {trial.number}: {message} (log: {folder / 'train.log'})")
-        result = json.loads((folder / "result.json").read_text())
-        for key in ("adapter_path", "best_step", "best_eval_loss", "best_score", "steps_run", "stop_reason",
-                    "train_tokens_per_s", "peak_memory_mb", "wall_time_s"):
-            if result[key] is not None:  # a loss objective has no score
-                trial.set_user_attr(f"job_{key}" if key == "wall_time_s" else key, result[key])
-        if (folder / "predictions.jsonl").is_file():
-            trial.set_user_attr("predictions_path", str(folder / "predictions.jsonl"))
-        best = best_of(self.config.objective, curve)  # the best evaluation, not the last
-        if self.config.objective.also == "eval_loss":
-            return best, result["best_eval_loss"]
-        if self.config.objective.also == "wall_time":
-            return best, result["wall_time_s"]
-        return best
-
-    # ---------------------------------------------------------------- the trial loop
-
     def work(self, slot: list[int] | None, deadline: float | None) -> None:
-        """One slot's loop (`slot`: its GPU ids, None on the CPU): start a trial while the study
-        needs one, until the sweep stops.
+        """One slot's loop (`slot`: its GPU ids, None on the CPU): take a trial while the study
+        needs one, run it, record it, until the budget is spent or the sweep stops.
 
-        A trial starts only while the finished and running trials (of every worker) are fewer
-        than n_trials, so parallel trials and workers do not overshoot and failed trials are
-        made up. The count and the trial's creation happen under one StudyClaim (released by
-        `claimed` once the trial is RUNNING), so two slots or workers never both take the last
-        trial."""
-        self.local.slot = slot
+        Taking a trial is optuna's `ask` under the StudyClaim: the count of finished and running
+        trials (of every worker) and the new trial's creation happen under one lock, so parallel
+        slots and workers never overshoot n_trials, and failed trials are made up."""
         try:
-            while self.stop_reason is None and (deadline is None or time.monotonic() < deadline):
-                self.claim.acquire()
-                self.local.holds = True
-                try:
-                    if not self.wants_trial():
-                        return
-                    self.study.optimize(self.claimed, n_trials=1, catch=(TrialFailed,),
-                                        callbacks=[self.after_trial])
-                finally:
-                    if self.local.holds:
-                        self.local.holds = False
-                        self.claim.release()
+            while self.stop_reason is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.note = self.note or f"study.timeout ({self.config.study.timeout} s) reached"
+                    return
+                taken = self.take()
+                if taken is None:
+                    return
+                if taken is False:  # other workers' trials are running: wait for them
+                    time.sleep(WAIT_POLL_S)
+                    continue
+                trial, params = taken
+                self.run(trial, params, slot)
         except BaseException as exc:  # re-raised by run_sweep in the main thread
             self.error = exc
             self.stop_reason = self.stop_reason or f"stopped by an error: {exc!r}"
 
-    def wants_trial(self) -> bool:
-        active = self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    def take(self) -> tuple[optuna.Trial, dict[str, Any]] | bool | None:
+        """Under the claim: a new trial and its params; False to wait for others' running trials;
+        None when the study needs no more."""
+        with self.claim:
+            need = self.needs_trial()
+            if need is not True:
+                return need
+            trial = self.study.ask()
+            trial.set_user_attr(OWNER_ATTR, this_worker())
+            return trial, suggest(trial, self.space)
+
+    def needs_trial(self) -> bool | None:
+        """True while finished and running trials (of every worker) are fewer than n_trials;
+        False to wait for other workers' running trials; None when no more are needed."""
+        trials = self.study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        done = sum(t.state in FINISHED for t in trials)
         sampler = self.study.sampler
         if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(self.study):
-            return False
-        return len(active) < self.config.study.n_trials
+            self.note = "the grid sampler's grid is exhausted"
+            return None
+        if done + len(running) < self.config.study.n_trials:
+            return True
+        if done >= self.config.study.n_trials:
+            return None
+        return self.wait_for(running)
 
-    def claimed(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        """The objective, releasing the claim first: the trial exists, the others count it."""
-        self.local.holds = False
-        self.claim.release()
-        return self.objective(trial)
+    def wait_for(self, running: list[FrozenTrial]) -> bool | None:
+        """The budget is taken but not finished: wait while another worker's trials run (a dead
+        worker's are failed by their owner check or stale heartbeat, and run again here)."""
+        if any(t.user_attrs.get(OWNER_ATTR, {}).get("pid") == this_worker()["pid"]
+               and t.user_attrs[OWNER_ATTR].get("host") == this_worker()["host"] for t in running):
+            return None  # this worker's own trials: the slot running them makes up a failure
+        fail_orphaned_trials(self.study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        new = [t.number for t in running if t.number not in self.waiting_logged]
+        if new:
+            self.waiting_logged.update(new)
+            owners = ", ".join(f"{t.number} ({owner_text(t)})" for t in running)
+            log.info("waiting for running trials of other workers: %s; a dead worker's trials run again "
+                     "once their heartbeat is stale", owners)
+        return False
+
+    def run(self, trial: optuna.Trial, params: dict[str, Any], slot: list[int] | None) -> None:
+        """Run a taken trial and tell the study how it ended; a failure is a result, not a crash."""
+        state, values, error = TrialState.COMPLETE, None, None
+        with heartbeat(self.study, trial):
+            try:
+                if self.stop_reason is not None:
+                    raise TrialFailed("the sweep was stopping before the trial started")
+                values = run_trial(self.config, self.space, self.study, trial, params, slot, self.best_text)
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except TrialFailed as exc:
+                state, error = TrialState.FAIL, str(exc)
+            except Exception as exc:  # a disk full, a storage error: this trial fails, the sweep goes on
+                state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr("error", error)
+        if self.interrupted and state != TrialState.COMPLETE:
+            # stopped by Ctrl+C / SIGTERM: failed, and its params queued for the next run
+            frozen = self.study._storage.get_trial(trial._trial_id)
+            fail_and_requeue(self.study, frozen, f"interrupted by {self.interrupted}")
+        else:
+            self.study.tell(trial, values, state=state)
+        self.after_trial(self.study.get_trials(deepcopy=False)[trial.number], error)
 
     # ---------------------------------------------------------------- progress and stopping
 
@@ -417,68 +276,51 @@ class Sweep:
             return "none yet"
         return f"{best.value:.4f} (trial {best.number})"
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def after_trial(self, trial: FrozenTrial, error: str | None) -> None:
         """One line per finished trial; stop after max_failures failures in a row."""
         with self.lock:
             if trial.state == TrialState.FAIL:
                 self.failures_in_a_row += 1
             else:
                 self.failures_in_a_row = 0
-            counts = Counter(t.state for t in study.get_trials(deepcopy=False))
+            counts = Counter(t.state for t in self.study.get_trials(deepcopy=False))
             value = ("/".join(f"{v:.4f}" for v in trial.values) if trial.values
-                     else trial.user_attrs.get("error", "-"))
+                     else trial.user_attrs.get("error") or error or "-")
             log.info("trial %d %s  %s  [%d complete, %d pruned, %d failed; best %s]", trial.number,
                      trial.state.name, value, counts[TrialState.COMPLETE], counts[TrialState.PRUNED],
                      counts[TrialState.FAIL], self.best_text())
-            if self.failures_in_a_row >= self.config.study.max_failures:
+            if self.failures_in_a_row >= self.config.study.max_failures and self.stop_reason is None:
                 self.stop_reason = (f"{self.failures_in_a_row} trials failed in a row (study.max_failures): "
                                     f"stopping; see the trials' error and log_tail user attrs")
-                study.stop()
 
 
-def best_of(objective: ObjectiveSection, curve: list[list[float]]) -> float:
-    values = [v for _, v in curve]
-    return max(values) if objective.direction == "maximize" else min(values)
+def owner_text(trial: FrozenTrial) -> str:
+    owner = trial.user_attrs.get(OWNER_ATTR) or {}
+    return f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
 
 
 # ---------------------------------------------------------------- the sweep
 
 
-def run_baseline(config: StudyConfig, space: S.Space, slot: list[int] | None) -> dict[str, Any]:
-    """Evaluate the untuned base model once, in a launched job like a trial's."""
-    folder = config.folder.resolve() / "baseline"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    dump_yaml(job_config(config, space, {}, folder), folder / "job.yaml")
-    flags, env = slot_launch(config, slot)
-    log.info("evaluating the base model (once per study)")
-    run = launch.run_job(folder / "job.yaml", folder, flags, lambda event: False, env=env,
-                         module="lora_sweep.evaluate", stop_grace=config.study.stop_grace)
-    if run.returncode != 0 or not (folder / "baseline.json").is_file():
-        raise TrialFailed(f"the base-model evaluation failed (code {run.returncode}); see {folder / 'train.log'}")
-    return json.loads((folder / "baseline.json").read_text())
-
-
 def prepare_data(config: StudyConfig) -> None:
     """Check the data and tokenize it once into the study's cache, before any trial starts."""
-    from lora_sweep import data as D
+    from lora_sweep import data
     from lora_sweep.evaluate import check_scorer
-    from lora_sweep.models import resolve_model
-    from lora_sweep.models import load_tokenizer
+    from lora_sweep.models import load_tokenizer, resolve_model
 
-    samples = D.load_samples(config.data)
+    samples = data.load_samples(config.data)
     check_scorer(config.objective, samples[1])
-    data = config.data.model_copy(update={"cache_dir": str(config.folder.resolve() / "cache")})
+    section = config.data.model_copy(update={"cache_dir": str(StudyFolder(config.folder.resolve()).cache)})
     tokenizer = load_tokenizer(resolve_model(config.model.name_or_path), config.model.trust_remote_code)
-    tokenized = D.prepare(data, config.training.seed, tokenizer, samples)
+    tokenized = data.prepare(section, config.training.seed, tokenizer, samples)
     log.info("data: %d train rows, %d test rows of up to %d / %d tokens", len(tokenized.train),
              len(tokenized.test), config.data.train_seqlen, config.data.test_seqlen)
 
 
-def open_study(config: StudyConfig, space: S.Space, sampler: optuna.samplers.BaseSampler,
-               pruner: optuna.pruners.BasePruner) -> optuna.Study:
-    """The study, created with its defaults trial when missing. Under the study's claim: workers
-    started together against a new database create its tables and the study once."""
+def start_study(config: StudyConfig, space: Space, sampler: optuna.samplers.BaseSampler,
+                pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """The sweep's study, created with its defaults trial when missing. Under the study's claim:
+    workers started together against a new database create its tables and the study once."""
     name = config.study.name
     with StudyClaim(config.storage_url, name):
         storage = make_storage(config.storage_url, config.study)
@@ -490,13 +332,14 @@ def open_study(config: StudyConfig, space: S.Space, sampler: optuna.samplers.Bas
     return study
 
 
-def setup_study(config: StudyConfig, space: S.Space, study: optuna.Study) -> None:
+def setup_study(config: StudyConfig, space: Space, study: optuna.Study) -> None:
     """A new study's attrs, and the documented defaults as its first trial."""
-    study.set_user_attr("config", config.model_dump(mode="json"))
+    study.set_user_attr("config", shown_config(config.model_dump(mode="json")))  # a password is never stored
     study.set_user_attr("metric", config.objective.metric)
-    study.set_user_attr("space", S.describe(space))
+    study.set_user_attr("space", describe(space))
+    study.set_metric_names([config.objective.metric, *([config.objective.also] if config.objective.also else [])])
     if config.study.enqueue_defaults:
-        params, notes = S.default_params(config, space)
+        params, notes = default_params(config, space)
         study.enqueue_trial(params, user_attrs={"baseline": "documented defaults"})
         study.set_user_attr("defaults_notes", notes)
         for note in notes:
@@ -507,22 +350,25 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Study, str | None]:
+def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Study, str | None, str | None]:
     """Run trials until study.n_trials have finished (completed or pruned).
 
-    Returns the study and, when the sweep gave up early, why."""
+    Returns the study, why the sweep gave up early (an error) and a note on why fewer trials
+    finished without an error (timeout, an exhausted grid)."""
     deadline = time.monotonic() + config.study.timeout if config.study.timeout else None
-    space = S.build_space(config)
+    space = build_space(config)
     sampler, pruner = make_sampler(config, space), make_pruner(config)  # bad options: refused before any write
+    check_reachable(config.storage_url)  # an unreachable server: one line, before the cache is written
     if join_only:
         load_existing(config.storage_url, config.study.name)  # a worker joins; it never starts a study
+    StudyFolder(config.folder.resolve()).claim_for(config.storage_url)
     prepare_data(config)
-    study = open_study(config, space, sampler, pruner)
+    study = start_study(config, space, sampler, pruner)
     sweep = Sweep(config, space, study)
     slots = device_groups(config)
     if config.objective.baseline and "baseline" not in study.user_attrs:
         try:
-            study.set_user_attr("baseline", run_baseline(config, space, slots[0]))
+            study.set_user_attr("baseline", run_base_model(config, space, slots[0]))
         except TrialFailed as exc:
             log.warning("%s; the sweep goes on without a baseline", exc)
     write_study_note(study, config)  # the dashboard's note: objective, space, baseline, config
@@ -533,23 +379,52 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a killed sweep's trials: failed, their params re-queued
-    log.info("study %s in %s: %d of %d trials finished", config.study.name, config.storage_url,
+    fail_orphaned_trials(study)  # the same at once for this host's dead workers, and on journal storage
+    log.info("study %s in %s: %d of %d trials finished", config.study.name, masked(config.storage_url),
              finished(study), config.study.n_trials)
     workers = [threading.Thread(target=sweep.work, args=(slot, deadline), name=f"slot-{i}")
                for i, slot in enumerate(slots)]
-    for worker in workers:
-        worker.start()
-    try:
-        for worker in workers:
-            worker.join()
-    except KeyboardInterrupt:
-        sweep.stop_reason = "interrupted: the running trials were stopped and recorded as failed"
-        launch.stop_all(config.study.stop_grace)
-        for worker in workers:
-            worker.join()
+    with interrupts() as stopped:
+        try:
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        except Interrupted as exc:
+            sweep.interrupted = str(exc)
+            sweep.stop_reason = f"interrupted by {exc}: the running trials were stopped, recorded as failed " \
+                                f"and queued to run again"
+            stopped.set()
+            launch.stop_all(config.study.stop_grace)
+            for worker in workers:
+                worker.join()
     if sweep.error is not None:
         raise sweep.error
-    return study, sweep.stop_reason
+    if sweep.stop_reason is None and finished(study) < config.study.n_trials and sweep.note is None:
+        sweep.stop_reason = f"only {finished(study)} of {config.study.n_trials} trials finished"
+    return study, sweep.stop_reason, sweep.note
+
+
+@contextlib.contextmanager
+def interrupts() -> Iterator[threading.Event]:
+    """Turn Ctrl+C and SIGTERM into `Interrupted` in the main thread while the trials run; once
+    it is being handled, further signals are ignored so the jobs can be stopped and recorded."""
+    stopped = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if not stopped.is_set():
+            stopped.set()
+            raise Interrupted(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stopped
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def summary(config: StudyConfig, study: optuna.Study, config_path: str) -> str:
@@ -587,9 +462,11 @@ def main(config_path: str, overrides: list[str], join_only: bool = False) -> int
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what its INFO lines say
     config = load_study(config_path, overrides)
-    study, stopped = run_sweep(config, join_only)
+    study, stopped, note = run_sweep(config, join_only)
     print(summary(config, study, config_path))
+    if note:
+        print(f"note: {note}: {finished(study)} of {config.study.n_trials} trials finished", file=sys.stderr)
     if stopped:
         print(f"error: {stopped}", file=sys.stderr)
-        return 1
+        return 130 if stopped.startswith("interrupted") else 1
     return 0

@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import REPO, run_module, study_tree, write_yaml
-from lora_sweep.sweep import load_existing
+from lora_sweep.storage import load_existing
 
 
 def test_workers_join_a_postgresql_study(postgres_url, tiny_llama, chat_data, tmp_path):
@@ -44,21 +44,20 @@ import os, sys, time
 from pathlib import Path
 from lora_sweep import space as S
 from lora_sweep.config import load_study
-from lora_sweep.sweep import Sweep, make_pruner, make_sampler, open_study
+from lora_sweep.sweep import Sweep, make_pruner, make_sampler, start_study
 
 class Quick(Sweep):
-    def wants_trial(self):
-        wanted = super().wants_trial()
+    def needs_trial(self):
+        wanted = super().needs_trial()
         time.sleep(0.2)
         return wanted
 
-    def objective(self, trial):
-        S.suggest(trial, self.space)
-        return 0.0
+    def run(self, trial, params, slot):
+        self.study.tell(trial, 0.0)
 
 config = load_study(sys.argv[1])
 space = S.build_space(config)
-study = open_study(config, space, make_sampler(config, space), make_pruner(config))
+study = start_study(config, space, make_sampler(config, space), make_pruner(config))
 ready = Path(sys.argv[2])  # start together: once every worker has opened the study
 (ready / str(os.getpid())).touch()
 deadline = time.time() + 60  # a worker that crashed never comes

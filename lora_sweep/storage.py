@@ -1,0 +1,330 @@
+"""Where a study lives: its Optuna storage (SQLite, a journal file, PostgreSQL), the claim under
+which workers take trials, the owner of each running trial, and the study's folder layout.
+
+The sweep writes through these; report, export and dashboard read studies through
+`load_existing` and never import the sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import filelock
+import optuna
+import sqlalchemy
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from lora_sweep.config import ConfigError, StudySection
+
+log = logging.getLogger("lora_sweep.storage")
+
+# The password of a storage URL can also come from here, so a study YAML need not hold it.
+STORAGE_ENV = "LORA_SWEEP_STORAGE"
+PASSWORD_FILE_ENV = "LORA_SWEEP_STORAGE_PASSWORD_FILE"
+
+
+# ---------------------------------------------------------------- URLs
+
+
+def storage_file(url: str) -> tuple[str, str] | None:
+    """(scheme prefix, file path) of a file-backed storage URL (`sqlite:///`, `journal://` or a
+    bare path); None for a server URL such as postgresql://."""
+    for prefix in ("sqlite:///", "journal://"):
+        if url.startswith(prefix):
+            return prefix, url[len(prefix):]
+    return ("", url) if url and "://" not in url else None
+
+
+def is_journal(url: str) -> bool:
+    file = storage_file(url)
+    return file is not None and (file[0] == "journal://" or (file[0] == "" and url.endswith(".log")))
+
+
+def masked(url: str) -> str:
+    """The URL as it may be shown or stored: its password replaced by ***."""
+    return re.sub(r"^([a-zA-Z][\w+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def with_password(url: str) -> str:
+    """The URL to connect with: a server URL without a password takes it from the file named by
+    $LORA_SWEEP_STORAGE_PASSWORD_FILE, if set."""
+    path = os.environ.get(PASSWORD_FILE_ENV)
+    if not path or storage_file(url) is not None:
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None or not parts.username:
+        return url
+    password = Path(path).read_text(encoding="utf-8").strip()
+    from urllib.parse import quote
+
+    return url.replace(f"://{parts.username}@", f"://{parts.username}:{quote(password, safe='')}@", 1)
+
+
+def shown_config(tree: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A study config tree as it may be stored or shown: the storage URL's password masked."""
+    if not tree or not (tree.get("study") or {}).get("storage"):
+        return tree
+    return {**tree, "study": {**tree["study"], "storage": masked(tree["study"]["storage"])}}
+
+
+# ---------------------------------------------------------------- opening
+
+
+def _connect_errors(url: str) -> contextlib.AbstractContextManager[None]:
+    """Turn a storage that cannot be reached into one ConfigError line, password masked."""
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            reason = str(getattr(exc, "orig", exc)).strip().splitlines()
+            why = reason[0] if reason else type(exc).__name__
+            raise ConfigError([f"cannot open the study storage {masked(url)}: {masked(why)}"]) from None
+
+    return guard()
+
+
+def make_storage(url: str, study: StudySection | None = None) -> optuna.storages.BaseStorage:
+    """The storage at `url`. With the study's settings (a sweep), it is created if missing and
+    RDB storages get heartbeats, so a killed sweep's trials are re-run; without (the commands
+    that read a study), a missing database file is an error, not a new empty one."""
+    file = storage_file(url)
+    journal = is_journal(url)
+    path = Path(file[1]) if file is not None and (journal or file[0] == "sqlite:///") else None
+    if path is not None:
+        if study is None and not path.is_file():
+            raise ConfigError([f"no study database at {path}: run the sweep first"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if journal:
+        return JournalStorage(JournalFileBackend(str(path)))
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        # parallel trials write from several threads: wait for the lock instead of failing
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    url = with_password(url)
+    with _connect_errors(url):
+        if study is None:
+            return RDBStorage(url, engine_kwargs=engine_kwargs)
+        # A trial whose heartbeat stops (its sweep was killed) is failed and its params run again;
+        # optuna 4.9 renamed the callback argument.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters:
+                retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+            else:
+                retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=study.heartbeat_interval,
+                grace_period=study.grace_period or 2 * study.heartbeat_interval,
+                **retry,
+            )
+
+
+def check_reachable(url: str) -> None:
+    """For a server URL, connect once: a refused port or a wrong password is one ConfigError line
+    (before anything is written), not a page of traceback. File URLs are checked when opened."""
+    if storage_file(url) is not None:
+        return
+    real = with_password(url)
+    with _connect_errors(url):
+        try:
+            engine = sqlalchemy.create_engine(real, poolclass=sqlalchemy.pool.NullPool)
+        except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:
+            raise ConfigError([f"study.storage: {masked(url)} is not a storage optuna can open: {exc}"]) from None
+        with engine.connect():
+            pass
+        engine.dispose()
+
+
+def load_existing(url: str, name: str | None) -> optuna.Study:
+    """A study a sweep made, for reading; the name may be left out when the storage holds one."""
+    storage = make_storage(url)
+    with _connect_errors(url):
+        names = optuna.get_all_study_names(storage)
+    if name is None and len(names) == 1:
+        name = names[0]
+    if name not in names:
+        which = f"study {name!r} is" if name else "a study name is needed: it"
+        raise ConfigError([f"{which} not in {masked(url)} (it holds: {', '.join(names) or 'none'})"])
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+# ---------------------------------------------------------------- the claim
+
+
+class StudyClaim:
+    """The lock under which a worker counts the study's trials and creates the next one, so
+    that parallel slots and workers on other processes or machines never both take the last
+    trial of the budget. Threads of one worker share a threading lock; across processes it is
+    a lock file beside a SQLite or journal file, or a session advisory lock on a PostgreSQL or
+    MySQL server (freed by the server when a killed worker's connection drops)."""
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self.threads = threading.Lock()
+        self.file: filelock.FileLock | None = None
+        self.engine: Any = None
+        self.connection: Any = None
+        file = storage_file(url)
+        if file is not None:
+            Path(file[1]).parent.mkdir(parents=True, exist_ok=True)
+            self.file = filelock.FileLock(f"{file[1]}.claim.lock", thread_local=False)
+            return
+        digest = hashlib.sha256(f"lora_sweep claim {study_name}".encode()).digest()
+        # the statement that waits for the server's lock of this study, with its parameters
+        self.lock_statement = {
+            "postgresql": ("SELECT pg_advisory_lock(:key)", {"key": int.from_bytes(digest[:8], "big", signed=True)}),
+            # a name of up to 64 characters; a negative timeout waits for ever
+            "mysql": ("SELECT GET_LOCK(:name, -1)", {"name": f"lora_sweep-{digest.hex()[:40]}"}),
+        }.get(url.split("://", 1)[0].split("+", 1)[0])
+        if self.lock_statement is not None:
+            self.url = with_password(url)
+            self.engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
+
+    def acquire(self) -> None:
+        self.threads.acquire()
+        try:
+            if self.file is not None:
+                self.file.acquire()
+            elif self.engine is not None:
+                with _connect_errors(self.url):
+                    self.connection = self.engine.connect()
+                sql, params = self.lock_statement
+                self.connection.execute(sqlalchemy.text(sql), params)
+        except BaseException:
+            self.threads.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            if self.file is not None:
+                self.file.release()
+            elif self.connection is not None:
+                self.connection.close()  # a session lock ends with its session (NullPool: really closed)
+                self.connection = None
+        finally:
+            self.threads.release()
+
+    def __enter__(self) -> StudyClaim:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# ---------------------------------------------------------------- who runs a trial
+
+OWNER_ATTR = "worker"
+
+
+def process_start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), None if it is gone; with
+    the pid it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def this_worker() -> dict[str, Any]:
+    """The owner record of this process: host, pid and process start time."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start_time(os.getpid())}
+
+
+def owner_is_gone(owner: dict[str, Any] | None) -> bool:
+    """Is `owner` a worker of this host that no longer runs? (A remote one is never judged here.)"""
+    if not owner or owner.get("host") != socket.gethostname():
+        return False
+    started = process_start_time(int(owner["pid"]))
+    return started is None or started != owner.get("started")
+
+
+def fail_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Fail the study's RUNNING trials whose worker on this host is gone (killed, crashed) and
+    queue their params again, as a stale heartbeat would; returns their numbers. This is what
+    makes a re-run straight after a crash safe, and the only guard on journal storage, which has
+    no heartbeats."""
+    orphans = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if owner_is_gone(t.user_attrs.get(OWNER_ATTR))]
+    for trial in orphans:
+        fail_and_requeue(study, trial, "its worker process is gone (killed or crashed)")
+    return [t.number for t in orphans]
+
+
+def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+    """Mark a RUNNING trial FAIL with `reason` and queue its params to run again."""
+    storage = study._storage  # the trial may belong to another worker: write through the storage
+    storage.set_trial_user_attr(trial._trial_id, "error", reason)
+    storage.set_trial_user_attr(trial._trial_id, "stop_reason", "error")
+    try:
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except RuntimeError:  # finished meanwhile (its worker was alive after all)
+        return
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items()
+                                                     if k == "baseline"}, skip_if_exists=False)
+    log.warning("trial %d failed: %s; its params run again", trial.number, reason)
+
+
+# ---------------------------------------------------------------- the study folder
+
+
+@dataclass(frozen=True)
+class StudyFolder:
+    """The files of a study, in one place: `<study.dir>/<name>/` holds `trials/<number>/`, the
+    tokenized-data `cache/`, the base-model evaluation in `baseline/` and the dashboard's
+    `artifacts/`. `storage.json` says which storage the trials belong to, so two studies of one
+    name and folder but different storages never delete each other's trials."""
+
+    root: Path
+
+    def trial(self, number: int) -> Path:
+        return self.root / "trials" / str(number)
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def baseline(self) -> Path:
+        return self.root / "baseline"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    def claim_for(self, url: str) -> None:
+        """Record that this folder holds the trials of the study in `url`; refuse a folder that
+        holds another storage's trials (its trial folders would be overwritten)."""
+        marker = self.root / "storage.json"
+        shown = masked(url)
+        if marker.is_file():
+            owner = json.loads(marker.read_text(encoding="utf-8")).get("storage")
+            if owner != shown:
+                raise ConfigError([f"{self.root} holds the trials of the study in {owner}, not {shown}: "
+                                   f"give this study its own study.dir or study.name"])
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"storage": shown}) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"study.dir: cannot write {self.root}: {exc.strerror}"]) from None

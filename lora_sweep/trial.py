@@ -1,0 +1,234 @@
+"""One trial, from its params to its recorded result.
+
+    params ─► job config ─► trials/<n>/job.yaml ─► accelerate launch ─► events ─► report / prune ─► outcome
+
+`run_trial` is the whole life of a trial, top to bottom: it writes the job a trial runs, launches
+it, follows its events (every evaluation is reported to the trial, the pruner's verdict stops the
+job, a job silent for too long is stopped), and turns what the job left behind into the trial's
+value, or a pruned or failed trial with its reason. The study database is written only here and
+in the sweep: the job never opens it. The base-model evaluation (`run_base_model`) is a launched
+job like a trial's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from pydantic import ValidationError
+
+from lora_sweep import launch
+from lora_sweep.config import JobConfig, StudyConfig, dump_yaml, format_errors
+from lora_sweep.dashboard import upload_trial_artifacts
+from lora_sweep.events import EvalEvent, JobResult, best_eval
+from lora_sweep.space import Space, apply
+from lora_sweep.storage import StudyFolder
+
+log = logging.getLogger("lora_sweep.trial")
+
+# A job that sends no event for this long is stopped, unless its evaluations have shown that
+# they take longer: then three of its longest evaluation intervals (study.stall_timeout overrides).
+STALL_FLOOR_S = 300.0
+
+
+class TrialFailed(RuntimeError):
+    """The job of a trial failed; the trial is recorded as FAIL and the sweep goes on."""
+
+
+# ---------------------------------------------------------------- what a trial runs
+
+
+def job_config(config: StudyConfig, space: Space, params: dict[str, Any], folder: Path) -> JobConfig:
+    """The job a trial runs: the study's job groups with the params applied, paths made absolute
+    (the job runs in its own folder) and the study's tokenized-data cache."""
+    tree = apply(config.job_tree(), space, params)
+    tree["output_dir"] = str(folder)
+    tree["data"]["cache_dir"] = str(StudyFolder(config.folder.resolve()).cache)
+    for side in ("train_file", "test_file"):
+        tree["data"][side] = str(Path(tree["data"][side]).resolve())
+    tree["data"]["dataset"] = None
+    if Path(tree["model"]["name_or_path"]).is_dir():
+        tree["model"]["name_or_path"] = str(Path(tree["model"]["name_or_path"]).resolve())
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise TrialFailed("; ".join(format_errors(exc))) from None
+
+
+def slot_launch(config: StudyConfig, slot: list[int] | None) -> tuple[list[str], dict[str, str]]:
+    """Launcher flags and environment of a job on `slot` (its GPU ids, or None for the CPU)."""
+    flags = config.study.launcher_args or launch.launcher_args(
+        slot, cpu_threads=max(1, (os.cpu_count() or 1) // config.study.parallel),
+        port=29500 + (slot[0] if slot else 0))
+    env = {}
+    if slot:
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, slot))}
+    elif config.study.devices == "cpu":
+        env = {"CUDA_VISIBLE_DEVICES": ""}  # keep the jobs off GPUs that are there
+    return flags, env
+
+
+# ---------------------------------------------------------------- following the job
+
+
+@dataclass
+class Progress:
+    """What the parent learns from a trial's events while its job runs."""
+
+    key: str  # the eval event field holding the objective
+    direction: str
+    max_steps: float = math.inf
+    evals: list[EvalEvent] = field(default_factory=list)
+    eval_times: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def curve(self) -> list[list[float]]:
+        """[step, value] of every evaluation that scored the objective."""
+        return [[e.step, e.value(self.key)] for e in self.evals if e.value(self.key) is not None]
+
+    def best(self) -> EvalEvent | None:
+        """The best evaluation so far, ties broken by eval loss."""
+        found = best_eval([vars(e) for e in self.evals], self.key, self.direction)
+        return EvalEvent.of(found) if found else None
+
+    def stall_limit(self, configured: float | None) -> float:
+        """Seconds of silence after which the job counts as hung."""
+        if configured:
+            return configured
+        marks = [self.started, *self.eval_times]
+        longest = max((b - a for a, b in zip(marks, marks[1:])), default=0.0)
+        return max(STALL_FLOOR_S, 3 * longest)
+
+
+def signal_text(returncode: int) -> str:
+    """`exited with code 1`, or `was killed by SIGKILL` for a negative return code."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    if returncode > 128 and returncode - 128 in signal.Signals._value2member_map_:
+        # the launcher reports a child killed by a signal as 128 + its number
+        return f"exited with code {returncode} (killed by {signal.Signals(returncode - 128).name})"
+    return f"exited with code {returncode}"
+
+
+# ---------------------------------------------------------------- a trial's life
+
+
+def run_trial(config: StudyConfig, space: Space, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
+              slot: list[int] | None, study_best: Callable[[], str]) -> float | tuple[float, float]:
+    """Run `trial` (its `params` already sampled) to its value; raises optuna.TrialPruned or
+    TrialFailed with the reason, recorded on the trial."""
+    objective = config.objective
+    folder = StudyFolder(config.folder.resolve()).trial(trial.number)
+    shutil.rmtree(folder, ignore_errors=True)  # a number reused after a database was deleted
+    folder.mkdir(parents=True)
+    trial.set_user_attr("trial_dir", str(folder))
+    job = job_config(config, space, params, folder)
+    dump_yaml(job, folder / "job.yaml")
+
+    progress = Progress(objective.key, objective.direction)
+
+    def on_event(event: dict[str, Any]) -> bool:
+        """Report each evaluation to the trial; True stops the job (pruned)."""
+        if event["event"] == "start":
+            progress.max_steps = event["max_steps"]
+        if event["event"] != "eval":
+            return False
+        evaluation = EvalEvent.of(event)
+        progress.evals.append(evaluation)
+        progress.eval_times.append(time.monotonic())
+        value = evaluation.value(objective.key)
+        if value is None:  # the generation metric is not scored at every evaluation
+            return False
+        log.info("trial %d  step %d/%s  %s %.4f  (trial best %.4f; study best %s)", trial.number,
+                 evaluation.step, progress.max_steps, objective.metric, value,
+                 progress.best().value(objective.key), study_best())
+        if objective.also:  # optuna prunes single-objective studies only
+            return False
+        trial.report(value, evaluation.step)
+        # a job at its last evaluation has spent its steps: pruning it saves nothing
+        return evaluation.step < progress.max_steps and trial.should_prune()
+
+    flags, env = slot_launch(config, slot)
+    began = time.time()
+    run = launch.run_job(folder / "job.yaml", folder, flags, on_event, env=env,
+                         timeout=config.study.trial_timeout, stop_grace=config.study.stop_grace,
+                         silence_limit=lambda: progress.stall_limit(config.study.stall_timeout))
+    # one write of the attrs the run gave, then the artifacts (trial system attrs, which the
+    # storage refuses once the trial is finished)
+    trial.set_user_attr("eval_curve", progress.curve)
+    trial.set_user_attr("steps_run", max((e["step"] for e in run.events if e["event"] == "train"), default=0))
+    trial.set_user_attr("wall_time_s", round(time.time() - began, 2))
+    if run.skipped_lines:
+        trial.set_user_attr("skipped_event_lines", run.skipped_lines)
+    upload_trial_artifacts(study, trial, config)
+    return outcome(config, trial, run, folder, progress)
+
+
+def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder: Path,
+            progress: Progress) -> float | tuple[float, float]:
+    """The trial's value, or TrialPruned / TrialFailed with what the job left behind."""
+    if run.stopped:
+        trial.set_user_attr("stop_reason", "pruned")
+        raise optuna.TrialPruned(f"pruned at step {progress.curve[-1][0]}")
+    errors = [e.get("message", "") for e in run.events if e["event"] == "error"]
+    if run.timed_out or run.stalled or run.returncode != 0 or errors or not (folder / "result.json").is_file():
+        if run.timed_out:
+            message = f"timed out after {config.study.trial_timeout} s (study.trial_timeout)"
+        elif run.stalled:
+            message = (f"the job sent no event for {run.stalled:.0f} s: stopped as hung "
+                       f"(study.stall_timeout; a scorer or data loader that never returns?)")
+        elif errors:
+            message = errors[-1]
+        else:
+            message = f"job {signal_text(run.returncode)}"
+        trial.set_user_attr("error", message)
+        trial.set_user_attr("log_tail", run.log_tail)
+        trial.set_user_attr("stop_reason", "error")
+        raise TrialFailed(f"trial {trial.number}: {message} (log: {folder / 'train.log'})")
+    result = JobResult.read(folder / "result.json")
+    for key, value in result.trial_attrs().items():
+        trial.set_user_attr(key, value)
+    if (folder / "predictions.jsonl").is_file():
+        trial.set_user_attr("predictions_path", str(folder / "predictions.jsonl"))
+    best = progress.best()  # the best evaluation, not the last
+    key = config.objective.key
+    # no evaluation seen (their event lines were unreadable): the job's own account of its best
+    value = best.value(key) if best else getattr(result, "best_score" if key == "score" else f"best_{key}")
+    if config.objective.also == "eval_loss":
+        return value, result.best_eval_loss
+    if config.objective.also == "wall_time":
+        return value, result.wall_time_s
+    return value
+
+
+# ---------------------------------------------------------------- the base model
+
+
+def run_base_model(config: StudyConfig, space: Space, slot: list[int] | None) -> dict[str, Any]:
+    """Evaluate the untuned base model once per study, in a launched job like a trial's."""
+    import json
+
+    folder = StudyFolder(config.folder.resolve()).baseline
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    dump_yaml(job_config(config, space, {}, folder), folder / "job.yaml")
+    flags, env = slot_launch(config, slot)
+    log.info("evaluating the base model (once per study)")
+    run = launch.run_job(folder / "job.yaml", folder, flags, lambda event: False, env=env,
+                         module="lora_sweep.evaluate", stop_grace=config.study.stop_grace)
+    if run.returncode != 0 or not (folder / "baseline.json").is_file():
+        raise TrialFailed(f"the base-model evaluation {signal_text(run.returncode)}; see {folder / 'train.log'}")
+    return json.loads((folder / "baseline.json").read_text())
