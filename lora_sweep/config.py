@@ -473,7 +473,7 @@ def placeholder_problems(tree: dict[str, Any], flat: bool) -> list[str]:
         found = placeholders(value)
         if not found or path in FREE_TEXT:
             continue
-        if path == "compare.file" and not get_path(tree, "compare").get("enabled"):
+        if path == "compare.file" and not tree["compare"].get("enabled"):
             continue  # the template keeps it while comparing is off
         name = names.get(path, path)
         problems.append(f"{name}: {json.dumps(value)} still holds the placeholder{'s' if len(found) > 1 else ''} "
@@ -577,10 +577,18 @@ class StudySection(Section):
     )
 
 
+JOB_GROUPS = ("model", "lora", "data", "training", "objective", "compare")  # a study's job side
+
+
 class StudyConfig(Section):
     """A sweep: `python -m lora_sweep run study.yaml`."""
 
     study: StudySection = StudySection()
+    job: str | None = Field(
+        None,
+        description="A job YAML or an AI Toolkit lora.yaml (path relative to where lora_sweep runs) whose "
+        "values fill the job groups below, which override it key by key; trial 0 runs its values.",
+    )
     model: ModelSection = ModelSection()
     lora: LoraSection = LoraSection()
     data: DataSection
@@ -607,7 +615,7 @@ class StudyConfig(Section):
 
     def job_tree(self) -> dict[str, Any]:
         """The job part of the study, as a plain tree a trial's params are applied to."""
-        return self.model_dump(mode="json", include={"model", "lora", "data", "training", "objective", "compare"})
+        return self.model_dump(mode="json", include=set(JOB_GROUPS))
 
     @property
     def folder(self) -> Path:
@@ -634,13 +642,43 @@ def is_study(tree: dict[str, Any]) -> bool:
     return any(group in tree for group in STUDY_GROUPS)
 
 
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over`'s values in their places, group by group: a nested key of `base` that
+    `over` does not name stays."""
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
-    """Load a study YAML with dotted overrides, reporting every problem at once."""
-    tree = apply_overrides(read_yaml(path), list(overrides))
+    """Load a study YAML with dotted overrides, reporting every problem at once.
+
+    `job: lora.yaml` (a job YAML or a flat AI Toolkit lora.yaml) fills the job groups; the study's
+    own groups override it, key by key. Its values are then trial 0's (study.enqueue_defaults)."""
+    tree = read_yaml(path)
+    flat = False
+    if isinstance(tree.get("job"), str):
+        try:
+            job = read_yaml(tree["job"])
+        except ConfigError as exc:
+            raise ConfigError([f"job: {problem}" for problem in exc.problems], str(path)) from None
+        flat = is_flat(job)
+        job = unflatten(job)
+        job.pop("output_dir", None)  # a sweep writes each trial in its own folder
+        tree = deep_merge(job, tree)
+    tree = apply_overrides(tree, list(overrides))
+    problems = placeholder_problems({group: tree[group] for group in JOB_GROUPS if group in tree}, flat)
     try:
-        return StudyConfig.model_validate(tree)
+        config = StudyConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc), str(path)) from None
+        problems += format_errors(exc)
+    if problems:
+        raise ConfigError(problems, str(path))
+    return config
 
 
 def reference_tables() -> str:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from helpers import REPO, run_module, write_yaml
-from lora_sweep.config import FLAT_KEYS, ConfigError, StudyConfig, get_path, load_job, validate_job
-from lora_sweep.space import param_path
+from lora_sweep.config import FLAT_KEYS, ConfigError, StudyConfig, get_path, load_job, load_study, validate_job
+from lora_sweep.space import build_space, default_params, param_path
 
 TEMPLATE = REPO / "tests/data/aitk/lora.yaml"  # the Phi Silica template, byte for byte
 AION = REPO / "tests/data/aitk/aion-1.1-lora.yaml"  # the newer form, with compare_* and skip_finetune
@@ -138,3 +138,37 @@ def test_cli_validates_the_template(tmp_path, chat_data):
     assert done.stderr == (f'error: {TEMPLATE}: save_dir: "mount/<run_id>/save_dir" still holds the placeholder '
                            "<run_id>: give the real value on the command line, e.g. save_dir=path/to/output\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_study_takes_a_lora_yaml_as_its_job_side(tmp_path, chat_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative `job:` is found from where lora_sweep runs, as data paths are
+    (tmp_path / "lora.yaml").write_bytes(TEMPLATE.read_bytes())
+    study = write_yaml(tmp_path / "study.yaml", {
+        "job": "lora.yaml",
+        "study": {"name": "aitk", "dir": str(tmp_path / "studies"), "n_trials": 4},
+        "model": {"name_or_path": "models/tiny"},
+        "data": {"dataset": str(chat_data), "train_seqlen": 32},  # the study's own groups win, key by key
+    })
+    config = load_study(study)
+    assert (config.data.train_seqlen, config.data.test_seqlen, config.data.train_nsamples) == (32, 2048, 8000)
+    assert (config.model.name_or_path, config.model.display_name) == ("models/tiny", "Phi-3.6-mini-instruct")
+    assert (config.training.learning_rate, config.training.lr_scheduler_type) == (2e-4, "linear_with_warmup")
+    assert "output_dir" not in config.job_tree()  # the template's save_dir: each trial has its own folder
+    params, notes = default_params(config, build_space(config))
+    assert params == {"learning_rate": 2e-4, "weight_decay": 1e-5, "adam_beta1": 0.9, "adam_beta2": 0.95,
+                      "adam_epsilon": 1e-8, "num_warmup_steps": 400, "lora_dropout": 0.1,
+                      "lr_scheduler_type": "linear_with_warmup"}
+    assert notes == ["weight_decay 0.0 is outside [1e-05, 0.1]: runs as 1e-05"]
+
+    # the lora.yaml's placeholders are named as in it, with the override that fills them
+    with pytest.raises(ConfigError) as err:
+        load_study(write_yaml(tmp_path / "bare.yaml", {"job": "lora.yaml", "study": {"n_trials": 0}}))
+    assert err.value.problems == [
+        'finetune_dataset: "mount/<run_id>/dataset" still holds the placeholder <run_id>: give the real value on '
+        "the command line, e.g. finetune_dataset=path/to/data",
+        "study.n_trials: Input should be greater than or equal to 1 (got 0)"]
+    assert load_study(tmp_path / "bare.yaml", ["study.n_trials=2", f"finetune_dataset={chat_data}"]).data.dataset == (
+        str(chat_data))
+    with pytest.raises(ConfigError) as err:
+        load_study(write_yaml(tmp_path / "missing.yaml", {"job": "nope.yaml", "data": {"dataset": "d"}}))
+    assert str(err.value) == f"{tmp_path / 'missing.yaml'}: job: no such file: nope.yaml"
