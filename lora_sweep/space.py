@@ -12,6 +12,7 @@ maps names to their place in the job config; there is no per-parameter code.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import ValidationError
 
-from lora_sweep.config import FLAT_KEYS, JobConfig, get_path, set_path
+from lora_sweep.config import FLAT_KEYS, JobConfig, get_path, parse_scalar, set_path
 
 if TYPE_CHECKING:
     from lora_sweep.config import StudyConfig
@@ -70,31 +71,63 @@ def as_choice(value: Any) -> Any:
     return ",".join(value) if isinstance(value, list) else value
 
 
-def distribution(name: str, spec: dict[str, Any]) -> BaseDistribution:
-    """One optuna distribution from its YAML form; ValueError says what is wrong."""
+def as_number(value: Any, whole: bool) -> tuple[int | float | None, str | None]:
+    """A bound or step as a number, or why it is not one. A string is read as an override is
+    (`"1e-4"` is the number the user meant); an int parameter takes whole numbers only."""
+    if isinstance(value, str):
+        value = parse_scalar(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, "not a number"
+    if not math.isfinite(value):
+        return None, "not a finite number"
+    if whole:
+        # optuna would silently run low 0.7 as 0 and step 1.5 as 1
+        return (int(value), None) if value == int(value) else (None, "not a whole number")
+    return float(value), None
+
+
+def distribution(where: str, spec: dict[str, Any]) -> BaseDistribution:
+    """One optuna distribution from its YAML form at `where`; ValueError lists every problem, a line each."""
     kind = spec.get("type")
     allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
                "categorical": {"type", "choices"}}
     if kind not in allowed:
-        raise ValueError(f"type must be float, int or categorical, got {kind!r}")
+        raise ValueError(f"{where}: type must be float, int or categorical, got {kind!r}")
     unknown = sorted(set(spec) - allowed[kind])
     if unknown:
-        raise ValueError(f"unknown keys {unknown} for type {kind}")
+        raise ValueError(f"{where}: unknown keys {unknown} for type {kind}")
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise ValueError("categorical needs a non-empty list of choices")
+            raise ValueError(f"{where}: categorical needs a non-empty list of choices")
         return CategoricalDistribution([as_choice(c) for c in choices])
     if "low" not in spec or "high" not in spec:
-        raise ValueError(f"{kind} needs low and high")
-    low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
+        raise ValueError(f"{where}: {kind} needs low and high")
+    problems, numbers = [], {}
+    for key in ("low", "high", "step"):
+        if key == "step" and spec.get("step") is None:
+            continue  # no step: a continuous range (or every integer)
+        numbers[key], problem = as_number(spec[key], whole=kind == "int")
+        if problem is None and key == "step" and numbers[key] <= 0:
+            problem = "must be greater than 0"
+        if problem:
+            problems.append(f"{where}.{key}: {problem} (got {spec[key]!r})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        problems.append(f"{where}.log: must be true or false (got {log!r})")
+    if problems:
+        raise ValueError("\n".join(problems))
+    low, high, step = numbers["low"], numbers["high"], numbers.get("step")
     if not low <= high:
-        raise ValueError(f"low <= high must hold, but got (low={low}, high={high})")
+        raise ValueError(f"{where}: low <= high must hold, but got (low={low}, high={high})")
     if log and low <= 0:
-        raise ValueError(f"a log distribution needs low > 0, got low={low}")
-    if kind == "int":
-        return IntDistribution(int(low), int(high), log=log, step=int(step or 1))
-    return FloatDistribution(float(low), float(high), log=log, step=step)
+        raise ValueError(f"{where}: a log distribution needs low > 0, got low={low}")
+    try:  # optuna's own rules beside ours (a step with log, ...), in its words
+        if kind == "int":
+            return IntDistribution(low, high, log=log, step=step or 1)
+        return FloatDistribution(low, high, log=log, step=step)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def candidates(dist: BaseDistribution) -> list[Any]:
@@ -145,20 +178,20 @@ def build_space(config: StudyConfig) -> Space:
         space.paths[name] = path
         try:
             if isinstance(spec, dict):
-                space.distributions[name] = distribution(name, spec)
+                space.distributions[name] = distribution(where, spec)
                 values = candidates(space.distributions[name])
             else:
                 space.fixed[name] = as_choice(spec)
                 values = [space.fixed[name]]
         except ValueError as exc:
-            problems.append(f"{where}: {exc}")
+            problems += str(exc).split("\n")
             continue
         for value in values:  # every bound and choice must make a valid job
             trial_tree = copy.deepcopy(job)
             set_path(trial_tree, path, to_config_value(path, value))
             problems += [f"{where}: value {value!r} is not valid for {loc[-1] if loc else path}: {msg}"
                          for loc, msg in job_errors(trial_tree) if (loc, msg) not in known]
-    if not space.distributions and config.study.sampler.type != "grid":
+    if not any(isinstance(spec, dict) for spec in entries.values()) and config.study.sampler.type != "grid":
         problems.append("search_space: nothing to search: every parameter is fixed")
     if problems:
         raise ValueError("\n".join(problems))
