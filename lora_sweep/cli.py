@@ -49,6 +49,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from lora_sweep.space import build_space
         from lora_sweep.sweep import make_pruner, make_sampler
 
+        # loading refuses a study.dir under a file; a sweep must also be allowed to write there
+        problems += filter(None, [C.creation_problem(config.study.dir, "study.dir", writable=True)])
         space = build_space(config)
         for check in (lambda: make_sampler(config, space), lambda: make_pruner(config)):
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -405,7 +406,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError([f"no such file: {path}"], str(path))
     try:
-        tree = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+        # utf-8-sig: a byte-order mark (Notepad's UTF-8) is not part of the text
+        tree = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=Loader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 (byte 0x{exc.object[exc.start]:02x} at position {exc.start})"], str(path)) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
     if tree is None:
@@ -575,6 +579,51 @@ class StudySection(Section):
         None, gt=0, description="Seconds a trial's job may send no event before it is stopped as hung and failed; "
         "default: 3 of its longest intervals between evaluations, at least 300.",
     )
+
+    @model_validator(mode="after")
+    def _places(self) -> StudySection:
+        problems = [storage_problem(self.storage)] if self.storage else []
+        problems.append(creation_problem(self.dir, "study.dir", writable=False))
+        problems = [p for p in problems if p]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def creation_problem(folder: str | Path, key: str, writable: bool, got: str | None = None) -> str | None:
+    """Why `folder` cannot be made (a file stands where a folder must be; with `writable`, also a
+    folder this user may not write in), or None. Nothing is created. `got`: the value to show."""
+    got = str(folder) if got is None else got
+    for existing in [Path(folder), *Path(folder).parents]:
+        if existing.exists():
+            if not existing.is_dir():
+                return f"{key}: cannot be created, {existing} is a file, not a folder (got {got!r})"
+            if writable and not os.access(existing, os.W_OK | os.X_OK):
+                return f"{key}: cannot be created, {existing} is not writable (got {got!r})"
+            return None
+    return None
+
+
+def storage_problem(url: str) -> str | None:
+    """What is wrong with a storage URL that no sweep could open, or None."""
+    file = storage_file(url)
+    if file is None:
+        # a server URL: sqlalchemy must know its dialect (the driver is checked when connecting)
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            make_url(url).get_dialect()
+        except (ArgumentError, NoSuchModuleError):
+            scheme = url.partition("://")[0]  # the rest may hold a password: not shown
+            return (f"study.storage: not a storage optuna can open (got {scheme}://...): give a file (name.db, "
+                    "name.log), sqlite:///file.db, journal:///file.log or a database URL such as "
+                    "postgresql://user@host/db")
+        return None
+    path = Path(file[1])
+    if path.is_dir():
+        return f"study.storage: a folder, not a database file (got {url!r}): give a file in it, e.g. {path / 'study.db'}"
+    return creation_problem(path.parent, "study.storage", writable=False, got=url)
 
 
 JOB_GROUPS = ("model", "lora", "data", "training", "objective", "compare")  # a study's job side

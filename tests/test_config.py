@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import write_yaml
-from lora_sweep.config import ConfigError, JobConfig, load_job, validate_job
+from helpers import run_module, write_yaml
+from lora_sweep.config import ConfigError, JobConfig, load_job, load_study, validate_job
 
 
 def test_documented_defaults():
@@ -93,3 +93,61 @@ def test_overrides(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_job(path, ["training.learning_rate"])
     assert err.value.problems == ["override 'training.learning_rate' must look like key.sub=value"]
+
+
+def test_a_yaml_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_bytes("study: {name: café}\n".encode("latin-1") + b"data: {dataset: d}\n")
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert str(err.value) == f"{path}: not UTF-8 (byte 0xe9 at position 17)"
+    # UTF-8 with a byte-order mark (Notepad's) is plain UTF-8
+    path.write_bytes(b"\xef\xbb\xbf" + "study: {name: cafe}\ndata: {dataset: d}\n".encode())
+    assert load_study(path).study.name == "cafe"
+
+
+def test_storage_and_study_folder_that_no_sweep_could_use(tmp_path):
+    (tmp_path / "afile").write_text("", encoding="utf-8")
+    (tmp_path / "adir").mkdir()
+    path = write_yaml(tmp_path / "study.yaml", {"study": {"storage": "foo://me:secret@bar/db",
+                                                          "dir": str(tmp_path / "afile" / "studies")},
+                                                "data": {"dataset": "d"}})
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert err.value.problems == [
+        "study.storage: not a storage optuna can open (got foo://...): give a file (name.db, name.log), "
+        "sqlite:///file.db, journal:///file.log or a database URL such as postgresql://user@host/db",
+        f"study.dir: cannot be created, {tmp_path / 'afile'} is a file, not a folder "
+        f"(got {str(tmp_path / 'afile' / 'studies')!r})",
+    ]
+    assert "secret" not in str(err.value)
+    adir = tmp_path / "adir"
+    for url in (str(adir), f"sqlite:///{adir}"):
+        with pytest.raises(ConfigError) as err:
+            load_study(path, [f"study.storage={url}", f"study.dir={tmp_path}"])
+        assert err.value.problems == [f"study.storage: a folder, not a database file (got {url!r}): give a file "
+                                      f"in it, e.g. {adir / 'study.db'}"]
+    url = f"journal://{tmp_path / 'afile' / 'study.log'}"
+    with pytest.raises(ConfigError) as err:
+        load_study(path, [f"study.storage={url}", f"study.dir={tmp_path}"])
+    assert err.value.problems == [f"study.storage: cannot be created, {tmp_path / 'afile'} is a file, not a folder "
+                                  f"(got {url!r})"]
+    for url in ("postgresql://me@localhost/db", "mysql+pymysql://me@localhost/db", f"{tmp_path}/new/study.log"):
+        assert load_study(path, [f"study.storage={url}", f"study.dir={tmp_path}"]).study.storage == url
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "study.yaml"]  # nothing written
+
+
+@pytest.mark.integration
+def test_run_and_validate_refuse_a_bad_place_in_one_line(tmp_path):
+    (tmp_path / "afile").write_text("", encoding="utf-8")
+    path = write_yaml(tmp_path / "study.yaml", {"study": {"dir": str(tmp_path / "studies")}, "data": {"dataset": "d"}})
+    done = run_module(["run", str(path), "study.storage=foo://bar"], timeout=120)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"error: {path}: study.storage: not a storage optuna can open (got foo://...): give a "
+                           "file (name.db, name.log), sqlite:///file.db, journal:///file.log or a database URL such "
+                           "as postgresql://user@host/db\n")
+    done = run_module(["validate", str(path), f"study.dir={tmp_path / 'afile' / 'studies'}"], timeout=120)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"error: {path}: study.dir: cannot be created, {tmp_path / 'afile'} is a file, not a "
+                           f"folder (got {str(tmp_path / 'afile' / 'studies')!r})\n")
+    assert not (tmp_path / "studies").exists()
