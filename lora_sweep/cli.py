@@ -37,13 +37,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
             samples, found = read_samples(path)
             problems += found
             counts.append(len(samples))
-        if not problems:
-            from lora_sweep.evaluate import check_scorer
+        if not problems and config.objective.is_generation:
+            from lora_sweep.scorers import ScorerError, check_scorer
 
-            try:
-                check_scorer(config.objective, samples)
-            except ConfigError as exc:
-                problems += exc.problems
+            try:  # on the first test answer, within a time limit: a hung user scorer is reported
+                check_scorer(config.objective.metric, config.objective.regex, samples[0])
+            except ScorerError as exc:
+                problems.append(f"objective.metric: {exc}")
     extra = ""
     if not problems and study:
         from lora_sweep.space import build_space

@@ -12,12 +12,14 @@ import importlib
 import json
 import math
 import numbers
+import os
 import re
 import string
+import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 Scorer = Callable[[str, str, dict], float]
 
@@ -25,6 +27,7 @@ __all__ = [
     "BUILTIN_SCORERS",
     "Scorer",
     "ScorerError",
+    "check_scorer",
     "contains",
     "exact_match",
     "json_fields",
@@ -229,13 +232,75 @@ BUILTIN_SCORERS: dict[str, Scorer] = {
 
 _PYTHON_PREFIX = "python:"
 
+# Seconds a user scorer may take to import, or to score the check answer, before it is called hung.
+TIMEOUT_ENV = "LORA_SWEEP_SCORER_CHECK_TIMEOUT"
+DEFAULT_CHECK_TIMEOUT = 60.0
+
+T = TypeVar("T")
+
+
+def check_timeout(timeout: float | None = None) -> float:
+    """The time limit of a scorer check: `timeout`, else $LORA_SWEEP_SCORER_CHECK_TIMEOUT, else 60 s."""
+    if timeout is not None:
+        return timeout
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return DEFAULT_CHECK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (math.isfinite(value) and value > 0):
+        raise ScorerError(f"${TIMEOUT_ENV} must be a number of seconds above 0 (got {text!r})")
+    return value
+
+
+def within(seconds: float, call: Callable[[], T], what: str) -> T:
+    """``call()`` given at most ``seconds``; ScorerError "<what> did not return within N s" if it
+    does not return by then. It runs in a daemon thread (portable, unlike an alarm signal), which is
+    left behind if it hangs: the process reports the error and ends, the thread with it."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # SystemExit too: the caller decides what it means
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="lora-sweep-scorer-check", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise ScorerError(f"{what} did not return within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def check_scorer(spec: str, regex: str | None, sample: dict, timeout: float | None = None) -> None:
+    """Load a scorer and score a test sample's last answer against itself, each within the time
+    limit: a user scorer that fails, hangs, exits or returns a non-number raises ScorerError now,
+    before any trial runs."""
+    seconds = check_timeout(timeout)
+    scorer = load_scorer(spec, regex, seconds)
+    reference = [m for m in sample["messages"] if m["role"] == "assistant"][-1]["content"]
+    try:
+        within(seconds, lambda: scorer(reference, reference, sample), spec.strip())
+    except ScorerError:
+        raise
+    except Exception as exc:  # the user's code: anything can come out of it
+        raise ScorerError(str(exc)) from None
+
 
 def _checked(fn: Callable[..., Any], name: str) -> Scorer:
     """Wrap a user scorer so a bad return value fails with a clear message."""
 
     @functools.wraps(fn)
     def wrapper(prediction: str, reference: str, sample: dict) -> float:
-        value = fn(prediction, reference, sample)
+        try:
+            value = fn(prediction, reference, sample)
+        except SystemExit as exc:  # not an Exception: it would end the job, or lora_sweep, without a word
+            raise ScorerError(f"scorer {name} called sys.exit({exc.code!r})") from None
         # bool is an int subclass, but True/False usually means a forgotten float().
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if ok:
@@ -249,14 +314,19 @@ def _checked(fn: Callable[..., Any], name: str) -> Scorer:
     return wrapper
 
 
-def _load_python(spec: str) -> Scorer:
+def _load_python(spec: str, timeout: float | None = None) -> Scorer:
     target = spec[len(_PYTHON_PREFIX) :].strip()
     module_name, _, attr = target.partition(":")
     if not (all(part.isidentifier() for part in module_name.split(".")) and attr.isidentifier()):
         raise ScorerError(f"malformed scorer spec {spec!r}; expected python:package.module:function")
     name = f"{_PYTHON_PREFIX}{module_name}:{attr}"
     try:
-        module = importlib.import_module(module_name)
+        module = within(check_timeout(timeout), lambda: importlib.import_module(module_name),
+                        f"scorer {name}: importing module {module_name!r}")
+    except ScorerError:
+        raise
+    except SystemExit as err:
+        raise ScorerError(f"scorer {name}: cannot import module {module_name!r} (it called sys.exit({err.code!r}))") from None
     except Exception as err:  # a broken user module can raise anything at import time
         reason = " ".join(f"{type(err).__name__}: {err}".split())
         raise ScorerError(f"scorer {name}: cannot import module {module_name!r} ({reason})") from err
@@ -268,8 +338,10 @@ def _load_python(spec: str) -> Scorer:
     return _checked(fn, name)
 
 
-def load_scorer(spec: str, regex: str | None = None) -> Scorer:
-    """Resolve a scorer spec: a built-in name, ``regex_fields``, or ``python:module:function``."""
+def load_scorer(spec: str, regex: str | None = None, timeout: float | None = None) -> Scorer:
+    """Resolve a scorer spec: a built-in name, ``regex_fields``, or ``python:module:function``.
+
+    Importing a user module may take at most ``timeout`` seconds (default: check_timeout())."""
     spec = spec.strip()
     if spec == "regex_fields":
         if regex is None:
@@ -279,7 +351,7 @@ def load_scorer(spec: str, regex: str | None = None) -> Scorer:
     if regex is not None:
         raise ScorerError(f"a regex is only used by the regex_fields scorer, not by {spec!r}")
     if spec.startswith(_PYTHON_PREFIX):
-        return _load_python(spec)
+        return _load_python(spec, timeout)
     if spec in BUILTIN_SCORERS:
         return BUILTIN_SCORERS[spec]
     valid = ", ".join([*BUILTIN_SCORERS, "regex_fields"])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from helpers import run_module, write_yaml
 from lora_sweep.config import ConfigError, JobConfig, load_job, load_study, validate_job
+from lora_sweep.scorers import ScorerError, check_scorer
 
 
 def test_documented_defaults():
@@ -151,3 +154,64 @@ def test_run_and_validate_refuse_a_bad_place_in_one_line(tmp_path):
     assert done.stderr == (f"error: {path}: study.dir: cannot be created, {tmp_path / 'afile'} is a file, not a "
                            f"folder (got {str(tmp_path / 'afile' / 'studies')!r})\n")
     assert not (tmp_path / "studies").exists()
+
+
+SCORERS = '''\
+import sys
+import time
+
+if "{name}".endswith("exits"):
+    sys.exit(3)
+if "{name}".endswith("sleeps"):
+    time.sleep(5)
+
+
+def hangs(prediction, reference, sample):
+    time.sleep(5)
+    return 1.0
+
+
+def quits(prediction, reference, sample):
+    sys.exit()
+'''
+SAMPLE = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+def scorer_module(folder, name: str) -> str:
+    (folder / f"{name}.py").write_text(SCORERS.format(name=name), encoding="utf-8")
+    return name
+
+
+def test_a_scorer_that_exits_or_hangs_is_named(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    exits = scorer_module(tmp_path, "lsw_scorer_exits")
+    with pytest.raises(ConfigError) as err:
+        validate_job({"data": {"dataset": "d"}, "objective": {"metric": f"python:{exits}:hangs"}})
+    assert err.value.problems == [f"objective.metric: scorer python:{exits}:hangs: cannot import module {exits!r} "
+                                  "(it called sys.exit(3))"]
+    fine = scorer_module(tmp_path, "lsw_scorer_fine")
+    with pytest.raises(ScorerError) as err:
+        check_scorer(f"python:{fine}:quits", None, SAMPLE)
+    assert str(err.value) == f"scorer python:{fine}:quits called sys.exit(None)"
+    with pytest.raises(ScorerError) as err:
+        check_scorer(f"python:{fine}:hangs", None, SAMPLE, timeout=0.2)
+    assert str(err.value) == f"python:{fine}:hangs did not return within 0.2 s"
+    check_scorer("exact_match", None, SAMPLE)  # a scorer that returns passes
+    # the limit also holds for importing, and comes from the environment when not given
+    monkeypatch.setenv("LORA_SWEEP_SCORER_CHECK_TIMEOUT", "0.3")
+    sleeps = scorer_module(tmp_path, "lsw_scorer_sleeps")
+    with pytest.raises(ConfigError) as err:
+        validate_job({"data": {"dataset": "d"}, "objective": {"metric": f"python:{sleeps}:hangs"}})
+    assert err.value.problems == [f"objective.metric: scorer python:{sleeps}:hangs: importing module {sleeps!r} "
+                                  "did not return within 0.3 s"]
+
+
+@pytest.mark.integration
+def test_validate_names_a_scorer_that_exits(tmp_path, chat_data):
+    scorer_module(tmp_path, "lsw_cli_scorer_exits")
+    path = write_yaml(tmp_path / "job.yaml", {"data": {"dataset": str(chat_data)},
+                                              "objective": {"metric": "python:lsw_cli_scorer_exits:hangs"}})
+    done = run_module(["validate", str(path)], timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"error: {path}: objective.metric: scorer python:lsw_cli_scorer_exits:hangs: cannot import "
+                           "module 'lsw_cli_scorer_exits' (it called sys.exit(3))\n")
