@@ -1,5 +1,5 @@
-"""Fixtures: tiny models (built once per session), the memorization data set, a PostgreSQL
-server. The helpers they use are in helpers.py."""
+"""Fixtures: tiny models (built once per session), the memorization data set, one real sweep that
+several modules read, a PostgreSQL server. The helpers they use are in helpers.py."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
-from helpers import build_model, free_port, memorization_samples, write_jsonl
+from helpers import build_model, free_port, memorization_samples, mixed_study_tree, run_module, write_jsonl, write_yaml
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +36,26 @@ def chat_data(tmp_path) -> Path:
     write_jsonl(folder / "train.json", memorization_samples())
     write_jsonl(folder / "test.json", memorization_samples())
     return folder
+
+
+@pytest.fixture(scope="session")
+def mixed_sweep(tiny_llama, tmp_path_factory) -> SimpleNamespace:
+    """A finished real sweep (`python -m lora_sweep run`) with a completed, a failed and a pruned
+    trial and a base-model baseline (helpers.mixed_study_tree). Launched jobs cost seconds each,
+    so the tests of failures, pruning, the report, the notebook and the dashboard read this one
+    sweep; none of them changes its study."""
+    root = tmp_path_factory.mktemp("seen")
+    data = root / "data"
+    data.mkdir()
+    write_jsonl(data / "train.json", memorization_samples())
+    write_jsonl(data / "test.json", memorization_samples())
+    config = write_yaml(root / "study.yaml", mixed_study_tree(tiny_llama, data, root / "studies"))
+    proc = run_module(["run", str(config)], cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="seen", storage=f"sqlite:///{root}/studies/seen.db")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED], states
+    return SimpleNamespace(root=root, config=config, study=study, proc=proc)
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,18 @@
 """Helpers shared by the tests: a tiny byte-level BPE tokenizer with a ChatML template (pad ==
 eos, the trap a stock collator falls into), tiny random Llama / Phi-3 models saved to folders,
-a small chat data set, job and study trees, and a way to run the CLI as a user would.
-Nothing is downloaded. Fixtures built on these live in conftest.py."""
+a small chat data set, job and study trees, and the CLI run as a user would (a child process) or
+in this process. Nothing is downloaded. Fixtures built on these live in conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -106,6 +109,29 @@ def run_module(args: list[str], timeout: int = 300, **kwargs) -> subprocess.Comp
                           timeout=timeout, cwd=kwargs.pop("cwd", REPO), **kwargs)
 
 
+def run_cli(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`python -m lora_sweep ...` inside this process (`cli.main`): the same parser, commands and
+    error lines without an interpreter start (seconds each). For checks of what a command prints
+    and refuses; run_module keeps the real command line where the process itself matters."""
+    from lora_sweep import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with working_directory(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(args)
+    return subprocess.CompletedProcess(["lora_sweep", *args], code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """The block runs in `path` (contextlib.chdir needs Python 3.11)."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def study_tree(model: Path, data: Path, folder: Path, **study) -> dict:
     return {
         "study": {"name": "tiny", "dir": str(folder), "n_trials": 3, "sampler": {"type": "random", "seed": 3},
@@ -117,6 +143,29 @@ def study_tree(model: Path, data: Path, folder: Path, **study) -> dict:
         "training": {"num_training_steps": 6, "eval_steps": 2, "save_steps": 2},
         "search_space": {"num_warmup_steps": {"type": "int", "low": 0, "high": 4}},
         "objective": {"baseline": False},
+    }
+
+
+def mixed_study_tree(model: Path, data: Path, folder: Path) -> dict:
+    """A study whose 3 trials end in each way a trial can: 0 the defaults (completes), 1 a module
+    that does not exist (fails, and is made up for), 2 a rate too small to learn (pruned at step
+    8, the first evaluation past the pruner's warmup). The random sampler's seed 11 draws them in
+    this order. 80 steps a trial (about 2 s for this model), so that the pruned job is stopped well
+    before its end: the sweep reads events every 0.5 s, in which the job runs some 20 steps."""
+    return {
+        "study": {"name": "seen", "dir": str(folder), "n_trials": 2,
+                  "sampler": {"type": "random", "seed": 11}, "base_space": "none",
+                  "pruner": {"type": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 5}},
+                  "heartbeat_interval": 1, "grace_period": 2},
+        "model": {"name_or_path": str(model)},
+        "lora": {"lora_dropout": 0.0},
+        "data": {"dataset": str(data), "train_seqlen": 32, "test_seqlen": 32, "train_batch_size": 2,
+                 "test_batch_size": 4},
+        "training": {"num_training_steps": 80, "eval_steps": 4, "save_steps": 4, "learning_rate": 0.03,
+                     "early_stopping_patience": 0},
+        "search_space": {"learning_rate": {"type": "categorical", "choices": [0.03, 1e-7]},
+                         "target_modules": {"type": "categorical", "choices": ["all-linear", ["nope_proj"]]},
+                         "r": {"type": "categorical", "choices": [16, 4]}},
     }
 
 

@@ -1,9 +1,10 @@
 """Seeing the sweep: the report's frame and figures, the notebook run headless, the dashboard
 over real HTTP, artifacts, and the HTML report opened in headless Chromium.
 
-One real tiny-model sweep (module fixture) makes a study with completed, pruned and failed
-trials and a base-model baseline; a synthetic generation-metric study (no training) covers
-what that sweep does not reach: many completed trials, a score, predictions."""
+One real tiny-model sweep (conftest's session fixture `mixed_sweep`, shared with test_sweep.py)
+makes a study with completed, pruned and failed trials and a base-model baseline; a synthetic
+generation-metric study (no training) covers what that sweep does not reach: many completed
+trials, a score, predictions."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import time
 import urllib.request
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 from wsgiref.util import setup_testing_defaults
 
 import optuna
@@ -31,46 +31,12 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from helpers import REPO, memorization_samples, run_module, write_jsonl, write_yaml
+from helpers import REPO, run_module, write_jsonl, write_yaml
 from lora_sweep import dashboard, report
 from lora_sweep.config import ConfigError, StudyConfig
 
 NOTEBOOK = REPO / "notebooks" / "sweep_report.ipynb"
 N_FIGURES = 6  # report.views: history, curves, parallel, importance, slices, best vs base
-
-
-@pytest.fixture(scope="module")
-def sweep(tiny_llama, tmp_path_factory) -> SimpleNamespace:
-    """A real sweep of 3 trials: 0 the defaults (completes), 1 a module that does not exist (fails,
-    and is made up for), 2 a rate too small to learn (pruned at step 8, the first evaluation past
-    the pruner's warmup). The random sampler's seed 11 draws them in this order."""
-    root = tmp_path_factory.mktemp("seen")
-    data = root / "data"
-    data.mkdir()
-    write_jsonl(data / "train.json", memorization_samples())
-    write_jsonl(data / "test.json", memorization_samples())
-    tree = {
-        "study": {"name": "seen", "dir": str(root / "studies"), "n_trials": 2,
-                  "sampler": {"type": "random", "seed": 11}, "base_space": "none",
-                  "pruner": {"type": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 5}},
-                  "heartbeat_interval": 1, "grace_period": 2},
-        "model": {"name_or_path": str(tiny_llama)},
-        "lora": {"lora_dropout": 0.0},
-        "data": {"dataset": str(data), "train_seqlen": 32, "test_seqlen": 32, "train_batch_size": 2,
-                 "test_batch_size": 4},
-        "training": {"num_training_steps": 12, "eval_steps": 4, "save_steps": 4, "learning_rate": 0.03,
-                     "early_stopping_patience": 0},
-        "search_space": {"learning_rate": {"type": "categorical", "choices": [0.03, 1e-7]},
-                         "target_modules": {"type": "categorical", "choices": ["all-linear", ["nope_proj"]]},
-                         "r": {"type": "categorical", "choices": [16, 4]}},
-    }
-    config = write_yaml(root / "study.yaml", tree)
-    proc = run_module(["run", str(config)], cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    study = optuna.load_study(study_name="seen", storage=f"sqlite:///{root}/studies/seen.db")
-    states = [t.state for t in study.trials]
-    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED], states
-    return SimpleNamespace(root=root, config=config, study=study)
 
 
 def synthetic_study(folder: Path, name: str = "rich") -> optuna.Study:
@@ -129,8 +95,9 @@ def single_trial_study(source: optuna.Study, storage: str) -> optuna.Study:
 # ---------------------------------------------------------------- frame and figures
 
 
-def test_frame_and_figures_of_the_sweep(sweep):
-    study = sweep.study
+@pytest.mark.integration
+def test_frame_and_figures_of_the_sweep(mixed_sweep):
+    study = mixed_sweep.study
     frame = report.load_frame(study)
     assert list(frame["number"]) == [t.number for t in study.trials]
     assert list(frame["state"]) == [t.state.name for t in study.trials]
@@ -157,8 +124,9 @@ def test_frame_and_figures_of_the_sweep(sweep):
     assert best.data[0].y[0] == pytest.approx(study.user_attrs["baseline"]["eval_loss"])
 
 
-def test_single_trial_and_generation_studies(sweep, tmp_path):
-    one = single_trial_study(sweep.study, f"sqlite:///{tmp_path}/one.db")
+@pytest.mark.integration
+def test_single_trial_and_generation_studies(mixed_sweep, tmp_path):
+    one = single_trial_study(mixed_sweep.study, f"sqlite:///{tmp_path}/one.db")
     views = report.views(one)
     assert [v.key for v in views] == ["history", "curves", "parallel", "importance", "slices", "best_vs_base"]
     notes = {v.key: v.figure.layout.annotations[0].text for v in views if not v.figure.data}
@@ -225,13 +193,14 @@ def notebook_outputs(nb) -> tuple[list, str, list]:
     return errors, text, mimes
 
 
-def test_notebook_runs_headless(sweep, tmp_path):
+@pytest.mark.integration
+def test_notebook_runs_headless(mixed_sweep, tmp_path):
     pytest.importorskip("nbclient", reason="the notebook test needs the test extra (nbclient, ipykernel)")
     # a relative YAML path, as in a checkout: the kernel runs in notebooks/, the YAML is found above
-    nb = run_notebook('study_yaml = "study.yaml"\nstorage = None\nstudy_name = None', _mkdir(sweep.root / "notebooks"))
+    nb = run_notebook('study_yaml = "study.yaml"\nstorage = None\nstudy_name = None', _mkdir(mixed_sweep.root / "notebooks"))
     errors, text, mimes = notebook_outputs(nb)
     assert errors == []
-    n = len(sweep.study.trials)
+    n = len(mixed_sweep.study.trials)
     assert re.search(rf"^{n} trials: 1 complete, 1 fail, 1 pruned$", text, re.M), text
     table = next(o.data["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
                  if o.output_type == "execute_result" and "text/html" in o.get("data", {}))
@@ -240,7 +209,7 @@ def test_notebook_runs_headless(sweep, tmp_path):
     assert "No predictions" in text  # eval_loss: no generation metric
 
     # one trial, named by storage URL: the views that need more say so, nothing fails
-    single_trial_study(sweep.study, f"sqlite:///{tmp_path}/one.db")
+    single_trial_study(mixed_sweep.study, f"sqlite:///{tmp_path}/one.db")
     nb = run_notebook(f'study_yaml = None\nstorage = "sqlite:///{tmp_path}/one.db"\nstudy_name = "one"', tmp_path)
     errors, text, mimes = notebook_outputs(nb)
     assert errors == [] and re.search(r"^1 trial: 1 complete$", text, re.M), text
@@ -256,9 +225,10 @@ def get_json(url: str, timeout: float = 5) -> dict:
         return json.loads(response.read())
 
 
-def test_dashboard_serves_the_study(sweep):
-    proc = subprocess.Popen([sys.executable, "-m", "lora_sweep", "dashboard", str(sweep.config), "--port", "0"],
-                            cwd=sweep.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.mark.integration
+def test_dashboard_serves_the_study(mixed_sweep):
+    proc = subprocess.Popen([sys.executable, "-m", "lora_sweep", "dashboard", str(mixed_sweep.config), "--port", "0"],
+                            cwd=mixed_sweep.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
@@ -278,7 +248,7 @@ def test_dashboard_serves_the_study(sweep):
         assert {"config", "metric", "space", "baseline"} <= {a["key"] for a in summaries[0]["user_attrs"]}
 
         detail = get_json(f"{base}/api/studies/{study_id}?after=0")
-        trials = sweep.study.trials
+        trials = mixed_sweep.study.trials
         assert len(detail["trials"]) == len(trials)
         assert [t["state"] for t in detail["trials"]] == [t.state.name.capitalize() for t in trials]
         assert detail["has_intermediate_values"]
@@ -394,19 +364,20 @@ def assert_renders(html_path: Path, tmp_path: Path) -> str:
     return dom
 
 
+@pytest.mark.integration
 @needs_chromium
-def test_html_report_renders_in_chromium(sweep, tmp_path):
+def test_html_report_renders_in_chromium(mixed_sweep, tmp_path):
     # the error probe itself catches errors: a page that throws
     broken = tmp_path / "broken.html"
     broken.write_text("<html><head></head><body><script>throw new Error('probe works')</script></body></html>")
     assert "probe works" in rendered(broken, tmp_path)[1]
 
     out = tmp_path / "report.html"
-    proc = run_module(["report", str(sweep.config), "-o", str(out)], cwd=sweep.root)
+    proc = run_module(["report", str(mixed_sweep.config), "-o", str(out)], cwd=mixed_sweep.root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.is_file() and str(out) in proc.stdout
     dom = assert_renders(out, tmp_path)
-    assert dom.count("<tr>") >= len(sweep.study.trials)  # the trials table
+    assert dom.count("<tr>") >= len(mixed_sweep.study.trials)  # the trials table
 
     shot = tmp_path / "report.png"
     chromium(out, tmp_path / "profile", "--window-size=1280,4400", f"--screenshot={shot}")

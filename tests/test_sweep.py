@@ -1,4 +1,9 @@
-"""The sweep, for real: launched jobs, a SQLite study database, pruning, failures, resume."""
+"""The sweep, for real: launched jobs, a SQLite study database, pruning, failures, resume.
+
+Failures and pruning are read from conftest's shared `mixed_sweep` (a completed, a failed and a
+pruned trial); the sweeps here are the ones whose set-up is their subject (parallel slots, a
+killed sweep, failures in a row). What a command prints or refuses is checked in this process
+(helpers.run_cli); the real command line runs wherever a sweep runs."""
 
 from __future__ import annotations
 
@@ -10,10 +15,12 @@ import typing
 from pathlib import Path
 
 import optuna
+import pytest
+import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from helpers import job_processes, load, run_module, study_tree, write_yaml
+from helpers import job_processes, load, run_cli, run_module, study_tree, write_yaml
 from lora_sweep.config import StudyConfig
 from lora_sweep.events import read_events
 from lora_sweep.space import build_space, default_params
@@ -61,11 +68,11 @@ def test_bad_space_every_problem_at_once(tmp_path):
                          "lora_dropout": {"type": "float", "low": 0.0, "high": 1.5},
                          "r": {"type": "normal", "mean": 8}},
     })
-    proc = run_module(["validate", str(path)])
+    proc = run_cli(["validate", str(path)], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {path}: training.save_steps (10) must be a multiple of training.eval_steps (4)"
     # the training group is checked first; fix it and every space problem shows
-    proc = run_module(["validate", str(path), "training.save_steps=8"])
+    proc = run_cli(["validate", str(path), "training.save_steps=8"], cwd=tmp_path)
     lines = proc.stderr.splitlines()
     assert lines[0] == f"error: {path}: 5 problems:"
     assert any(l.startswith("  - search_space.learning_rat: unknown parameter; use a reference name (") for l in lines)
@@ -80,7 +87,7 @@ def test_bad_sampler_and_pruner_options_are_refused_before_anything_is_written(t
     tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", sampler={"type": "tpe", "options": {"n_startup": 2}},
                       pruner={"type": "percentile", "options": {"n_startup_trials": 1}})
     path = write_yaml(tmp_path / "study.yaml", tree)
-    proc = run_module(["validate", str(path)], cwd=tmp_path)
+    proc = run_cli(["validate", str(path)], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         f"error: {path}: 2 problems:",
@@ -89,7 +96,7 @@ def test_bad_sampler_and_pruner_options_are_refused_before_anything_is_written(t
         "  - study.pruner.options: optuna's percentile pruner refused them: "
         "PercentilePruner.__init__() missing 1 required positional argument: 'percentile'",
     ]
-    proc = run_module(["run", str(path), "study.sampler.options={}"], cwd=tmp_path)
+    proc = run_cli(["run", str(path), "study.sampler.options={}"], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: study.pruner.options: optuna's percentile pruner refused them: "
@@ -151,11 +158,12 @@ def test_percentile_and_threshold_pruners_judge_a_trial():
     assert verdict(floor, [], 0.1) is False
 
 
+@pytest.mark.integration
 def test_sweep_end_to_end_in_parallel(tiny_llama, chat_data, tmp_path):
     tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=4, parallel=2)
     tree["objective"]["baseline"] = True
     config = write_yaml(tmp_path / "study.yaml", tree)
-    assert run_module(["validate", str(config)]).stdout.strip() == (
+    assert run_cli(["validate", str(config)]).stdout.strip() == (
         f"{config}: valid study config (8 train and 8 test samples, 8 parameters searched over 4 trials)")
     proc = run_module(["run", str(config)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -184,50 +192,46 @@ def test_sweep_end_to_end_in_parallel(tiny_llama, chat_data, tmp_path):
     assert base["eval_loss"] > study.best_value and f"base model: eval_loss {base['eval_loss']:.4f}" in proc.stdout
     assert f"documented defaults (trial 0): eval_loss {trials[0].value:.4f}" in proc.stdout
     assert proc.stderr.count(" COMPLETE ") == 4
-    # run again: already finished, nothing more runs
-    again = run_module(["run", str(config)], cwd=tmp_path)
+    # run again: already finished, nothing more runs (no job is launched: in this process)
+    again = run_cli(["run", str(config)], cwd=tmp_path)
     assert again.returncode == 0 and len(load(tmp_path / "studies").trials) == 4
 
 
-def test_pruning_stops_the_job(tiny_llama, chat_data, tmp_path):
-    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=3,
-                      base_space="none", pruner={"type": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 0}})
-    tree["training"].update(num_training_steps=60, eval_steps=4, save_steps=4, learning_rate=0.03,
-                            early_stopping_patience=0)
-    # trial 0 (the defaults) learns fast; trial 1 draws a rate too small to learn and falls behind
-    tree["search_space"] = {"learning_rate": {"type": "categorical", "choices": [0.03, 1e-7]}}
-    tree["study"]["n_trials"] = 2
-    proc = run_module(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = load(tmp_path / "studies").get_trials()
-    assert trials[0].params["learning_rate"] == 0.03 and trials[1].params["learning_rate"] == 1e-7
-    assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["stop_reason"] == "pruned"
-    assert max(trials[1].intermediate_values) < 60 and trials[1].user_attrs["steps_run"] < 60
-    assert job_processes(str(tmp_path / "studies/tiny/trials/1/job.yaml")) == []
-    events = read_events(tmp_path / "studies/tiny/trials/1/events.jsonl")
+@pytest.mark.integration
+def test_pruning_stops_the_job(mixed_sweep):
+    # trial 0 (the defaults) learns fast; trial 2 draws a rate too small to learn and falls behind
+    steps = yaml.safe_load(mixed_sweep.config.read_text())["training"]["num_training_steps"]
+    trials = mixed_sweep.study.get_trials()
+    pruned = trials[2]
+    assert trials[0].params["learning_rate"] == 0.03 and pruned.params["learning_rate"] == 1e-7
+    assert pruned.state == TrialState.PRUNED and pruned.user_attrs["stop_reason"] == "pruned"
+    assert max(pruned.intermediate_values) < steps and pruned.user_attrs["steps_run"] < steps
+    assert job_processes(str(mixed_sweep.root / "studies/seen/trials/2/job.yaml")) == []
+    events = read_events(mixed_sweep.root / "studies/seen/trials/2/events.jsonl")
     assert events[-1]["event"] != "done"  # stopped mid-run
 
 
-def test_failing_trials_are_recorded_and_the_sweep_goes_on(tiny_llama, chat_data, tmp_path):
-    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=2, base_space="none",
-                      enqueue_defaults=False, sampler={"type": "random", "seed": 0})
-    tree["search_space"] = {"target_modules": {"type": "categorical", "choices": [["q_proj", "v_proj"], ["nope_proj"]]}}
-    proc = run_module(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = load(tmp_path / "studies").get_trials()
+@pytest.mark.integration
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(mixed_sweep):
+    # trial 1 of the shared sweep asks LoRA for a module the model does not have
+    assert mixed_sweep.proc.returncode == 0
+    trials = mixed_sweep.study.get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2 and failed
+    # the failure is made up for: a trial after it, until the budget of 2 finished trials is met
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED] and failed
     for t in failed:
         assert t.params["target_modules"] == "nope_proj"
         assert "nope_proj" in t.user_attrs["error"] and "not found in the base model" in t.user_attrs["error"]
         assert "Traceback" in t.user_attrs["log_tail"] and t.user_attrs["stop_reason"] == "error"
-    assert all(t.params["target_modules"] == "q_proj,v_proj" for t in trials if t.state == TrialState.COMPLETE)
+    assert all(t.params["target_modules"] == "all-linear" for t in trials if t.state != TrialState.FAIL)
 
 
+@pytest.mark.integration
 def test_too_many_failures_in_a_row_stop_the_sweep(tiny_llama, chat_data, tmp_path):
+    # the quickest real failure: `accelerate launch` refuses a flag (2 s, where a job that fails
+    # in PEFT first imports the training stack for 8); a job's own failure: the test above
     tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=5, max_failures=2,
-                      enqueue_defaults=False)
-    tree["lora"]["target_modules"] = ["nope_proj"]
+                      enqueue_defaults=False, launcher_args=["--no-such-flag"])
     proc = run_module(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -237,37 +241,40 @@ def test_too_many_failures_in_a_row_stop_the_sweep(tiny_llama, chat_data, tmp_pa
 
 def test_worker_needs_an_existing_study(tiny_llama, chat_data, tmp_path):
     config = write_yaml(tmp_path / "study.yaml", study_tree(tiny_llama, chat_data, tmp_path / "studies"))
-    proc = run_module(["worker", str(config)], cwd=tmp_path)
+    proc = run_cli(["worker", str(config)], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: no study database at {tmp_path}/studies/tiny.db: run the sweep first"
     assert not (tmp_path / "studies/tiny.db").exists() and not (tmp_path / "studies/tiny/trials").exists()
 
 
+@pytest.mark.integration
 def test_resume_after_the_sweep_is_killed(tiny_llama, chat_data, tmp_path):
-    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=3)
+    # one sampled trial (not the enqueued defaults: its params can come back only as a re-run)
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=1, enqueue_defaults=False)
     tree["training"].update(num_training_steps=30, eval_steps=2, save_steps=2)  # long enough to kill mid-trial
     config = write_yaml(tmp_path / "study.yaml", tree)
     sweep = subprocess.Popen([sys.executable, "-m", "lora_sweep", "run", str(config)], cwd=tmp_path,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    events = tmp_path / "studies/tiny/trials/1/events.jsonl"
+    events = tmp_path / "studies/tiny/trials/0/events.jsonl"
     deadline = time.time() + 180
     while not (events.is_file() and any(e["event"] == "eval" for e in read_events(events))):
         assert time.time() < deadline and sweep.poll() is None
         time.sleep(0.2)
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
-    job = str(tmp_path / "studies/tiny/trials/1/job.yaml")
+    killed = time.time()
+    job = str(tmp_path / "studies/tiny/trials/0/job.yaml")
     deadline = time.time() + 20
     while job_processes(job) and time.time() < deadline:  # the orphaned job notices and exits
         time.sleep(0.5)
     assert job_processes(job) == []
-    assert load(tmp_path / "studies").trials[1].state == TrialState.RUNNING
-    time.sleep(3)  # past the heartbeat grace period (2 s)
+    assert load(tmp_path / "studies").trials[0].state == TrialState.RUNNING
+    time.sleep(max(0.0, killed + 3 - time.time()))  # past the heartbeat grace period (2 s)
 
     proc = run_module(["run", str(config)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = load(tmp_path / "studies").get_trials()
-    assert trials[1].state == TrialState.FAIL
+    assert trials[0].state == TrialState.FAIL
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 3 and len(trials) == 4
-    assert trials[2].params == trials[1].params  # the interrupted parameters ran again
+    assert len(done) == 1 and len(trials) == 2
+    assert trials[1].params == trials[0].params  # the interrupted parameters ran again
