@@ -1,5 +1,6 @@
 """The benchmarks in bench/ are not tests; these are smoke runs of each (tiny model, a few steps,
-results to a temporary file) so that they cannot rot. Nothing here asserts on a timing."""
+results to a temporary file) so that they cannot rot. Nothing here asserts on a timing. The smoke
+runs build a model and train, generate or launch jobs: integration tests."""
 
 from __future__ import annotations
 
@@ -117,6 +118,7 @@ def test_curve_counts_every_trial_s_steps_and_only_complete_values(tmp_path):
     assert sweep_efficiency.steps_to_reach(points, 0.5, maximize=True) == 60
 
 
+@pytest.mark.integration
 def test_job_throughput(tmp_path, capsys):
     out, printed, results = smoke(job_throughput, tmp_path, capsys)
     check(printed, results, "1 job throughput")
@@ -128,6 +130,7 @@ def test_job_throughput(tmp_path, capsys):
     assert "ours steady" in printed and "plain steady" in printed
 
 
+@pytest.mark.integration
 def test_trial_cost(tmp_path, capsys):
     out, printed, results = smoke(trial_cost, tmp_path, capsys, "--trials", "1")
     check(printed, results, "2 trial fixed cost")
@@ -141,6 +144,7 @@ def test_trial_cost(tmp_path, capsys):
     assert "what dominates the fixed cost" in printed
 
 
+@pytest.mark.integration
 def test_sweep_efficiency(tmp_path, capsys):
     out, printed, results = smoke(sweep_efficiency, tmp_path, capsys)  # 1 seed, 1 trial per arm, both at once
     row = check(printed, results, "3 sweep efficiency")
@@ -171,6 +175,7 @@ def test_sweep_surrogate_model_and_replay(capsys):
                               "training.eval_steps=10"])
 
 
+@pytest.mark.integration
 def test_data_pipeline(tmp_path, capsys):
     out, printed, results = smoke(data_pipeline, tmp_path, capsys)
     row = check(printed, results, "4 data pipeline")
@@ -179,6 +184,7 @@ def test_data_pipeline(tmp_path, capsys):
     assert row["met"] == "yes"
 
 
+@pytest.mark.integration
 def test_generation(tmp_path, capsys):
     out, printed, results = smoke(generation, tmp_path, capsys)
     check(printed, results, "5 generation")

@@ -160,6 +160,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, smollm2_cache: Path) -> Path:
     return smollm2_cache
 
 
+@pytest.mark.integration
 @needs_smollm2
 def test_alias_gives_a_loadable_chat_model(offline: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -179,6 +180,7 @@ def test_alias_gives_a_loadable_chat_model(offline: Path) -> None:
     assert "<|im_start|>user\nHi<|im_end|>" in text and "<|im_start|>assistant" in text
 
 
+@pytest.mark.integration
 @needs_smollm2
 def test_second_resolve_is_fast_and_stable(offline: Path) -> None:
     first = resolve_model(EMBEDDED_ALIAS)

@@ -11,6 +11,7 @@ from helpers import REPO, run_module
 from lora_sweep.config import reference_tables
 
 
+@pytest.mark.integration  # the real command line, as the README tells a new user to run it
 @pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_sweep_yaml_validates(path: Path):
     proc = run_module(["validate", str(path.relative_to(REPO))])

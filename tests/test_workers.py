@@ -15,6 +15,8 @@ from optuna.trial import TrialState
 from helpers import REPO, run_module, study_tree, write_yaml
 from lora_sweep.storage import load_existing
 
+pytestmark = pytest.mark.integration  # worker processes, a PostgreSQL server
+
 
 def test_workers_join_a_postgresql_study(postgres_url, tiny_llama, chat_data, tmp_path):
     name = f"tiny-{uuid.uuid4().hex[:8]}"
@@ -23,16 +25,16 @@ def test_workers_join_a_postgresql_study(postgres_url, tiny_llama, chat_data, tm
     first = run_module(["run", str(config)], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
 
-    # two workers, as on two machines, share the rest of a 4-trial budget
-    workers = [subprocess.Popen([sys.executable, "-m", "lora_sweep", "worker", str(config), "study.n_trials=4"],
+    # two workers, as on two machines, share the rest of a 3-trial budget: a trial each, at once
+    workers = [subprocess.Popen([sys.executable, "-m", "lora_sweep", "worker", str(config), "study.n_trials=3"],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     study = optuna.load_study(study_name=name, storage=postgres_url)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4  # no overshoot, no failure
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3  # no overshoot, no failure
     assert all(" COMPLETE " in err for _, err in outputs)  # each worker ran trials
-    assert len({t.user_attrs["trial_dir"] for t in study.trials}) == 4
+    assert len({t.user_attrs["trial_dir"] for t in study.trials}) == 3
 
 
 # A worker whose trials take no time: the claim (count the study's trials, then create the next)
