@@ -29,7 +29,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from lora_sweep.config import ConfigError, StudySection
+from lora_sweep.config import ConfigError, StudySection, storage_file
 
 log = logging.getLogger("lora_sweep.storage")
 
@@ -38,16 +38,8 @@ STORAGE_ENV = "LORA_SWEEP_STORAGE"
 PASSWORD_FILE_ENV = "LORA_SWEEP_STORAGE_PASSWORD_FILE"
 
 
-# ---------------------------------------------------------------- URLs
-
-
-def storage_file(url: str) -> tuple[str, str] | None:
-    """(scheme prefix, file path) of a file-backed storage URL (`sqlite:///`, `journal://` or a
-    bare path); None for a server URL such as postgresql://."""
-    for prefix in ("sqlite:///", "journal://"):
-        if url.startswith(prefix):
-            return prefix, url[len(prefix):]
-    return ("", url) if url and "://" not in url else None
+# ---------------------------------------------------------------- URLs (config.storage_file parses
+# file-backed ones: the config checks them when it is loaded)
 
 
 def is_journal(url: str) -> bool:

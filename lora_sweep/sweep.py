@@ -52,10 +52,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
 
 
-class Interrupted(BaseException):
-    """Ctrl+C or SIGTERM (what Slurm and Kubernetes send) reached the sweep."""
-
-
 # ---------------------------------------------------------------- optuna pieces from the config
 
 
@@ -384,20 +380,20 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
              finished(study), config.study.n_trials)
     workers = [threading.Thread(target=sweep.work, args=(slot, deadline), name=f"slot-{i}")
                for i, slot in enumerate(slots)]
-    with interrupts() as stopped:
-        try:
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
-        except Interrupted as exc:
-            sweep.interrupted = str(exc)
-            sweep.stop_reason = f"interrupted by {exc}: the running trials were stopped, recorded as failed " \
-                                f"and queued to run again"
-            stopped.set()
-            launch.stop_all(config.study.stop_grace)
-            for worker in workers:
-                worker.join()
+    with interrupts() as caught:
+        for worker in workers:
+            worker.start()
+        # wait with a timeout, never inside join(): a signal raising there makes Python 3.11 count
+        # the thread as ended while it runs on (its trial then never recorded)
+        while any(worker.is_alive() for worker in workers):
+            if caught.wait(WAIT_POLL_S):
+                sweep.interrupted = caught.name
+                sweep.stop_reason = (f"interrupted by {caught.name}: the running trials were stopped, recorded "
+                                     f"as failed and queued to run again")
+                launch.stop_all(config.study.stop_grace)
+                break
+        for worker in workers:
+            worker.join()
     if sweep.error is not None:
         raise sweep.error
     if sweep.stop_reason is None and finished(study) < config.study.n_trials and sweep.note is None:
@@ -405,23 +401,28 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     return study, sweep.stop_reason, sweep.note
 
 
+class Caught(threading.Event):
+    """Set by Ctrl+C or SIGTERM (what Slurm and Kubernetes send); `name` says which."""
+
+    name: str = ""
+
+
 @contextlib.contextmanager
-def interrupts() -> Iterator[threading.Event]:
-    """Turn Ctrl+C and SIGTERM into `Interrupted` in the main thread while the trials run; once
-    it is being handled, further signals are ignored so the jobs can be stopped and recorded."""
-    stopped = threading.Event()
+def interrupts() -> Iterator[Caught]:
+    """Catch Ctrl+C and SIGTERM while the trials run: the handler only records the signal, the
+    main thread then stops the jobs and the slots record their trials."""
+    caught = Caught()
 
     def handler(signum: int, frame: Any) -> None:
-        if not stopped.is_set():
-            stopped.set()
-            raise Interrupted(signal.Signals(signum).name)
+        caught.name = caught.name or signal.Signals(signum).name
+        caught.set()
 
     if threading.current_thread() is not threading.main_thread():
-        yield stopped
+        yield caught
         return
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield stopped
+        yield caught
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

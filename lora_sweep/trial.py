@@ -90,6 +90,7 @@ class Progress:
     evals: list[EvalEvent] = field(default_factory=list)
     eval_times: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    seen_event: bool = False
 
     @property
     def curve(self) -> list[list[float]]:
@@ -102,7 +103,10 @@ class Progress:
         return EvalEvent.of(found) if found else None
 
     def stall_limit(self, configured: float | None) -> float:
-        """Seconds of silence after which the job counts as hung."""
+        """Seconds of silence after which the job counts as hung. Before its first event (imports,
+        tokenizing, loading a large model) at least STALL_FLOOR_S."""
+        if not self.seen_event:
+            return max(configured or 0.0, STALL_FLOOR_S)
         if configured:
             return configured
         marks = [self.started, *self.eval_times]
@@ -142,6 +146,7 @@ def run_trial(config: StudyConfig, space: Space, study: optuna.Study, trial: opt
 
     def on_event(event: dict[str, Any]) -> bool:
         """Report each evaluation to the trial; True stops the job (pruned)."""
+        progress.seen_event = True
         if event["event"] == "start":
             progress.max_steps = event["max_steps"]
         if event["event"] != "eval":
