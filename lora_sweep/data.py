@@ -8,6 +8,7 @@ every end-of-turn, and the model would never learn to stop.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -63,25 +64,70 @@ def check_sample(obj: Any) -> list[str]:
     return problems
 
 
+# Byte-order marks and the codec each announces; the UTF-32 LE mark starts with the UTF-16 LE
+# one, so it is tried first. Notepad writes UTF-8 with a mark by default, UTF-16 as "Unicode".
+BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def text_lines(path: Path) -> list[tuple[int, str, str | None]]:
+    """The file's lines as (line number, text, why it cannot be decoded or None).
+
+    UTF-8 with or without a byte-order mark, or UTF-16/32 with one; lines end in LF, CRLF or CR.
+    """
+    raw = path.read_bytes()
+    skipped, encoding = 0, "utf-8"
+    for bom, name in BOMS:
+        if raw.startswith(bom):
+            skipped, encoding = len(bom), name
+            break
+    raw = raw[skipped:]
+    if encoding != "utf-8":  # decoded whole, then read through the same UTF-8 path as any file
+        try:
+            raw = raw.decode(encoding).encode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].decode(encoding, errors="replace").count("\n") + 1
+            return [(line, "", f"not {encoding.upper()} ({exc.reason} at byte {skipped + exc.start})")]
+    lines = []
+    for number, line in enumerate(raw.splitlines(), start=1):  # splits on LF, CRLF and CR only
+        try:
+            lines.append((number, line.decode("utf-8"), None))
+        except UnicodeDecodeError as exc:
+            column = len(line[: exc.start].decode("utf-8")) + 1  # in characters, as an editor counts
+            lines.append((number, "", f"not UTF-8 (byte 0x{line[exc.start]:02x} at column {column})"))
+    return lines
+
+
 def read_samples(path: str | Path) -> tuple[list[Sample], list[str]]:
     """Parse a JSON-lines chat file; return the samples and every problem as `file:line: ...`."""
     path = Path(path)
+    if path.is_dir():
+        return [], [f"{path}: is a directory, not a data file (data.dataset takes the folder holding "
+                    f"train.json and test.json)"]
     if not path.is_file():
         return [], [f"{path}: no such file"]
+    try:
+        lines = text_lines(path)
+    except OSError as exc:
+        return [], [f"{path}: cannot be read ({exc.strerror})"]
     samples, problems = [], []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            found = check_sample(obj)
-            problems += [f"{path}:{number}: {p}" for p in found]
-            if not found:
-                samples.append(obj)
+    for number, line, undecodable in lines:
+        if undecodable:
+            problems.append(f"{path}:{number}: {undecodable}")
+            continue
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        found = check_sample(obj)
+        problems += [f"{path}:{number}: {p}" for p in found]
+        if not found:
+            samples.append(obj)
     if not samples and not problems:
         problems.append(f"{path}: has no samples")
     return samples, problems
