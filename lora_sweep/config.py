@@ -544,8 +544,9 @@ class StudySection(Section):
     name: str = Field("lora-sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Study name.")
     storage: str | None = Field(
         None,
-        description="Optuna storage URL; default sqlite:///<dir>/<name>.db. A path ending in .log or "
-        "journal:///path uses the journal file storage; postgresql://... for many machines.",
+        description="Optuna storage URL; default $LORA_SWEEP_STORAGE, else sqlite:///<dir>/<name>.db. A path "
+        "ending in .log or journal:///path uses the journal file storage; postgresql://... for many machines "
+        "(its password may come from the file named by $LORA_SWEEP_STORAGE_PASSWORD_FILE; it is masked wherever shown).",
     )
     dir: str = Field("studies", description="Folder of the study's trial folders and tokenized cache.")
     n_trials: int = Field(20, ge=1, description="Trials to finish (completed or pruned); failed ones are re-tried.")
@@ -672,7 +673,10 @@ class StudyConfig(Section):
 
     @property
     def storage_url(self) -> str:
-        return self.study.storage or f"sqlite:///{Path(self.study.dir) / self.study.name}.db"
+        """study.storage, else $LORA_SWEEP_STORAGE (so a study YAML need not hold a server's
+        password), else the SQLite file beside the study folder."""
+        return (self.study.storage or os.environ.get("LORA_SWEEP_STORAGE")
+                or f"sqlite:///{Path(self.study.dir) / self.study.name}.db")
 
 
 def storage_file(url: str) -> tuple[str, str] | None:

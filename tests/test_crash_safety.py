@@ -118,7 +118,7 @@ def open_study(url: str) -> optuna.Study:
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
 def test_rerun_straight_after_a_kill_and_after_sigterm(storage, tiny_llama, chat_data, tmp_path):
     url = f"sqlite:///{tmp_path}/tiny.db" if storage == "sqlite" else str(tmp_path / "tiny.log")
-    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=2, storage=url,
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=1, storage=url, stop_grace=2,
                       heartbeat_interval=30, grace_period=600)  # heartbeats far from stale: the owner check acts
     tree["training"].update(num_training_steps=12)
     config = write_yaml(tmp_path / "study.yaml", tree)
@@ -154,7 +154,7 @@ def test_rerun_straight_after_a_kill_and_after_sigterm(storage, tiny_llama, chat
     assert f"trial {killed} failed: its worker process is gone (killed or crashed); its params run again" in proc.stderr
     study = open_study(url)
     states = [t.state for t in study.trials]
-    assert states.count(TrialState.COMPLETE) == 2 and TrialState.RUNNING not in states
+    assert states.count(TrialState.COMPLETE) == 1 and TrialState.RUNNING not in states
     assert study.trials[killed].state == TrialState.FAIL
     assert study.trials[killed + 1].params == study.trials[killed].params  # re-run, not re-sampled
     assert study.trials[killed + 1].user_attrs.get("baseline") == "documented defaults"
@@ -170,7 +170,7 @@ def test_a_hung_job_is_stopped_and_failed(tiny_llama, chat_data, tmp_path):
         "        time.sleep(3600)\n"
         "    return 1.0\n")
     tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=1, max_failures=1, stall_timeout=4,
-                      enqueue_defaults=False)
+                      enqueue_defaults=False, stop_grace=1)
     tree["objective"].update(metric="python:hangs:score", max_new_tokens=2)
     config = write_yaml(tmp_path / "study.yaml", tree)
     proc = run_module(["run", str(config)], cwd=tmp_path, timeout=120,
