@@ -102,7 +102,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from lora_sweep import dashboard
     from lora_sweep.config import load_study
 
-    return dashboard.serve(load_study(args.config, args.overrides), args.host, args.port)
+    return dashboard.serve(load_study(args.config, args.overrides), args.host, args.port, args.read_only)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -138,6 +138,8 @@ COMMANDS = {
     "dashboard": (cmd_dashboard, "serve optuna-dashboard on the study's storage", lambda p: (
         p.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free one)"),
         p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)"),
+        p.add_argument("--read-only", action="store_true",
+                       help="refuse every request that would change the study (notes, deletions, trial edits)"),
     )),
     "report": (cmd_report, "write the sweep report as one self-contained HTML file", lambda p: (
         p.add_argument("-o", "--output", help="default: <study.dir>/<name>/report.html"),
