@@ -20,14 +20,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study or job YAML and its data files, every problem at once."""
-    from lora_sweep import config as C
+    from lora_sweep.config import apply_overrides, creation_problem, is_study, load_job, load_study, read_yaml
     from lora_sweep.data import read_samples
 
-    tree = C.apply_overrides(C.read_yaml(args.config), args.overrides)
-    study = C.is_study(tree)
+    tree = apply_overrides(read_yaml(args.config), args.overrides)
+    study = is_study(tree)
     problems: list[str] = []
     try:
-        config = C.load_study(args.config, args.overrides) if study else C.load_job(args.config, args.overrides)
+        config = load_study(args.config, args.overrides) if study else load_job(args.config, args.overrides)
     except ConfigError as exc:
         problems += exc.problems
         config = None
@@ -50,7 +50,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from lora_sweep.sweep import make_pruner, make_sampler
 
         # loading refuses a study.dir under a file; a sweep must also be allowed to write there
-        problems += filter(None, [C.creation_problem(config.study.dir, "study.dir", writable=True)])
+        problems += filter(None, [creation_problem(config.study.dir, "study.dir", writable=True)])
         space = build_space(config)
         for check in (lambda: make_sampler(config, space), lambda: make_pruner(config)):
             try:

@@ -69,12 +69,12 @@ def study_note(study: optuna.Study, config: StudyConfig | None = None) -> str:
     sweep recorded in the study's user attrs comes first, `config` fills in what is missing."""
     import yaml
 
-    from lora_sweep import space as S
+    from lora_sweep.space import build_space, describe
 
     attrs = study.user_attrs
     tree = shown_config(attrs.get("config") or (config.model_dump(mode="json") if config else None))
     metric = attrs.get("metric") or (config.objective.metric if config else "the objective")
-    space = attrs.get("space") or (S.describe(S.build_space(config)) if config else {})
+    space = attrs.get("space") or (describe(build_space(config)) if config else {})
     directions = ", ".join(d.name.lower() for d in study.directions)
     lines = [f"**Objective**: {metric} ({directions})", ""]
     if space:

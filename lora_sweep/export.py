@@ -20,11 +20,6 @@ from lora_sweep.config import ConfigError, StudyConfig
 from lora_sweep.storage import load_existing
 
 
-def open_study(config: StudyConfig) -> optuna.Study:
-    """The study of `config`, for reading."""
-    return load_existing(config.storage_url, config.study.name)
-
-
 def pick_trial(study: optuna.Study, which: str) -> FrozenTrial:
     """`best` or a trial number; the trial must have completed with an adapter."""
     trials = study.get_trials(deepcopy=False)
@@ -58,7 +53,7 @@ def describe(config: StudyConfig, trial: FrozenTrial) -> dict[str, Any]:
 
 
 def best(config: StudyConfig) -> str:
-    study = open_study(config)
+    study = load_existing(config.storage_url, config.study.name)
     trial = pick_trial(study, "best")
     info = describe(config, trial)
     base = study.user_attrs.get("baseline", {}).get(config.objective.key)
@@ -98,7 +93,7 @@ def generate(config: StudyConfig, which: str, prompt: str | None, input_path: st
 
     if (prompt is None) == (input_path is None):
         raise ConfigError(["give exactly one of --prompt TEXT or --input file.jsonl"])
-    trial = None if base else pick_trial(open_study(config), which)
+    trial = None if base else pick_trial(load_existing(config.storage_url, config.study.name), which)
     conversations = ([[{"role": "user", "content": prompt}]] if prompt is not None
                      else read_conversations(input_path))
     system = config.data.inference_system_prompt or config.data.system_prompt
@@ -110,7 +105,7 @@ def generate(config: StudyConfig, which: str, prompt: str | None, input_path: st
 
 def export(config: StudyConfig, which: str, out: str, merge: bool) -> Path:
     """The trial's adapter (PEFT format) or, with `merge`, a full model folder; with a README."""
-    study = open_study(config)
+    study = load_existing(config.storage_url, config.study.name)
     trial = pick_trial(study, which)
     target = Path(out)
     if target.exists() and not target.is_dir():
