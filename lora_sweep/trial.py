@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -114,15 +115,19 @@ class Progress:
         return max(STALL_FLOOR_S, 3 * longest)
 
 
-def signal_text(returncode: int) -> str:
-    """`exited with code 1`, or `was killed by SIGKILL` for a negative return code."""
+def signal_text(returncode: int, log_tail: str = "") -> str:
+    """How a job ended: `exited with code 1`, `was killed by SIGKILL`, or `exited with code 1
+    (killed by SIGKILL)` when the launcher reports in its log that its process died of a signal."""
     if returncode < 0:
         try:
             return f"was killed by {signal.Signals(-returncode).name}"
         except ValueError:
             return f"was killed by signal {-returncode}"
+    killed = re.findall(r"died with <Signals\.(SIG\w+)", log_tail)  # accelerate's CalledProcessError
+    if killed:
+        return f"exited with code {returncode} (killed by {killed[-1]})"
     if returncode > 128 and returncode - 128 in signal.Signals._value2member_map_:
-        # the launcher reports a child killed by a signal as 128 + its number
+        # a shell reports a child killed by a signal as 128 + its number
         return f"exited with code {returncode} (killed by {signal.Signals(returncode - 128).name})"
     return f"exited with code {returncode}"
 
@@ -198,7 +203,7 @@ def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder
         elif errors:
             message = errors[-1]
         else:
-            message = f"job {signal_text(run.returncode)}"
+            message = f"job {signal_text(run.returncode, run.log_tail)}"
         trial.set_user_attr("error", message)
         trial.set_user_attr("log_tail", run.log_tail)
         trial.set_user_attr("stop_reason", "error")
@@ -235,5 +240,5 @@ def run_base_model(config: StudyConfig, space: Space, slot: list[int] | None) ->
     run = launch.run_job(folder / "job.yaml", folder, flags, lambda event: False, env=env,
                          module="lora_sweep.evaluate", stop_grace=config.study.stop_grace)
     if run.returncode != 0 or not (folder / "baseline.json").is_file():
-        raise TrialFailed(f"the base-model evaluation {signal_text(run.returncode)}; see {folder / 'train.log'}")
+        raise TrialFailed(f"the base-model evaluation {signal_text(run.returncode, run.log_tail)}; see {folder / 'train.log'}")
     return json.loads((folder / "baseline.json").read_text())

@@ -43,6 +43,8 @@ def test_exit_texts_name_the_signal():
     assert signal_text(-9) == "was killed by SIGKILL"
     assert signal_text(-15) == "was killed by SIGTERM"
     assert signal_text(137) == "exited with code 137 (killed by SIGKILL)"
+    launcher_log = "subprocess.CalledProcessError: Command '['python', '-m', 'lora_sweep.train']' died with <Signals.SIGKILL: 9>."
+    assert signal_text(1, launcher_log) == "exited with code 1 (killed by SIGKILL)"
 
 
 def test_stall_limit_grows_with_the_evaluation_intervals():
