@@ -199,7 +199,9 @@ class Sweep:
             need = self.needs_trial()
             if need is not True:
                 return need
-            trial = self.study.ask()
+            with warnings.catch_warnings():  # heartbeats are recorded by `heartbeat` below, as optimize does
+                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+                trial = self.study.ask()
             trial.set_user_attr(OWNER_ATTR, this_worker())
             return trial, suggest(trial, self.space)
 
@@ -333,7 +335,9 @@ def setup_study(config: StudyConfig, space: Space, study: optuna.Study) -> None:
     study.set_user_attr("config", shown_config(config.model_dump(mode="json")))  # a password is never stored
     study.set_user_attr("metric", config.objective.metric)
     study.set_user_attr("space", describe(space))
-    study.set_metric_names([config.objective.metric, *([config.objective.also] if config.objective.also else [])])
+    with warnings.catch_warnings():  # the dashboard shows the metric's name, not "Objective 0"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([config.objective.metric, *([config.objective.also] if config.objective.also else [])])
     if config.study.enqueue_defaults:
         params, notes = default_params(config, space)
         study.enqueue_trial(params, user_attrs={"baseline": "documented defaults"})
