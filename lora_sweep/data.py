@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 IGNORE = -100  # label of a token the loss skips
 ROLES = ("system", "user", "assistant")
 MAX_PROBLEMS = 20  # per file; the rest are counted, not listed
-CACHE_VERSION = 1  # bump when the tokenized format or the rendering changes
+CACHE_VERSION = 2  # bump when the tokenized format or the rendering changes
 
 # Used when a tokenizer has no chat template of its own.
 FALLBACK_TEMPLATE = (
@@ -37,6 +37,7 @@ FALLBACK_TEMPLATE = (
 )
 
 Sample = dict[str, Any]
+Row = tuple[list[int], list[int]]  # token ids and their labels
 
 
 # ---------------------------------------------------------------- reading and checking
@@ -246,7 +247,7 @@ class Rows:
     offsets: torch.Tensor
 
     @classmethod
-    def of(cls, rows: list[tuple[list[int], list[int]]]) -> Rows:
+    def of(cls, rows: list[Row]) -> Rows:
         lengths = torch.tensor([0] + [len(r[0]) for r in rows], dtype=torch.int64)
         return cls(
             ids=torch.tensor([t for r in rows for t in r[0]], dtype=torch.int64),
@@ -265,7 +266,7 @@ class Rows:
         return (self.offsets[1:] - self.offsets[:-1]).tolist()
 
 
-def pack(examples: list[tuple[list[int], list[int]]], seqlen: int, keep_tail: bool) -> Rows:
+def pack(examples: list[Row], seqlen: int, keep_tail: bool) -> list[Row]:
     """Concatenate examples end to end and cut rows of exactly `seqlen` tokens.
 
     The tail shorter than a row is dropped for training (no padding at all) and kept as a
@@ -276,17 +277,37 @@ def pack(examples: list[tuple[list[int], list[int]]], seqlen: int, keep_tail: bo
     rows = [(ids[a : a + seqlen], labels[a : a + seqlen]) for a in range(0, len(ids), seqlen)]
     if rows and len(rows[-1][0]) < seqlen and not keep_tail:
         rows.pop()
-    return Rows.of(rows)
+    return rows
 
 
-def truncate(examples: list[tuple[list[int], list[int]]], seqlen: int) -> Rows:
+def truncate(examples: list[Row], seqlen: int) -> list[Row]:
     """Each example alone, cut to `seqlen` tokens (padded per batch by the collator)."""
-    return Rows.of([(e[0][:seqlen], e[1][:seqlen]) for e in examples])
+    return [(e[0][:seqlen], e[1][:seqlen]) for e in examples]
+
+
+def labelled(rows: list[Row]) -> tuple[Rows, int]:
+    """The rows holding at least one labelled token, and how many did not.
+
+    A batch of rows without a label has a loss of 0/0 (NaN) in training and evaluation,
+    and such a row teaches nothing anyway: it is dropped.
+    """
+    kept = [r for r in rows if any(label != IGNORE for label in r[1])]
+    return Rows.of(kept), len(rows) - len(kept)
+
+
+def answer_span(labels: list[int]) -> tuple[int, int]:
+    """Index of the first answer token and one past the last (len, 0 when there is none)."""
+    marked = [i for i, label in enumerate(labels) if label != IGNORE]
+    return (marked[0], marked[-1] + 1) if marked else (len(labels), 0)
 
 
 class RowDataset(torch.utils.data.Dataset):
+    """Rows as {"input_ids", "labels"} items; `lengths` (tokens per row) serve a length-grouped
+    sampler (transformers' LengthGroupedSampler takes them as `lengths=`)."""
+
     def __init__(self, rows: Rows):
         self.rows = rows
+        self.lengths = rows.lengths()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -298,12 +319,20 @@ class RowDataset(torch.utils.data.Dataset):
 
 @dataclass
 class Collator:
-    """Pads a batch to its longest row; padding is masked from attention and loss by position."""
+    """Pads a batch to its longest row; padding is masked from attention and loss by position.
+
+    `real_tokens` and `batch_tokens` count, over every batch collated so far in this process,
+    the row tokens and the tokens of the padded batches: their ratio is the real-token share.
+    """
 
     pad_id: int
+    real_tokens: int = 0
+    batch_tokens: int = 0
 
     def __call__(self, batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         width = max(len(item["input_ids"]) for item in batch)
+        self.real_tokens += sum(len(item["input_ids"]) for item in batch)
+        self.batch_tokens += width * len(batch)
         if all(len(item["input_ids"]) == width for item in batch):  # packed rows: nothing to pad
             ids = torch.stack([item["input_ids"] for item in batch])
             return {"input_ids": ids, "labels": torch.stack([item["labels"] for item in batch]),
@@ -326,9 +355,20 @@ class Collator:
 
 @dataclass
 class Tokenized:
+    """Both sides' rows, and what became of the samples.
+
+    `stats` (flat, for the job's start event and `answer_warning`): train_rows / test_rows
+    (rows kept), *_rows_without_labels (rows dropped for holding no labelled token),
+    *_answers_cut (samples whose first answer token lies at or past the seqlen: cut away in
+    varied rows, trained without the start of their prompt in packed rows) and
+    seqlen_to_keep_answers (tokens: the smallest seqlen at which truncating each sample
+    alone keeps every answer whole). `details` holds per side the token counts and shares.
+    """
+
     train: Rows
     test: Rows
-    stats: dict[str, Any]
+    stats: dict[str, int | float]
+    details: dict[str, dict[str, int | float]]
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -358,45 +398,81 @@ def cache_path(data: DataSection, seed: int, tokenizer: Any) -> Path:
 
 
 def tokenize(data: DataSection, seed: int, tokenizer: Any, train: list[Sample], test: list[Sample]) -> Tokenized:
-    """Render, label and pack (or truncate) both sides."""
+    """Render, label and pack (or truncate) both sides; drop the rows without a label."""
     template = chat_template(tokenizer)
     sides = {}
-    stats: dict[str, Any] = {}
+    stats: dict[str, int | float] = {}
+    details: dict[str, dict[str, int | float]] = {}
     for side, samples, n, seqlen in (
         ("train", train, data.train_nsamples, data.train_seqlen),
         ("test", test, data.test_nsamples, data.test_seqlen),
     ):
         picked = select(samples, n, seed)
-        examples = [
-            tokenize_sample(tokenizer, with_system_prompt(s["messages"], data.system_prompt), template,
-                            data.train_on_prompt)
-            for s in picked
-        ]
+        examples, spans = [], []
+        for sample in picked:
+            messages = with_system_prompt(sample["messages"], data.system_prompt)
+            ids, answers = tokenize_sample(tokenizer, messages, template, train_on_prompt=False)
+            examples.append((ids, ids if data.train_on_prompt else answers))  # prompt labels == its ids
+            spans.append(answer_span(answers))
+        keep = max(end for _, end in spans)
         rows = truncate(examples, seqlen) if data.varied_seqlen else pack(examples, seqlen, keep_tail=side == "test")
-        if not len(rows):
-            total = sum(len(e[0]) for e in examples)
+        sample_tokens = sum(len(e[0]) for e in examples)
+        if not rows:
             raise ConfigError(
-                [f"data.{side}_seqlen ({seqlen}) is longer than all {side} data together ({total} tokens): "
+                [f"data.{side}_seqlen ({seqlen}) is longer than all {side} data together ({sample_tokens} tokens): "
                  f"lower it or add samples"], "data")
-        if not (rows.labels != IGNORE).any():
-            raise ConfigError([f"{side} data has no labelled tokens after cutting to {seqlen} tokens: "
-                               f"raise data.{side}_seqlen"], "data")
-        stored = sum(rows.lengths())
-        padded = len(rows) * max(rows.lengths())  # tokens a batch of the longest rows would hold
-        stats[side] = {
+        kept, dropped = labelled(rows)
+        if not len(kept):
+            raise ConfigError([f"{side} data has no labelled tokens after cutting to {seqlen} tokens: raise "
+                               f"data.{side}_seqlen ({keep} keeps every answer)"], "data")
+        stats[f"{side}_rows"] = len(kept)
+        stats[f"{side}_rows_without_labels"] = dropped
+        stats[f"{side}_answers_cut"] = sum(start >= seqlen for start, _ in spans)
+        stats["seqlen_to_keep_answers"] = max(stats.get("seqlen_to_keep_answers", 0), keep)
+        stored = sum(kept.lengths())
+        padded = len(kept) * max(kept.lengths())  # tokens a batch of the longest rows would hold
+        details[side] = {
             "samples": len(picked),
-            "sample_tokens": sum(len(e[0]) for e in examples),
-            "rows": len(rows),
+            "sample_tokens": sample_tokens,
+            "rows": len(kept),
             "tokens": stored,
-            "labelled_tokens": int((rows.labels != IGNORE).sum()),
+            "labelled_tokens": int((kept.labels != IGNORE).sum()),
             "truncated_samples": sum(len(e[0]) > seqlen for e in examples) if data.varied_seqlen else 0,
             # real (non-pad) tokens over the tokens of rows padded to the longest one
             "real_token_share": stored / padded,
-            # tokens that made it into rows over the tokens of the samples (packing drops a tail)
-            "kept_token_share": stored / sum(len(e[0]) for e in examples),
+            # tokens that made it into rows over the tokens of the samples (packing drops a tail,
+            # and rows without a label are dropped)
+            "kept_token_share": stored / sample_tokens,
         }
-        sides[side] = rows
-    return Tokenized(sides["train"], sides["test"], stats)
+        sides[side] = kept
+    return Tokenized(sides["train"], sides["test"], stats, details)
+
+
+def answer_warning(stats: dict[str, int | float], data: DataSection) -> str | None:
+    """The one line to warn with when the seqlen cuts answers away or rows lost every label
+    (None when neither happened); `stats` is Tokenized.stats of `data`."""
+    parts, names = [], []
+    for side in ("train", "test"):
+        seqlen, rows = getattr(data, f"{side}_seqlen"), stats[f"{side}_rows"]
+        cut, dropped = stats[f"{side}_answers_cut"], stats[f"{side}_rows_without_labels"]
+        found = []
+        if data.varied_seqlen and cut:
+            fate = "their rows were dropped" if dropped else "their rows keep only prompt tokens"
+            found.append(f"{cut} of {rows + dropped} {side} samples have answers that {side}_seqlen {seqlen} "
+                         f"cuts away ({fate})")
+        if not data.varied_seqlen and dropped:
+            found.append(f"{dropped} of {rows + dropped} packed {side} rows hold no answer token (dropped)")
+        if not data.varied_seqlen and cut:
+            found.append(f"{cut} {side} samples have prompts that fill {side}_seqlen {seqlen} "
+                         f"(their answers lose the prompt's start)")
+        parts += found
+        names += [f"{side}_seqlen"] if found else []
+    if not parts:
+        return None
+    keep = f"{' and '.join(names)} {stats['seqlen_to_keep_answers']}"
+    if data.varied_seqlen:
+        return f"{'; '.join(parts)}; {keep} would keep them"
+    return f"{'; '.join(parts)}; varied_seqlen: true with {keep} would keep every answer with its whole prompt"
 
 
 def prepare(
@@ -410,13 +486,15 @@ def prepare(
     if path.is_file():
         blob = torch.load(path, weights_only=True)
         log.info("tokenized data from cache %s", path)
-        return Tokenized(Rows(**blob["train"]), Rows(**blob["test"]), json.loads(blob["stats"]))
+        return Tokenized(Rows(**blob["train"]), Rows(**blob["test"]), json.loads(blob["stats"]),
+                         json.loads(blob["details"]))
     train, test = samples or load_samples(data)
     tokenized = tokenize(data, seed, tokenizer, train, test)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(
-        {"train": vars(tokenized.train), "test": vars(tokenized.test), "stats": json.dumps(tokenized.stats)},
+        {"train": vars(tokenized.train), "test": vars(tokenized.test), "stats": json.dumps(tokenized.stats),
+         "details": json.dumps(tokenized.details)},
         tmp,
     )
     os.replace(tmp, path)  # atomic: trials reading the cache never see half a file

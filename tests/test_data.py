@@ -103,16 +103,16 @@ def test_fallback_template_when_tokenizer_has_none(tok, caplog):
 
 def test_packing_rows_exact_and_test_tail_kept():
     examples = [([1] * n, [2] * n) for n in (10, 7, 12, 5)]  # 34 tokens
-    train = D.pack(examples, 8, keep_tail=False)
+    train = D.Rows.of(D.pack(examples, 8, keep_tail=False))
     assert train.lengths() == [8, 8, 8, 8]  # the 2-token tail is dropped, no padding
     assert train.ids.tolist() == [1] * 32
-    test = D.pack(examples, 8, keep_tail=True)
+    test = D.Rows.of(D.pack(examples, 8, keep_tail=True))
     assert test.lengths() == [8, 8, 8, 8, 2]
 
 
 def test_varied_rows_truncate_and_collator_pads_by_position(tok):
     examples = [([5, 6, 7, 8, 9], [-100, -100, 7, 8, 9]), ([5, 6], [-100, 6])]
-    rows = D.truncate(examples, 4)
+    rows = D.Rows.of(D.truncate(examples, 4))
     assert rows.lengths() == [4, 2]
     batch = D.Collator(pad_id=tok.pad_token_id)([D.RowDataset(rows)[0], D.RowDataset(rows)[1]])
     pad = tok.pad_token_id
@@ -141,11 +141,11 @@ D_COLOURS = ["red", "green", "blue", "yellow"]
 def test_packed_share_and_cache(tmp_path, tok):
     data = section(tmp_path, train_seqlen=64, test_seqlen=64)
     first = D.prepare(data, 42, tok)
-    stats = first.stats["train"]
+    stats = first.details["train"]
     assert set(first.train.lengths()) == {64}
     assert stats["real_token_share"] == 1.0  # no padding at all
     assert stats["tokens"] == 64 * stats["rows"] and 0 <= stats["sample_tokens"] - stats["tokens"] < 64
-    assert stats["samples"] == 24 and first.stats["test"]["samples"] == 8
+    assert stats["samples"] == 24 and first.details["test"]["samples"] == 8
     cached = list((tmp_path / "cache").glob("*.pt"))
     assert len(cached) == 1
     again = D.prepare(data, 42, tok)  # from the cache: same tensors
@@ -165,8 +165,8 @@ def test_nsamples_pick_is_deterministic_by_seed(tmp_path):
 def test_varied_seqlen_stats(tmp_path, tok):
     data = section(tmp_path, varied_seqlen=True, train_seqlen=22, test_seqlen=64)
     out = D.prepare(data, 42, tok)
-    assert max(out.train.lengths()) == 22 and out.stats["train"]["truncated_samples"] == 24
-    assert out.stats["test"]["truncated_samples"] == 0 and len(out.test) == 8
+    assert max(out.train.lengths()) == 22 and out.details["train"]["truncated_samples"] == 24
+    assert out.details["test"]["truncated_samples"] == 0 and len(out.test) == 8
 
 
 def test_seqlen_longer_than_all_data_is_refused(tmp_path, tok):
