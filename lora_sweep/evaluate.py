@@ -1,14 +1,18 @@
 """Evaluation beyond the loss: the model answers each test conversation, a scorer compares
-the answer with the reference (the conversation's last assistant message).
+the answer with the reference (the conversation's last assistant message). Also the loss itself
+(one function for the Trainer and for evaluations outside it), and the AI Toolkit's compare step:
+the base model's and the adapter's answers to a file of prompts, side by side.
 
     python -m lora_sweep.evaluate job.yaml [--adapter DIR]     # the base-model baseline
 
-Generation is greedy and batched (left padding, answers decoded without special tokens).
+Generation is batched (left padding, answers decoded without special tokens), greedy unless a
+temperature is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -19,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import set_seed
+from transformers.loss.loss_utils import ForCausalLMLoss
 
 from lora_sweep import data as D
-from lora_sweep.config import ConfigError, DataSection, JobConfig, ObjectiveSection, load_job
-from lora_sweep.models import load_for_inference
-from lora_sweep.scorers import Scorer, load_scorer
+from lora_sweep.config import CompareSection, ConfigError, DataSection, JobConfig, ObjectiveSection, load_job
+from lora_sweep.models import ModelNotFoundError, load_for_inference, resolve_model
+from lora_sweep.scorers import Scorer, ScorerError, load_scorer
+from lora_sweep.scorers import check_scorer as try_scorer
 
 log = logging.getLogger("lora_sweep.evaluate")
 
@@ -31,18 +38,26 @@ log = logging.getLogger("lora_sweep.evaluate")
 @dataclass
 class Prompt:
     messages: list[dict]  # the conversation up to its last assistant message
-    reference: str  # that message
-    sample: dict  # the whole test sample, for user scorers
+    reference: str | None  # that message (a compare file's line may have none)
+    sample: dict  # the whole test sample (or compare line), for user scorers
 
 
-def prompts(data: DataSection, seed: int, samples: list[dict], system_prompt: str | None) -> list[Prompt]:
+def prompt_of(sample: dict, system_prompt: str | None) -> Prompt:
+    """A chat sample as a prompt: the conversation up to its last answer, and that answer."""
+    messages = D.with_system_prompt(sample["messages"], system_prompt)
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return Prompt(messages[:last], messages[last]["content"], sample)
+
+
+def generation_system_prompt(data: DataSection) -> str | None:
+    """The system prompt of generated answers: data.inference_system_prompt, else data.system_prompt."""
+    return data.inference_system_prompt or data.system_prompt
+
+
+def prompts(data: DataSection, seed: int, samples: list[dict]) -> list[Prompt]:
     """The test conversations to answer: the same samples the loss is measured on."""
-    out = []
-    for sample in D.select(samples, data.test_nsamples, seed):
-        messages = D.with_system_prompt(sample["messages"], system_prompt)
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        out.append(Prompt(messages[:last], messages[last]["content"], sample))
-    return out
+    system_prompt = generation_system_prompt(data)
+    return [prompt_of(sample, system_prompt) for sample in D.select(samples, data.test_nsamples, seed)]
 
 
 def stop_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -54,8 +69,9 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
 
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, conversations: list[list[dict]], max_new_tokens: int,
-             batch_size: int) -> list[str]:
-    """Greedy answers to each conversation, batched; shortest prompts together to pad little."""
+             batch_size: int, temperature: float = 0.0) -> list[str]:
+    """Answers to each conversation, batched, shortest prompts together to pad little: greedy, or
+    sampled at `temperature` (> 0; seed torch first for answers that repeat)."""
     template = D.chat_template(tokenizer)
     texts = [D.render(tokenizer, c, template, generation_prompt=True) for c in conversations]
     encoded = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
@@ -63,6 +79,8 @@ def generate(model: Any, tokenizer: Any, conversations: list[list[dict]], max_ne
     answers: list[str] = [""] * len(encoded)
     device = next(model.parameters()).device
     eos = stop_ids(model, tokenizer)
+    # a temperature only with sampling: transformers warns about one given to greedy decoding
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     was_training = model.training
     model.eval()
     for start in range(0, len(order), batch_size):
@@ -73,7 +91,7 @@ def generate(model: Any, tokenizer: Any, conversations: list[list[dict]], max_ne
         for row, i in enumerate(batch):  # left padding: every answer starts at the same column
             ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
             mask[row, width - len(encoded[i]):] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **sampling,
                              max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
         for row, i in enumerate(batch):
             answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
@@ -82,12 +100,13 @@ def generate(model: Any, tokenizer: Any, conversations: list[list[dict]], max_ne
 
 
 class GenerationMetric:
-    """Scores a model on the test conversations with the objective's scorer."""
+    """Scores a model on the test conversations with the objective's scorer (from check_scorer)."""
 
-    def __init__(self, objective: ObjectiveSection, data: DataSection, seed: int, test_samples: list[dict]):
+    def __init__(self, objective: ObjectiveSection, data: DataSection, seed: int, test_samples: list[dict],
+                 scorer: Scorer):
         self.objective = objective
-        self.scorer: Scorer = load_scorer(objective.metric, objective.regex)
-        self.prompts = prompts(data, seed, test_samples, data.inference_system_prompt or data.system_prompt)
+        self.scorer = scorer
+        self.prompts = prompts(data, seed, test_samples)
 
     def __call__(self, model: Any, tokenizer: Any) -> tuple[float, list[dict[str, Any]]]:
         """Mean score and per-sample records (input, reference, prediction, score)."""
@@ -101,23 +120,35 @@ class GenerationMetric:
         return sum(r["score"] for r in records) / len(records), records
 
 
-def check_scorer(objective: ObjectiveSection, test_samples: list[dict]) -> None:
-    """Try the scorer on the first test answer against itself, before anything runs: a user
-    scorer that fails or returns a non-number is reported now, not in every trial."""
+def check_scorer(objective: ObjectiveSection, test_samples: list[dict]) -> Scorer | None:
+    """The objective's scorer (None for a loss objective), loaded once and tried on the first test
+    answer against itself within a time limit, before anything runs: a user scorer that fails,
+    hangs or returns a non-number is a ConfigError now, not in every trial."""
     if not objective.is_generation:
-        return
-    scorer = load_scorer(objective.metric, objective.regex)
-    sample = test_samples[0]
-    reference = [m for m in sample["messages"] if m["role"] == "assistant"][-1]["content"]
+        return None
     try:
-        scorer(reference, reference, sample)
-    except Exception as exc:  # the user's code: anything can come out of it
+        scorer = try_scorer(objective.metric, objective.regex, test_samples[0])
+    except ScorerError as exc:
         raise ConfigError([f"objective.metric: {exc}"]) from None
+    # until scorers.check_scorer returns the scorer it loaded (a module import is cached anyway)
+    return scorer or load_scorer(objective.metric, objective.regex)
 
 
 def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def causal_lm_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+                   ) -> torch.Tensor:
+    """The job's loss (Trainer's `compute_loss_func`): next-token cross-entropy summed over the
+    labelled tokens and divided by the labelled tokens of the whole accumulated batch (Trainer's
+    `num_items_in_batch`; this batch's when not given). A batch without a labelled token adds 0 to
+    the loss and the gradient, where transformers' own loss would give 0/0 = NaN."""
+    if num_items_in_batch is None:
+        num_items_in_batch = (labels[..., 1:] != D.IGNORE).sum()  # token i predicts token i + 1
+    count = torch.clamp(torch.as_tensor(num_items_in_batch), min=1)
+    return ForCausalLMLoss(outputs.logits, labels, outputs.logits.size(-1), num_items_in_batch=count)
 
 
 @torch.no_grad()
@@ -129,7 +160,8 @@ def eval_loss(model: Any, rows: D.Rows, batch_size: int, pad_id: int) -> float:
     for start in range(0, len(rows), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(rows)))]
         batch = {k: v.to(device) for k, v in collate(items).items()}
-        total += model(**batch).loss.item() * len(items)
+        labels = batch.pop("labels")
+        total += causal_lm_loss(model(**batch), labels).item() * len(items)
     return total / len(rows)
 
 
@@ -137,19 +169,108 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))  # exp(710) overflows a float
 
 
+# ---------------------------------------------------------------- finding the model
+
+
+def find_model(name_or_path: str) -> str:
+    """What from_pretrained should load (resolve_model), or a ConfigError when there is nothing to
+    load: no such folder, or a hub id that is not in the Hugging Face cache while downloads are off.
+    A hub id that is not cached, with downloads on, is left to from_pretrained (see no_model)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        path = resolve_model(name_or_path)
+    except ModelNotFoundError as exc:
+        raise ConfigError([f"model.name_or_path: {exc}"]) from None
+    if Path(path).is_dir():
+        return path
+    try:
+        cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
+    except ValueError:  # not even the form of a hub id: a folder that is not there
+        raise ConfigError([f"model.name_or_path: no model at {name_or_path!r} (no such folder)"]) from None
+    if not cached and constants.HF_HUB_OFFLINE:
+        raise no_model(name_or_path, "HF_HUB_OFFLINE is set, so nothing is downloaded")
+    return path
+
+
+def no_model(name_or_path: str, why: str) -> ConfigError:
+    """The one-line error for a model found neither on disk nor in the Hugging Face cache or hub."""
+    return ConfigError([f"model.name_or_path: no model at {name_or_path!r} (not a local folder, and not in the "
+                        f"Hugging Face cache; {why})"])
+
+
+# ---------------------------------------------------------------- the compare step
+
+
+def read_compare(section: CompareSection, data: DataSection) -> list[Prompt]:
+    """The compare file's prompts: one JSON object a line, the AI Toolkit's `{"query": ...,
+    "response": ...}` (response optional) or a chat sample as in test.json; with the system prompt
+    of generation. Every problem at once, as `file:line: ...`, in one ConfigError."""
+    path, system_prompt = Path(section.file), generation_system_prompt(data)
+    prompts_, problems = [], []
+    for number, line, undecodable in D.text_lines(path):
+        problem = undecodable
+        if not problem and line.strip():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problem = f"not valid JSON ({exc.msg} at column {exc.colno})"
+            else:
+                prompt, problem = compare_prompt(obj, system_prompt)
+                prompts_ += [prompt] if prompt else []
+        problems += [f"{path}:{number}: {problem}"] if problem else []
+    if not prompts_ and not problems:
+        problems.append(f"{path}: has no prompts")
+    if problems:
+        raise ConfigError(D.capped(problems), "compare.file")
+    return prompts_
+
+
+def compare_prompt(obj: Any, system_prompt: str | None) -> tuple[Prompt | None, str | None]:
+    """One line of a compare file as a prompt, or what is wrong with it."""
+    if isinstance(obj, dict) and "query" in obj:
+        query, response = obj["query"], obj.get("response")
+        if not isinstance(query, str) or not isinstance(response, (str, type(None))):
+            return None, '"query" (and "response", if given) must be strings'
+        messages = D.with_system_prompt([{"role": "user", "content": query}], system_prompt)
+        return Prompt(messages, response, obj), None
+    problems = D.check_sample(obj)
+    if problems:
+        return None, f'{problems[0]} (a line is {{"query": ..., "response": ...}} or a chat sample)'
+    return prompt_of(obj, system_prompt), None
+
+
+def compare(config: JobConfig, adapter: str | Path, prompts_: list[Prompt]) -> list[dict[str, Any]]:
+    """The base model's and the adapter's answers to each prompt, sampled at compare.temperature
+    with training.seed (each side from the same seed), as compare.jsonl's records."""
+    model, tokenizer = load_for_inference(config.model, adapter)
+    objective = config.objective
+    ask = functools.partial(generate, model, tokenizer, [p.messages for p in prompts_], objective.max_new_tokens,
+                            objective.generation_batch_size, config.compare.temperature)
+    set_seed(config.training.seed)
+    with model.disable_adapter():  # the base model is these weights without the LoRA update
+        base = ask()
+    set_seed(config.training.seed)
+    tuned = ask()
+    return [{"prompt": p.messages, "reference": p.reference, "base": b, "adapter": a}
+            for p, b, a in zip(prompts_, base, tuned)]
+
+
 def evaluate_model(config: JobConfig, adapter: str | Path | None = None) -> dict[str, Any]:
     """Loss, perplexity and (for a generation objective) the metric of the base model, or of
     the base model with `adapter`; writes baseline.json and predictions.jsonl to output_dir."""
     started = time.time()
     train_samples, test_samples = D.load_samples(config.data)
+    scorer = check_scorer(config.objective, test_samples)
+    find_model(config.model.name_or_path)
     model, tokenizer = load_for_inference(config.model, adapter)
     tokenized = D.prepare(config.data, config.training.seed, tokenizer, (train_samples, test_samples))
     loss = eval_loss(model, tokenized.test, config.data.test_batch_size, tokenizer.pad_token_id)
     result: dict[str, Any] = {"eval_loss": loss, "perplexity": perplexity(loss), "metric": config.objective.metric}
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if config.objective.is_generation:
-        metric = GenerationMetric(config.objective, config.data, config.training.seed, test_samples)
+    if scorer is not None:
+        metric = GenerationMetric(config.objective, config.data, config.training.seed, test_samples, scorer)
         result["score"], records = metric(model, tokenizer)
         write_predictions(out / "predictions.jsonl", records)
     result["wall_time_s"] = round(time.time() - started, 3)

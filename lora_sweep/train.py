@@ -4,7 +4,9 @@
     accelerate launch <flags> -m lora_sweep.train job.yaml
 
 Leaves in `output_dir`: config.yaml (what ran), events.jsonl, adapter/ (the adapter of the
-best evaluation), result.json, and Trainer checkpoints under checkpoints/.
+best evaluation), result.json, Trainer checkpoints under checkpoints/, and with compare.enabled
+compare.jsonl (the base model's and the adapter's answers to the compare file's prompts).
+With training.skip_finetune it trains nothing: it evaluates (and compares) model.adapter_path.
 """
 
 from __future__ import annotations
@@ -35,9 +37,21 @@ from transformers.utils import logging as hf_logging
 
 from lora_sweep import data as D
 from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job
-from lora_sweep.evaluate import GenerationMetric, check_scorer, perplexity, write_predictions
-from lora_sweep.events import PARENT_PID_ENV, EventLog
-from lora_sweep.models import load_tokenizer, pick_dtype, resolve_model
+from lora_sweep.evaluate import (
+    GenerationMetric,
+    Prompt,
+    causal_lm_loss,
+    check_scorer,
+    compare,
+    eval_loss,
+    find_model,
+    no_model,
+    perplexity,
+    read_compare,
+    write_predictions,
+)
+from lora_sweep.events import PARENT_PID_ENV, EventLog, better
+from lora_sweep.models import load_for_inference, load_tokenizer, pick_dtype
 
 log = logging.getLogger("lora_sweep.train")
 
@@ -100,6 +114,14 @@ CHECKPOINTING = (
     if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
     else "gradient_checkpointing"
 )
+# Batches of rows of similar length (transformers' LengthGroupedSampler: a shuffle seeded by
+# training.seed, sorted by length within groups of 4 x 50 batches at most); later 5.x versions
+# name it as a sampling strategy.
+GROUP_BY_LENGTH = (
+    {"train_sampling_strategy": "group_by_length"}
+    if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
+    else {"group_by_length": True}
+)
 
 
 def training_arguments(config: JobConfig, out: Path, max_steps: int, warmup: int, dtype: torch.dtype) -> TrainingArguments:
@@ -137,6 +159,7 @@ def training_arguments(config: JobConfig, out: Path, max_steps: int, warmup: int
         fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu,
         include_num_input_tokens_seen="non_padding",
+        **(GROUP_BY_LENGTH if d.varied_seqlen else {}),  # packed rows all have the same length
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient
         remove_unused_columns=False,
         disable_tqdm=True,  # events and log lines show progress
@@ -155,7 +178,7 @@ class Reporter(TrainerCallback):
     """
 
     def __init__(self, config: JobConfig, events: EventLog, max_steps: int, tokenizer: Any,
-                 metric: GenerationMetric | None):
+                 metric: GenerationMetric | None, collator: D.Collator | None = None):
         self.objective = config.objective
         self.out = Path(config.output_dir)
         self.events = events
@@ -166,6 +189,23 @@ class Reporter(TrainerCallback):
         self.evals: list[dict[str, Any]] = []
         self.eval_seconds = 0.0  # evaluations, generation included
         self.save_seconds = 0.0  # best-adapter saves
+        # The collator counts every batch, evaluations' too: the tokens collated up to a step's end
+        # (evaluations come after it) less those of evaluations are the training batches' (real, padded).
+        self.collator = collator
+        self.train_tokens = (0, 0)
+        self.eval_tokens = (0, 0)
+
+    def collated(self) -> tuple[int, int]:
+        return (self.collator.real_tokens, self.collator.batch_tokens) if self.collator else (0, 0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        (real, padded), (eval_real, eval_padded) = self.collated(), self.eval_tokens
+        self.train_tokens = (real - eval_real, padded - eval_padded)
+
+    def real_token_share(self) -> float | None:
+        """Real tokens over the tokens of the padded training batches (this process's)."""
+        real, padded = self.train_tokens
+        return round(real / padded, 4) if padded else None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
@@ -179,6 +219,8 @@ class Reporter(TrainerCallback):
         )
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        (real, padded), (train_real, train_padded) = self.collated(), self.train_tokens
+        self.eval_tokens = (real - train_real, padded - train_padded)
         loss = metrics["eval_loss"]
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"evaluation loss is {loss} at step {state.global_step}")
@@ -195,8 +237,10 @@ class Reporter(TrainerCallback):
             began = time.time()
             record["score"], records = self.metric(model, self.tokenizer)
             self.eval_seconds += time.time() - began
-        value = record.get(self.objective.key)
-        improved = value is not None and self.objective.better(value, self.best and self.best[self.objective.key])
+        value, best = record.get(self.objective.key), self.best or {}
+        # on equal values (a generation metric often ties) the lower eval loss wins
+        improved = value is not None and better(self.objective.direction, value, record["eval_loss"],
+                                                best.get(self.objective.key), best.get("eval_loss"))
         if improved:
             self.best = record
             if main_process:
@@ -250,9 +294,15 @@ def run(config: JobConfig) -> dict[str, Any]:
     """Run the job; return result.json's content. Raises ConfigError before writing anything."""
     started = time.time()
     samples = D.load_samples(config.data)  # every data problem, before any model is loaded
-    check_scorer(config.objective, samples[1])
-    model_path = resolve_model(config.model.name_or_path)
-    tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
+    scorer = check_scorer(config.objective, samples[1])  # loaded once, here
+    compared = read_compare(config.compare, config.data) if config.compare.enabled else None
+    if config.training.skip_finetune:
+        check_adapter(config.model.adapter_path)
+    model_path = find_model(config.model.name_or_path)
+    try:
+        tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
+    except OSError as exc:  # a hub id that is neither cached nor on the hub, or no network
+        raise no_model(config.model.name_or_path, str(exc).splitlines()[0]) from None
     tokenized = D.prepare(config.data, config.training.seed, tokenizer, samples)
 
     out = Path(config.output_dir)
@@ -263,16 +313,40 @@ def run(config: JobConfig) -> dict[str, Any]:
     events = EventLog(out / "events.jsonl", enabled=main_process)
     try:
         metric = None
-        if config.objective.is_generation:
-            metric = GenerationMetric(config.objective, config.data, config.training.seed, samples[1])
-        result = fit(config, model_path, tokenizer, tokenized, events, started, metric)
+        if scorer is not None:
+            metric = GenerationMetric(config.objective, config.data, config.training.seed, samples[1], scorer)
+        if config.training.skip_finetune:
+            result = evaluate_adapter(config, tokenized, events, started, metric)
+        else:
+            result = fit(config, model_path, tokenizer, tokenized, events, started, metric)
+        if compared is not None and main_process:
+            result["compare_path"] = write_compare(config, result, compared, events)
     except Exception as exc:
         events.emit("error", message=f"{type(exc).__name__}: {exc}")
         raise
+    result["wall_time_s"] = round(time.time() - started, 3)
     if main_process:
         (out / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     events.emit("done", **{k: v for k, v in result.items() if k not in ("evals", "data")})
     return result
+
+
+def check_adapter(path: str) -> None:
+    """skip_finetune evaluates an existing adapter: refuse a folder that does not hold one."""
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise ConfigError([f"model.adapter_path: no LoRA adapter at {path!r} (a folder with adapter_config.json, "
+                           f"as a job's adapter/)"])
+
+
+def announce(config: JobConfig, tokenized: D.Tokenized, events: EventLog, warmup_warning: str | None,
+             **fields: Any) -> None:
+    """The `start` event with the data's figures; a `warning` event (and log line) for a clamped
+    warmup and for answers the seqlen cuts away."""
+    events.emit("start", **fields, data=tokenized.stats)
+    for warning in (warmup_warning, D.answer_warning(tokenized.stats, config.data)):
+        if warning:
+            log.warning(warning)
+            events.emit("warning", message=warning)
 
 
 def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokenized, events: EventLog,
@@ -285,14 +359,12 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokeniz
     model_ready = time.time()
     max_steps = plan_steps(config, len(tokenized.train), world_size)
     warmup, warning = warmup_steps(config, max_steps)
-    events.emit("start", max_steps=max_steps, warmup_steps=warmup, data=tokenized.stats,
-                trainable_parameters=model.get_nb_trainable_parameters()[0])
-    if warning:
-        log.warning(warning)
-        events.emit("warning", message=warning)
+    announce(config, tokenized, events, warning, max_steps=max_steps, warmup_steps=warmup,
+             trainable_parameters=model.get_nb_trainable_parameters()[0])
 
     args = training_arguments(config, out, max_steps, warmup, model.dtype)
-    reporter = Reporter(config, events, max_steps, tokenizer, metric)
+    collator = D.Collator(tokenizer.pad_token_id)
+    reporter = Reporter(config, events, max_steps, tokenizer, metric, collator)
     callbacks: list[TrainerCallback] = [reporter]
     stopper = None
     if config.training.early_stopping_patience and config.training.evaluation_strategy != "no":
@@ -303,8 +375,9 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokeniz
         args=args,
         train_dataset=D.RowDataset(tokenized.train),
         eval_dataset=D.RowDataset(tokenized.test),
-        data_collator=D.Collator(tokenizer.pad_token_id),
+        data_collator=collator,
         processing_class=tokenizer,
+        compute_loss_func=causal_lm_loss,  # a batch without a labelled token adds 0, not NaN
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # our events and log lines replace its dict dumps
@@ -317,24 +390,17 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokeniz
 
     stopped_early = stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
     train_seconds = output.metrics["train_runtime"] - eval_in_train
-    best = reporter.best
     return {
-        "metric": config.objective.metric,
-        # the evaluation the objective chose, whose adapter is kept
-        "best_step": best["step"],
-        "best_eval_loss": best["eval_loss"],
-        "best_perplexity": best["perplexity"],
-        "best_score": best.get("score"),
+        **kept(config, reporter, tokenized),
         "steps_run": trainer.state.global_step,
         "max_steps": max_steps,
         "stop_reason": "early_stopping" if stopped_early else "completed",
-        "wall_time_s": round(time.time() - started, 3),
         "train_tokens": trainer.state.num_input_tokens_seen,
         # tokens are summed over all processes, so this is the throughput of the whole job
         "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / max(train_seconds, 1e-9), 1),
+        # real tokens over padded batch tokens in training: 1.0 for packed rows
+        "real_token_share": reporter.real_token_share(),
         "peak_memory_mb": round(peak_memory_mb(), 1),
-        "adapter_path": str((out / "adapter").resolve()),
-        "evals": reporter.evals,
         "timings_s": {
             "data": round(data_ready - started, 3),
             "model_load": round(model_ready - data_ready, 3),
@@ -343,8 +409,58 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokeniz
             "adapter_save": round(reporter.save_seconds, 3),
             "total_train_loop": round(trained - model_ready, 3),
         },
+    }
+
+
+def evaluate_adapter(config: JobConfig, tokenized: D.Tokenized, events: EventLog, started: float,
+                     metric: GenerationMetric | None) -> dict[str, Any]:
+    """skip_finetune: evaluate model.adapter_path as the job's one evaluation (step 0), no training.
+    Its eval loss is computed as the Trainer's evaluations compute theirs, so the two compare."""
+    data_ready = time.time()
+    model, tokenizer = load_for_inference(config.model, config.model.adapter_path)
+    model_ready = time.time()
+    announce(config, tokenized, events, None, max_steps=0, warmup_steps=0, adapter=config.model.adapter_path)
+    reporter = Reporter(config, events, 0, tokenizer, metric)
+    loss = eval_loss(model, tokenized.test, config.data.test_batch_size, tokenizer.pad_token_id)
+    reporter.eval_seconds = time.time() - model_ready
+    reporter.evals.append({"step": 0, "eval_loss": loss, "perplexity": perplexity(loss)})
+    reporter.conclude(reporter.evals[0], model, main_process=events.enabled, score=metric is not None)
+    return {
+        **kept(config, reporter, tokenized),
+        "steps_run": 0,
+        "max_steps": 0,
+        "stop_reason": "skip_finetune",
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "timings_s": {"data": round(data_ready - started, 3), "model_load": round(model_ready - data_ready, 3),
+                      "eval": round(reporter.eval_seconds, 3), "adapter_save": round(reporter.save_seconds, 3)},
+    }
+
+
+def kept(config: JobConfig, reporter: Reporter, tokenized: D.Tokenized) -> dict[str, Any]:
+    """The result's part about the evaluation the objective chose, whose adapter is kept."""
+    best = reporter.best
+    return {
+        "metric": config.objective.metric,
+        "best_step": best["step"],
+        "best_eval_loss": best["eval_loss"],
+        "best_perplexity": best["perplexity"],
+        "best_score": best.get("score"),
+        "adapter_path": str((Path(config.output_dir) / "adapter").resolve()),
+        "evals": reporter.evals,
         "data": tokenized.stats,
     }
+
+
+def write_compare(config: JobConfig, result: dict[str, Any], prompts: list[Prompt], events: EventLog) -> str:
+    """compare.jsonl: each prompt with its reference and the base model's and kept adapter's answers."""
+    began = time.time()
+    records = compare(config, result["adapter_path"], prompts)
+    path = Path(config.output_dir) / "compare.jsonl"
+    write_predictions(path, records)
+    result["timings_s"]["compare"] = round(time.time() - began, 3)
+    events.emit("compare", path=str(path.resolve()), prompts=len(records), temperature=config.compare.temperature)
+    log.info("compare: %d prompts answered by the base model and the adapter in %s", len(records), path)
+    return str(path.resolve())
 
 
 def main(argv: list[str] | None = None) -> int:
