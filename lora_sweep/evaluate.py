@@ -54,9 +54,8 @@ def generation_system_prompt(data: DataSection) -> str | None:
     return data.inference_system_prompt or data.system_prompt
 
 
-def prompts(data: DataSection, seed: int, samples: list[dict]) -> list[Prompt]:
+def prompts(data: DataSection, seed: int, samples: list[dict], system_prompt: str | None) -> list[Prompt]:
     """The test conversations to answer: the same samples the loss is measured on."""
-    system_prompt = generation_system_prompt(data)
     return [prompt_of(sample, system_prompt) for sample in D.select(samples, data.test_nsamples, seed)]
 
 
@@ -106,7 +105,7 @@ class GenerationMetric:
                  scorer: Scorer):
         self.objective = objective
         self.scorer = scorer
-        self.prompts = prompts(data, seed, test_samples)
+        self.prompts = prompts(data, seed, test_samples, generation_system_prompt(data))
 
     def __call__(self, model: Any, tokenizer: Any) -> tuple[float, list[dict[str, Any]]]:
         """Mean score and per-sample records (input, reference, prediction, score)."""
