@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for varied in (False, True):
             data = demo.data.model_copy(update={"varied_seqlen": varied})
             tokenized = D.tokenize(data, seed, tokenizer, *samples)
-            stats[varied] = tokenized.stats
+            stats[varied] = tokenized.details
             for side, rows in (("train", tokenized.train), ("test", tokenized.test)):
-                s = tokenized.stats[side]
+                s = tokenized.details[side]
                 shares.append([f"{'varied' if varied else 'packed'} {side}", s["rows"], s["tokens"],
                                max(rows.lengths()), s["real_token_share"], batch_share(rows.lengths(), batch, seed),
                                s["kept_token_share"]])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from lora_sweep.config import ConfigError
 
@@ -31,12 +32,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problems += exc.problems
         config = None
-    counts = []
+    counts, sides = [], []
     if config is not None:
         for path in (config.data.train_file, config.data.test_file):
             samples, found = read_samples(path)
             problems += found
             counts.append(len(samples))
+            sides.append(samples)
         if not problems and config.objective.is_generation:
             from lora_sweep.scorers import ScorerError, check_scorer
 
@@ -58,11 +60,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
             except ConfigError as exc:
                 problems += exc.problems
         extra = f", {len(space.distributions)} parameters searched over {config.study.n_trials} trials"
+    warning = None
+    if not problems:
+        try:  # the answers the seqlens cut away: needs the tokenizer (not the weights); writes no cache
+            warning = answer_check(config, *sides)
+        except ConfigError as exc:
+            problems += exc.problems
     if problems:
         raise ConfigError(problems, args.config)
+    if warning:
+        print(f"warning: {warning}")
     kind = "study" if study else "job"
     print(f"{args.config}: valid {kind} config ({counts[0]} train and {counts[1]} test samples{extra})")
     return 0
+
+
+def answer_check(config: Any, train: list[dict], test: list[dict]) -> str | None:
+    """Tokenize the data in memory as a job would (sampled, system prompt applied) and return the
+    warning about answers the seqlens cut away, or None."""
+    from lora_sweep import data
+    from lora_sweep.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(config.model.name_or_path), config.model.trust_remote_code)
+    tokenized = data.tokenize(config.data, config.training.seed, tokenizer, train, test)
+    return data.answer_warning(tokenized.stats, config.data)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lora_sweep.config import ConfigError
+
 if TYPE_CHECKING:
     import torch
 
@@ -37,8 +39,12 @@ CHATML_TEMPLATE = (
 log = logging.getLogger("lora_sweep.models")
 
 
-class ModelNotFoundError(RuntimeError):
-    """A model alias was asked for but its source files are not installed."""
+class ModelNotFoundError(ConfigError):
+    """The model cannot be found: an alias whose package is not installed, a folder or hub id
+    with no model. One line for the user, as every config problem."""
+
+    def __init__(self, message: str):
+        super().__init__([message])
 
 
 def cache_root() -> Path:
@@ -154,7 +160,12 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     """The model's tokenizer, with a pad token (its eos when it has none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError:  # transformers' page-long "can't load the tokenizer" message, in one line
+        raise ModelNotFoundError(
+            f"model.name_or_path: no model at {path!r}: not a folder holding a model and its tokenizer, "
+            f"nor a model id in the Hugging Face hub cache (lora_sweep downloads nothing itself)") from None
     if tokenizer.pad_token is None:
         # Padding is masked by position in our collator, so pad == eos is harmless here.
         tokenizer.pad_token = tokenizer.eos_token

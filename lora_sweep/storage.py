@@ -304,19 +304,21 @@ class StudyFolder:
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 
-    def claim_for(self, url: str) -> None:
-        """Record that this folder holds the trials of the study in `url`; refuse a folder that
-        holds another storage's trials (its trial folders would be overwritten)."""
+    def check_owner(self, url: str) -> None:
+        """Refuse a folder that holds the trials of another storage's study (its trial folders
+        would be overwritten); writes nothing."""
         marker = self.root / "storage.json"
-        shown = masked(url)
         if marker.is_file():
             owner = json.loads(marker.read_text(encoding="utf-8")).get("storage")
-            if owner != shown:
-                raise ConfigError([f"{self.root} holds the trials of the study in {owner}, not {shown}: "
+            if owner != masked(url):
+                raise ConfigError([f"{self.root} holds the trials of the study in {owner}, not {masked(url)}: "
                                    f"give this study its own study.dir or study.name"])
-            return
+
+    def claim_for(self, url: str) -> None:
+        """Record that this folder holds the trials of the study in `url` (after check_owner)."""
+        self.check_owner(url)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"storage": shown}) + "\n", encoding="utf-8")
+            (self.root / "storage.json").write_text(json.dumps({"storage": masked(url)}) + "\n", encoding="utf-8")
         except OSError as exc:
             raise ConfigError([f"study.dir: cannot write {self.root}: {exc.strerror}"]) from None

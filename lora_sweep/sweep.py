@@ -361,8 +361,10 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     check_reachable(config.storage_url)  # an unreachable server: one line, before the cache is written
     if join_only:
         load_existing(config.storage_url, config.study.name)  # a worker joins; it never starts a study
-    StudyFolder(config.folder.resolve()).claim_for(config.storage_url)
-    prepare_data(config)
+    folder = StudyFolder(config.folder.resolve())
+    folder.check_owner(config.storage_url)
+    prepare_data(config)  # bad data or model: refused before anything is written
+    folder.claim_for(config.storage_url)
     study = start_study(config, space, sampler, pruner)
     sweep = Sweep(config, space, study)
     slots = device_groups(config)
