@@ -39,7 +39,7 @@ CHATML_TEMPLATE = (
 log = logging.getLogger("lora_sweep.models")
 
 
-class ModelNotFoundError(ConfigError):
+class ModelNotFoundError(ConfigError, RuntimeError):
     """The model cannot be found: an alias whose package is not installed, a folder or hub id
     with no model. One line for the user, as every config problem."""
 
