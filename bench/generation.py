@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     from lora_sweep import data as D
-    from lora_sweep.evaluate import generate, prompts
+    from lora_sweep.evaluate import generate, generation_system_prompt, prompts
     from lora_sweep.models import load_tokenizer, pick_dtype
 
     B.quiet()
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     demo = B.load_demo([f"data.test_nsamples={args.samples}"])
     _, test = D.load_samples(demo.data)
     conversations = [q.messages for q in prompts(demo.data, demo.training.seed, test,
-                                                 demo.data.inference_system_prompt or demo.data.system_prompt)]
+                                                 generation_system_prompt(demo.data))]
     with B.workdir(args.workdir) as work:
         path = B.model_path(args, work)
         tokenizer = load_tokenizer(path)

@@ -79,9 +79,9 @@ def answer_check(config: Any, train: list[dict], test: list[dict]) -> str | None
     """Tokenize the data in memory as a job would (sampled, system prompt applied) and return the
     warning about answers the seqlens cut away, or None."""
     from lora_sweep import data
-    from lora_sweep.models import load_tokenizer, resolve_model
+    from lora_sweep.models import find_model, load_tokenizer
 
-    tokenizer = load_tokenizer(resolve_model(config.model.name_or_path), config.model.trust_remote_code)
+    tokenizer = load_tokenizer(find_model(config.model.name_or_path), config.model.trust_remote_code)
     tokenized = data.tokenize(config.data, config.training.seed, tokenizer, train, test)
     return data.answer_warning(tokenized.stats, config.data)
 

@@ -28,8 +28,8 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 
 from lora_sweep import data as D
 from lora_sweep.config import CompareSection, ConfigError, DataSection, JobConfig, ObjectiveSection, load_job
-from lora_sweep.models import ModelNotFoundError, load_for_inference, resolve_model
-from lora_sweep.scorers import Scorer, ScorerError, load_scorer
+from lora_sweep.models import find_model, load_for_inference
+from lora_sweep.scorers import Scorer, ScorerError
 from lora_sweep.scorers import check_scorer as try_scorer
 
 log = logging.getLogger("lora_sweep.evaluate")
@@ -129,8 +129,7 @@ def check_scorer(objective: ObjectiveSection, test_samples: list[dict]) -> Score
         scorer = try_scorer(objective.metric, objective.regex, test_samples[0])
     except ScorerError as exc:
         raise ConfigError([f"objective.metric: {exc}"]) from None
-    # until scorers.check_scorer returns the scorer it loaded (a module import is cached anyway)
-    return scorer or load_scorer(objective.metric, objective.regex)
+    return scorer
 
 
 def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
@@ -169,33 +168,6 @@ def perplexity(loss: float) -> float:
 
 
 # ---------------------------------------------------------------- finding the model
-
-
-def find_model(name_or_path: str) -> str:
-    """What from_pretrained should load (resolve_model), or a ConfigError when there is nothing to
-    load: no such folder, or a hub id that is not in the Hugging Face cache while downloads are off.
-    A hub id that is not cached, with downloads on, is left to from_pretrained (see no_model)."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    try:
-        path = resolve_model(name_or_path)
-    except ModelNotFoundError as exc:
-        raise ConfigError([f"model.name_or_path: {exc}"]) from None
-    if Path(path).is_dir():
-        return path
-    try:
-        cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
-    except ValueError:  # not even the form of a hub id: a folder that is not there
-        raise ConfigError([f"model.name_or_path: no model at {name_or_path!r} (no such folder)"]) from None
-    if not cached and constants.HF_HUB_OFFLINE:
-        raise no_model(name_or_path, "HF_HUB_OFFLINE is set, so nothing is downloaded")
-    return path
-
-
-def no_model(name_or_path: str, why: str) -> ConfigError:
-    """The one-line error for a model found neither on disk nor in the Hugging Face cache or hub."""
-    return ConfigError([f"model.name_or_path: no model at {name_or_path!r} (not a local folder, and not in the "
-                        f"Hugging Face cache; {why})"])
 
 
 # ---------------------------------------------------------------- the compare step

@@ -1,7 +1,7 @@
 """The job's event stream: one JSON object per line, appended and flushed as it happens.
 
 The sweep reads it while the job runs (`EventReader`), and a crash leaves every event
-written before it. Kinds: start, train, eval, checkpoint, warning, done, error.
+written before it. Kinds: start, train, eval, checkpoint, warning, compare, done, error.
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ class JobResult:
     train_tokens: int | None = None
     train_tokens_per_s: float | None = None
     peak_memory_mb: float | None = None
+    real_token_share: float | None = None  # real tokens / padded batch tokens in training (1.0 packed)
+    compare_path: str | None = None  # compare.jsonl, when compare.enabled
     evals: list[dict[str, Any]] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)

@@ -90,13 +90,14 @@ def generate(config: StudyConfig, which: str, prompt: str | None, input_path: st
     """Answers with the base model + the trial's adapter (or the base model alone)."""
     from lora_sweep.data import with_system_prompt
     from lora_sweep.evaluate import generate as answer
+    from lora_sweep.evaluate import generation_system_prompt
 
     if (prompt is None) == (input_path is None):
         raise ConfigError(["give exactly one of --prompt TEXT or --input file.jsonl"])
     trial = None if base else pick_trial(load_existing(config.storage_url, config.study.name), which)
     conversations = ([[{"role": "user", "content": prompt}]] if prompt is not None
                      else read_conversations(input_path))
-    system = config.data.inference_system_prompt or config.data.system_prompt
+    system = generation_system_prompt(config.data)
     conversations = [with_system_prompt(c, system) for c in conversations]
     model, tokenizer = load(config, trial)
     return answer(model, tokenizer, conversations, max_new_tokens or config.objective.max_new_tokens,

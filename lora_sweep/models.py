@@ -145,6 +145,34 @@ def _convert(gguf: Path, out: Path) -> None:
 # are imported inside: the sweep's parent process reads tokenizers without paying for them)
 
 
+def find_model(name_or_path: str) -> str:
+    """What from_pretrained should load (resolve_model), or a ModelNotFoundError when there is
+    nothing to load: no such folder, or a hub id that is not in the Hugging Face cache while
+    downloads are off. A hub id that is not cached, with downloads on, is left to from_pretrained
+    (load_tokenizer turns its failure into the same one line)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        path = resolve_model(name_or_path)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"model.name_or_path: {exc}") from None
+    if Path(path).is_dir():
+        return path
+    try:
+        cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
+    except ValueError:  # not even the form of a hub id: a folder that is not there
+        raise ModelNotFoundError(f"model.name_or_path: no model at {name_or_path!r} (no such folder)") from None
+    if not cached and constants.HF_HUB_OFFLINE:
+        raise no_model(name_or_path, "HF_HUB_OFFLINE is set, so nothing is downloaded")
+    return path
+
+
+def no_model(name_or_path: str, why: str) -> ModelNotFoundError:
+    """The one-line error for a model found neither on disk nor in the Hugging Face cache or hub."""
+    return ModelNotFoundError(f"model.name_or_path: no model at {name_or_path!r} (not a local folder, and not in "
+                              f"the Hugging Face cache; {why})")
+
+
 def pick_dtype(name: str) -> torch.dtype:
     """The weights dtype: the named one, or for `auto` bfloat16 on a GPU that has it, else float32."""
     import torch
@@ -162,10 +190,8 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError:  # transformers' page-long "can't load the tokenizer" message, in one line
-        raise ModelNotFoundError(
-            f"model.name_or_path: no model at {path!r}: not a folder holding a model and its tokenizer, "
-            f"nor a model id in the Hugging Face hub cache (lora_sweep downloads nothing itself)") from None
+    except OSError as exc:  # neither cached nor on the hub, no network: transformers' page, in one line
+        raise no_model(path, str(exc).strip().splitlines()[0]) from None
     if tokenizer.pad_token is None:
         # Padding is masked by position in our collator, so pad == eos is harmless here.
         tokenizer.pad_token = tokenizer.eos_token

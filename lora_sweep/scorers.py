@@ -277,10 +277,10 @@ def within(seconds: float, call: Callable[[], T], what: str) -> T:
     return outcome["value"]
 
 
-def check_scorer(spec: str, regex: str | None, sample: dict, timeout: float | None = None) -> None:
+def check_scorer(spec: str, regex: str | None, sample: dict, timeout: float | None = None) -> Scorer:
     """Load a scorer and score a test sample's last answer against itself, each within the time
-    limit: a user scorer that fails, hangs, exits or returns a non-number raises ScorerError now,
-    before any trial runs."""
+    limit, and return it: a user scorer that fails, hangs, exits or returns a non-number raises
+    ScorerError now, before any trial runs."""
     seconds = check_timeout(timeout)
     scorer = load_scorer(spec, regex, seconds)
     reference = [m for m in sample["messages"] if m["role"] == "assistant"][-1]["content"]
@@ -290,6 +290,7 @@ def check_scorer(spec: str, regex: str | None, sample: dict, timeout: float | No
         raise
     except Exception as exc:  # the user's code: anything can come out of it
         raise ScorerError(str(exc)) from None
+    return scorer
 
 
 def _checked(fn: Callable[..., Any], name: str) -> Scorer:

@@ -304,12 +304,12 @@ def prepare_data(config: StudyConfig) -> None:
     """Check the data and tokenize it once into the study's cache, before any trial starts."""
     from lora_sweep import data
     from lora_sweep.evaluate import check_scorer
-    from lora_sweep.models import load_tokenizer, resolve_model
+    from lora_sweep.models import find_model, load_tokenizer
 
     samples = data.load_samples(config.data)
     check_scorer(config.objective, samples[1])
     section = config.data.model_copy(update={"cache_dir": str(StudyFolder(config.folder.resolve()).cache)})
-    tokenizer = load_tokenizer(resolve_model(config.model.name_or_path), config.model.trust_remote_code)
+    tokenizer = load_tokenizer(find_model(config.model.name_or_path), config.model.trust_remote_code)
     tokenized = data.prepare(section, config.training.seed, tokenizer, samples)
     log.info("data: %d train rows, %d test rows of up to %d / %d tokens", len(tokenized.train),
              len(tokenized.test), config.data.train_seqlen, config.data.test_seqlen)

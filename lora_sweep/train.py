@@ -44,14 +44,12 @@ from lora_sweep.evaluate import (
     check_scorer,
     compare,
     eval_loss,
-    find_model,
-    no_model,
     perplexity,
     read_compare,
     write_predictions,
 )
 from lora_sweep.events import PARENT_PID_ENV, EventLog, better
-from lora_sweep.models import load_for_inference, load_tokenizer, pick_dtype
+from lora_sweep.models import find_model, load_for_inference, load_tokenizer, pick_dtype
 
 log = logging.getLogger("lora_sweep.train")
 
@@ -299,10 +297,7 @@ def run(config: JobConfig) -> dict[str, Any]:
     if config.training.skip_finetune:
         check_adapter(config.model.adapter_path)
     model_path = find_model(config.model.name_or_path)
-    try:
-        tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
-    except OSError as exc:  # a hub id that is neither cached nor on the hub, or no network
-        raise no_model(config.model.name_or_path, str(exc).splitlines()[0]) from None
+    tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
     tokenized = D.prepare(config.data, config.training.seed, tokenizer, samples)
 
     out = Path(config.output_dir)

@@ -10,8 +10,7 @@ def test_a_model_that_cannot_be_found_is_one_line(chat_data, tmp_path):
     tree = {"study": {"dir": str(tmp_path / "studies")}, "model": {"name_or_path": str(tmp_path / "no-model")},
             "data": {"dataset": str(chat_data)}}
     path = write_yaml(tmp_path / "study.yaml", tree)
-    expected = (f"model.name_or_path: no model at '{tmp_path}/no-model': not a folder holding a model and its "
-                f"tokenizer, nor a model id in the Hugging Face hub cache (lora_sweep downloads nothing itself)")
+    expected = f"model.name_or_path: no model at '{tmp_path}/no-model' (no such folder)"
     validate = run_cli(["validate", str(path)], cwd=tmp_path)
     assert (validate.returncode, validate.stderr.strip()) == (2, f"error: {path}: {expected}")
     run = run_cli(["run", str(path)], cwd=tmp_path)
