@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from lora_sweep.config import ConfigError, StudyConfig, load_study
+from lora_sweep.events import best_eval
 from lora_sweep.storage import StudyFolder, load_existing, masked, shown_config, storage_file
 
 # Trial user attrs worth a column, in this order; any other scalar user attr follows them
@@ -45,6 +46,8 @@ STATE_COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#7f7f7f", "FAIL": "#d62728"}
 DEFAULTS_LABEL = "documented defaults"
 
 ABOUT = {
+    "compare": "The AI Toolkit's compare step (compare.enabled): the compare file's prompts answered by the base "
+               "model and by the best trial's adapter, sampled at compare.temperature.",
     "table": "Every trial, best first: its parameters, how far it ran and why it stopped. A pruned trial "
              "carries the value at which it was stopped, a failed one its error.",
     "history": "The objective of each trial in the order they ran, with the best so far: whether the sweep "
@@ -194,11 +197,14 @@ def completed(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_row(frame: pd.DataFrame) -> pd.Series | None:
-    """The best completed trial, or None."""
+    """The best completed trial, or None; trials of equal value: the lower best eval loss."""
     done = completed(frame).dropna(subset=["value"])
     if done.empty:
         return None
-    return done.loc[done["value"].idxmin() if minimize(frame) else done["value"].idxmax()]
+    losses = done["best_eval_loss"] if "best_eval_loss" in done else pd.Series(None, index=done.index)
+    records = [{"row": i, "value": v, "eval_loss": None if _missing(l) else l}
+               for i, v, l in zip(done.index, done["value"], losses)]
+    return done.loc[best_eval(records, "value", "minimize" if minimize(frame) else "maximize")["row"]]
 
 
 def defaults_row(frame: pd.DataFrame) -> pd.Series | None:
@@ -463,6 +469,21 @@ def best_vs_base_figure(frame: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def compare_frame(frame: pd.DataFrame, n: int = 5) -> pd.DataFrame | None:
+    """The best trial's compare.jsonl (compare.enabled: the compare file's prompts answered by
+    the base model and by the adapter, sampled), its first `n` prompts; None when it has none."""
+    best = best_row(frame)
+    if best is None or _missing(best.get("trial_dir")) or not (Path(best["trial_dir"]) / "compare.jsonl").is_file():
+        return None
+    rows = read_predictions(Path(best["trial_dir"]) / "compare.jsonl", n)
+    return pd.DataFrame({
+        "prompt": [prompt_text(r.get("prompt")) for r in rows],
+        "reference": [r.get("reference") for r in rows],
+        "base model": [r.get("base") for r in rows],
+        f"adapter (trial {best['number']})": [r.get("adapter") for r in rows],
+    })
+
+
 def read_predictions(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -597,6 +618,10 @@ def write_html(study: optuna.Study, path: str | Path, config: StudyConfig | None
     if predictions is not None:
         parts += ["<h2>Predictions of the best trial</h2>", f"<p class='about'>{esc(ABOUT['predictions'])}</p>",
                   f"<div class='scroll'>{table_html(predictions, 'predictions', index=False)}</div>"]
+    compared = compare_frame(frame)
+    if compared is not None:
+        parts += ["<h2>Base vs adapter on the compare file</h2>", f"<p class='about'>{esc(ABOUT['compare'])}</p>",
+                  f"<div class='scroll'>{table_html(compared, 'predictions', index=False)}</div>"]
     # the config the sweep recorded is what ran; the YAML may have changed since
     tree = shown_config(study.user_attrs.get("config") or (config.model_dump(mode="json") if config else None))
     if tree:
