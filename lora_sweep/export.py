@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lora_sweep.config import ConfigError, StudyConfig
-from lora_sweep.storage import load_existing
+from lora_sweep.storage import best_trial, load_existing
 
 
 def pick_trial(study: optuna.Study, which: str) -> FrozenTrial:
@@ -31,7 +31,7 @@ def pick_trial(study: optuna.Study, which: str) -> FrozenTrial:
         done = [t for t in trials if t.state == TrialState.COMPLETE]
         if not done:
             raise ConfigError(["--trial best: no trial has completed yet"])
-        return study.best_trial
+        return best_trial(study)
     if not which.isdigit() or int(which) >= len(trials):
         raise ConfigError([f"--trial {which}: no such trial; the study has trials 0..{len(trials) - 1}"
                            if trials else f"--trial {which}: the study has no trials"])

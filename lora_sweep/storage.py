@@ -30,6 +30,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from lora_sweep.config import ConfigError, StudySection, storage_file
+from lora_sweep.events import best_eval
 
 log = logging.getLogger("lora_sweep.storage")
 
@@ -157,6 +158,17 @@ def load_existing(url: str, name: str | None) -> optuna.Study:
         which = f"study {name!r} is" if name else "a study name is needed: it"
         raise ConfigError([f"{which} not in {masked(url)} (it holds: {', '.join(names) or 'none'})"])
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The study's best completed trial (one objective); of trials with equal values, the one
+    with the lower best eval loss (optuna's `best_trial` takes the first). ValueError if none."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    records = [{"trial": t, "value": t.values[0], "eval_loss": t.user_attrs.get("best_eval_loss")} for t in done]
+    best = best_eval(records, "value", study.direction.name.lower())
+    if best is None:
+        raise ValueError("no trial has completed yet")
+    return best["trial"]
 
 
 # ---------------------------------------------------------------- the claim

@@ -35,6 +35,7 @@ from lora_sweep.storage import (
     OWNER_ATTR,
     StudyClaim,
     StudyFolder,
+    best_trial,
     check_reachable,
     fail_and_requeue,
     fail_orphaned_trials,
@@ -269,7 +270,7 @@ class Sweep:
         if self.config.objective.also:
             return f"{len(self.study.best_trials)} trials on the Pareto front"
         try:
-            best = self.study.best_trial
+            best = best_trial(self.study)
         except ValueError:
             return "none yet"
         return f"{best.value:.4f} (trial {best.number})"
@@ -441,7 +442,7 @@ def summary(config: StudyConfig, study: optuna.Study, config_path: str) -> str:
     counts = Counter(t.state.name.lower() for t in trials)
     lines = [f"study {config.study.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
     winners = study.best_trials if config.objective.also else (
-        [study.best_trial] if any(t.state == TrialState.COMPLETE for t in trials) else [])
+        [best_trial(study)] if any(t.state == TrialState.COMPLETE for t in trials) else [])
     if not winners:
         return "\n".join(lines + ["no trial completed"])
     base = study.user_attrs.get("baseline", {})

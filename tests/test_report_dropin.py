@@ -31,3 +31,13 @@ def test_ties_go_to_the_lower_eval_loss_and_compare_is_shown(tmp_path):
                                             "adapter (trial 1)": "weather"}]
     page = report.write_html(study, tmp_path / "report.html").read_text()
     assert "<h2>Base vs adapter on the compare file</h2>" in page and "I think this is about the sea." in page
+
+
+def test_best_trial_breaks_ties_by_eval_loss(tmp_path):
+    from lora_sweep.storage import best_trial
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s", direction="maximize")
+    for value, loss in [(0.5, 4.33), (0.5, 3.62), (0.25, 1.0)]:
+        study.add_trial(create_trial(value=value, user_attrs={"best_eval_loss": loss}))
+    assert study.best_trial.number == 0  # optuna's: the first of the tie
+    assert best_trial(study).number == 1
