@@ -69,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems, args.config)
     if warning:
-        print(f"warning: {warning}")
+        print(warning, file=sys.stderr)
     kind = "study" if study else "job"
     print(f"{args.config}: valid {kind} config ({counts[0]} train and {counts[1]} test samples{extra})")
     return 0
@@ -77,13 +77,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def answer_check(config: Any, train: list[dict], test: list[dict]) -> str | None:
     """Tokenize the data in memory as a job would (sampled, system prompt applied) and return the
-    warning about answers the seqlens cut away, or None."""
+    warning about answers the seqlens cut away, or None. A hub model that is not here yet (a GPU
+    sweep validated offline) only skips the count, with a note; a missing folder is a problem."""
     from lora_sweep import data
-    from lora_sweep.models import find_model, load_tokenizer
+    from lora_sweep.models import find_model, in_hub_cache, is_hub_id, load_tokenizer
 
-    tokenizer = load_tokenizer(find_model(config.model.name_or_path), config.model.trust_remote_code)
+    name = config.model.name_or_path
+    if is_hub_id(name) and not in_hub_cache(name):  # validate never downloads, nor waits on the network
+        return (f"note: answers cut away by the seqlens not counted: model.name_or_path {name!r} is not in the "
+                f"Hugging Face cache yet")
+    tokenizer = load_tokenizer(find_model(name), config.model.trust_remote_code)
     tokenized = data.tokenize(config.data, config.training.seed, tokenizer, train, test)
-    return data.answer_warning(tokenized.stats, config.data)
+    warning = data.answer_warning(tokenized.stats, config.data)
+    return f"warning: {warning}" if warning else None
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -150,7 +150,7 @@ def find_model(name_or_path: str) -> str:
     nothing to load: no such folder, or a hub id that is not in the Hugging Face cache while
     downloads are off. A hub id that is not cached, with downloads on, is left to from_pretrained
     (load_tokenizer turns its failure into the same one line)."""
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants
 
     try:
         path = resolve_model(name_or_path)
@@ -159,12 +159,32 @@ def find_model(name_or_path: str) -> str:
     if Path(path).is_dir():
         return path
     try:
-        cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
+        cached = in_hub_cache(path)
     except ValueError:  # not even the form of a hub id: a folder that is not there
         raise ModelNotFoundError(f"model.name_or_path: no model at {name_or_path!r} (no such folder)") from None
     if not cached and constants.HF_HUB_OFFLINE:
         raise no_model(name_or_path, "HF_HUB_OFFLINE is set, so nothing is downloaded")
     return path
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Is the hub model `repo_id` in the local Hugging Face cache? ValueError if it is no repo id."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def is_hub_id(name_or_path: str) -> bool:
+    """Could `name_or_path` name a Hugging Face hub repository (`org/name`), not being a folder here?"""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(name_or_path).expanduser().exists() or name_or_path.strip().lower() == EMBEDDED_ALIAS:
+        return False
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        return False
+    return "/" in name_or_path
 
 
 def no_model(name_or_path: str, why: str) -> ModelNotFoundError:
