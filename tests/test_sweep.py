@@ -232,7 +232,7 @@ def test_too_many_failures_in_a_row_stop_the_sweep(tiny_llama, chat_data, tmp_pa
     # in PEFT first imports the training stack for 8); a job's own failure: the test above
     tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=5, max_failures=2,
                       enqueue_defaults=False, launcher_args=["--no-such-flag"])
-    proc = run_module(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
+    proc = run_cli(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: 2 trials failed in a row (study.max_failures): stopping; see the trials' error and log_tail user attrs")
