@@ -116,33 +116,54 @@ def open_study(url: str) -> optuna.Study:
     return load_existing(url, "tiny")
 
 
+def test_a_dead_workers_trial_on_journal_storage_is_failed_and_queued(tmp_path):
+    # journal files have no heartbeats: the owner check is what frees a killed sweep's trial
+    from lora_sweep.config import StudySection
+    from lora_sweep.storage import fail_orphaned_trials, make_storage
+
+    study = optuna.create_study(storage=make_storage(str(tmp_path / "s.log"), StudySection()), study_name="s")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    orphan.set_user_attr("worker", {**this_worker(), "pid": dead.pid})
+    alive = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    alive.set_user_attr("worker", this_worker())
+    remote = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    remote.set_user_attr("worker", {"host": "gpu-node-7", "pid": dead.pid, "started": "1"})
+
+    assert fail_orphaned_trials(study) == [orphan.number]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING, TrialState.WAITING]
+    assert trials[0].user_attrs["error"] == "its worker process is gone (killed or crashed)"
+    assert trials[3].system_attrs["fixed_params"] == {"x": orphan.params["x"]}
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("storage", ["sqlite", "journal"])
-def test_rerun_straight_after_a_kill_and_after_sigterm(storage, tiny_llama, chat_data, tmp_path):
-    url = f"sqlite:///{tmp_path}/tiny.db" if storage == "sqlite" else str(tmp_path / "tiny.log")
+def test_rerun_straight_after_sigterm_and_after_a_kill(tiny_llama, chat_data, tmp_path):
+    url = f"sqlite:///{tmp_path}/tiny.db"
     tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=1, storage=url, stop_grace=2,
                       heartbeat_interval=30, grace_period=600)  # heartbeats far from stale: the owner check acts
     tree["training"].update(num_training_steps=12)
     config = write_yaml(tmp_path / "study.yaml", tree)
     trials = tmp_path / "studies/tiny/trials"
 
-    if storage == "sqlite":
-        # SIGTERM (Slurm, Kubernetes): the job stops, the trial is FAILED and queued again
-        sweep = start_sweep(config, tmp_path)
-        wait_for_training(trials / "0", sweep)
-        sweep.send_signal(signal.SIGTERM)
-        out, err = sweep.communicate(timeout=60)
-        assert sweep.returncode == 130, err[-2000:]
-        assert "error: interrupted by SIGTERM" in err
-        assert no_jobs_left(trials / "0")
-        study = open_study(url)
-        assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
-        assert study.trials[0].user_attrs["error"] == "interrupted by SIGTERM"
-        assert study.trials[1].system_attrs["fixed_params"] == study.trials[0].params
-
-    # SIGKILL to the sweep's whole process group while a trial trains, then `run` again at once
+    # SIGTERM (Slurm, Kubernetes): the job stops, the trial is FAILED and queued again
     sweep = start_sweep(config, tmp_path)
-    killed = 1 if storage == "sqlite" else 0  # the queued trial 1 runs first
+    wait_for_training(trials / "0", sweep)
+    sweep.send_signal(signal.SIGTERM)
+    out, err = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130, err[-2000:]
+    assert "error: interrupted by SIGTERM" in err
+    assert no_jobs_left(trials / "0")
+    study = open_study(url)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[0].user_attrs["error"] == "interrupted by SIGTERM"
+    assert study.trials[1].system_attrs["fixed_params"] == study.trials[0].params
+
+    # SIGKILL to the sweep's whole process group while a trial trains, then `run` again at once:
+    # the heartbeat is far from stale, the owner check fails the trial (journal: its only guard)
+    sweep = start_sweep(config, tmp_path)
+    killed = 1  # the queued trial 1 runs first
     wait_for_training(trials / str(killed), sweep)
     with (trials / str(killed) / "events.jsonl").open("a") as f:
         f.write("a stray print, not an event\n")  # skipped with a warning, counted on the trial

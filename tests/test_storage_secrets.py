@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from helpers import free_port, run_module, study_tree, write_yaml
+from helpers import free_port, run_cli, run_module, study_tree, write_yaml
 from lora_sweep.config import ConfigError
 from lora_sweep.dashboard import has_note
 from lora_sweep.storage import PASSWORD_FILE_ENV, check_reachable, load_existing
@@ -77,7 +77,11 @@ def test_the_password_is_in_no_output_file_attr_or_report(secret_server, tiny_ll
     run = run_module(["run", str(config)], cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "study tiny in postgresql://lora:***@127.0.0.1" in run.stderr
-    report = run_module(["report", str(config), "-o", str(tmp_path / "report.html")], cwd=tmp_path, env=env)
+    os.environ["LORA_SWEEP_STORAGE"] = with_pw(url)  # in process: the report reads the same variable
+    try:
+        report = run_cli(["report", str(config), "-o", str(tmp_path / "report.html")], cwd=tmp_path)
+    finally:
+        del os.environ["LORA_SWEEP_STORAGE"]
     assert report.returncode == 0, report.stderr[-3000:]
     outputs += [run.stdout, run.stderr, report.stdout, report.stderr]
 
