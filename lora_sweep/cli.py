@@ -194,3 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before or after a sweep's trials (those are stopped and recorded there)
+        print("error: interrupted", file=sys.stderr)
+        return 130
