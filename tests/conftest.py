@@ -4,6 +4,7 @@ several modules read, a PostgreSQL server. The helpers they use are in helpers.p
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import filelock
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -43,19 +45,32 @@ def mixed_sweep(tiny_llama, tmp_path_factory) -> SimpleNamespace:
     """A finished real sweep (`python -m lora_sweep run`) with a completed, a failed and a pruned
     trial and a base-model baseline (helpers.mixed_study_tree). Launched jobs cost seconds each,
     so the tests of failures, pruning, the report, the notebook and the dashboard read this one
-    sweep; none of them changes its study."""
-    root = tmp_path_factory.mktemp("seen")
-    data = root / "data"
-    data.mkdir()
-    write_jsonl(data / "train.json", memorization_samples())
-    write_jsonl(data / "test.json", memorization_samples())
-    config = write_yaml(root / "study.yaml", mixed_study_tree(tiny_llama, data, root / "studies"))
-    proc = run_module(["run", str(config)], cwd=root)
+    sweep; none of them changes its study.
+
+    Under pytest-xdist each worker has a session of its own: the first to get here runs the sweep
+    in the run's shared temporary folder, the others wait for it and read it (xdist's own recipe
+    for a session fixture made once)."""
+    shared = os.environ.get("PYTEST_XDIST_WORKER") is not None
+    base = tmp_path_factory.getbasetemp().parent if shared else tmp_path_factory.getbasetemp()
+    root = base / "mixed-sweep"
+    with filelock.FileLock(str(base / "mixed-sweep.lock")):
+        ran = root / "ran.json"
+        if not ran.is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            data = root / "data"
+            data.mkdir(parents=True)
+            write_jsonl(data / "train.json", memorization_samples())
+            write_jsonl(data / "test.json", memorization_samples())
+            config = write_yaml(root / "study.yaml", mixed_study_tree(tiny_llama, data, root / "studies"))
+            proc = run_module(["run", str(config)], cwd=root)
+            ran.write_text(json.dumps({"args": proc.args, "returncode": proc.returncode, "stdout": proc.stdout,
+                                       "stderr": proc.stderr}), encoding="utf-8")
+    proc = subprocess.CompletedProcess(**json.loads(ran.read_text(encoding="utf-8")))
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="seen", storage=f"sqlite:///{root}/studies/seen.db")
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED], states
-    return SimpleNamespace(root=root, config=config, study=study, proc=proc)
+    return SimpleNamespace(root=root, config=root / "study.yaml", study=study, proc=proc)
 
 
 @pytest.fixture(scope="session")

@@ -271,7 +271,8 @@ def test_resume_after_the_sweep_is_killed(tiny_llama, chat_data, tmp_path):
     assert load(tmp_path / "studies").trials[0].state == TrialState.RUNNING
     time.sleep(max(0.0, killed + 3 - time.time()))  # past the heartbeat grace period (2 s)
 
-    proc = run_module(["run", str(config)], cwd=tmp_path)
+    # the same command again (in this process: the killed run was the real command line)
+    proc = run_cli(["run", str(config)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = load(tmp_path / "studies").get_trials()
     assert trials[0].state == TrialState.FAIL
