@@ -197,7 +197,8 @@ def notebook_outputs(nb) -> tuple[list, str, list]:
 def test_notebook_runs_headless(mixed_sweep, tmp_path):
     pytest.importorskip("nbclient", reason="the notebook test needs the test extra (nbclient, ipykernel)")
     # a relative YAML path, as in a checkout: the kernel runs in notebooks/, the YAML is found above
-    nb = run_notebook('study_yaml = "study.yaml"\nstorage = None\nstudy_name = None', _mkdir(mixed_sweep.root / "notebooks"))
+    nb = run_notebook('study_yaml = "study.yaml"\nstorage = None\nstudy_name = None',
+                      _mkdir(mixed_sweep.root / "notebooks"))
     errors, text, mimes = notebook_outputs(nb)
     assert errors == []
     n = len(mixed_sweep.study.trials)
