@@ -116,8 +116,9 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-class _Stop(Exception):
-    """SIGTERM: stop serving and exit 0, as on Ctrl+C."""
+class _Stop(BaseException):
+    """SIGTERM: stop serving and exit 0, as on Ctrl+C. Not an Exception: socketserver swallows
+    those when the signal lands while a request is being handed to its thread."""
 
 
 def _stop(signum: int, frame: Any) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, run_module, write_yaml
+from helpers import REPO, memorization_samples, run_module, write_jsonl, write_yaml
 from lora_sweep.config import FLAT_KEYS, ConfigError, StudyConfig, get_path, load_job, load_study, validate_job
 from lora_sweep.space import build_space, default_params, param_path
 
@@ -129,10 +129,17 @@ def test_exponents_without_a_dot_are_numbers(tmp_path):
 
 
 @pytest.mark.integration
-def test_cli_validates_the_template(tmp_path, chat_data):
-    done = run_module(["validate", str(TEMPLATE), *template_overrides(tmp_path, chat_data)], timeout=120)
+def test_cli_validates_the_template(tmp_path, chat_data, tiny_llama):
+    # validate also tokenizes the data with the model's tokenizer (rows of the template's 1024
+    # tokens, the answers they cut away): a real model, and data enough for such rows
+    data = tmp_path / "aitk-data"
+    data.mkdir()
+    for name in ("train.json", "test.json"):
+        write_jsonl(data / name, memorization_samples() * 8)
+    done = run_module(["validate", str(TEMPLATE), f"finetune_dataset={data}", f"model_path={tiny_llama}",
+                       f"save_dir={tmp_path / 'out'}"], timeout=120)
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == f"{TEMPLATE}: valid job config (8 train and 8 test samples)\n"
+    assert done.stdout == f"{TEMPLATE}: valid job config (64 train and 64 test samples)\n"
     done = run_module(["validate", str(TEMPLATE), f"finetune_dataset={chat_data}"], timeout=120)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == (f'error: {TEMPLATE}: save_dir: "mount/<run_id>/save_dir" still holds the placeholder '
