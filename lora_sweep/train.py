@@ -32,6 +32,7 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
 from transformers.utils import logging as hf_logging
 
@@ -70,6 +71,9 @@ def load_model(config: JobConfig, path: str) -> Any:
         path, dtype=pick_dtype(config.model.dtype), trust_remote_code=config.model.trust_remote_code
     )
     lora = config.lora
+    # LoRA's A matrices start random: seeded, so a job config reruns the same (the Trainer seeds
+    # only later, and in-process callers leave the global generator anywhere)
+    set_seed(config.training.seed)
     peft_config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
