@@ -5,6 +5,7 @@ job is stopped, a bad event line is skipped, another worker's running trial is w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import job_processes, run_module, study_tree, write_yaml
+from helpers import job_processes, run_cli, study_tree, write_yaml
 from lora_sweep.events import EventReader, read_events
 from lora_sweep.storage import StudyFolder, load_existing, masked, owner_is_gone, this_worker
 from lora_sweep.trial import Progress, signal_text
@@ -80,7 +81,7 @@ def test_a_study_folder_belongs_to_one_storage(tiny_llama, chat_data, tmp_path):
     kept = tmp_path / "studies/tiny/trials/0/adapter"
     kept.mkdir(parents=True)
     second = study_tree(tiny_llama, chat_data, tmp_path / "studies", storage=f"sqlite:///{tmp_path}/b.db")
-    proc = run_module(["run", str(write_yaml(tmp_path / "b.yaml", second))], cwd=tmp_path)
+    proc = run_cli(["run", str(write_yaml(tmp_path / "b.yaml", second))], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path}/studies/tiny holds the trials of the study in sqlite:///{tmp_path}/a.db, "
@@ -139,7 +140,7 @@ def test_a_dead_workers_trial_on_journal_storage_is_failed_and_queued(tmp_path):
 
 
 @pytest.mark.integration
-def test_rerun_straight_after_sigterm_and_after_a_kill(tiny_llama, chat_data, tmp_path):
+def test_rerun_straight_after_sigterm_and_after_a_kill(tiny_llama, chat_data, tmp_path, caplog):
     url = f"sqlite:///{tmp_path}/tiny.db"
     tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=1, storage=url, stop_grace=2,
                       heartbeat_interval=30, grace_period=600)  # heartbeats far from stale: the owner check acts
@@ -172,9 +173,10 @@ def test_rerun_straight_after_sigterm_and_after_a_kill(tiny_llama, chat_data, tm
     assert no_jobs_left(trials / str(killed))
     assert open_study(url).trials[killed].state == TrialState.RUNNING
 
-    proc = run_module(["run", str(config)], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"trial {killed} failed: its worker process is gone (killed or crashed); its params run again" in proc.stderr
+    with caplog.at_level(logging.INFO, logger="lora_sweep"):
+        proc = run_cli(["run", str(config)], cwd=tmp_path)  # in process: the re-run is a plain run
+    assert proc.returncode == 0, caplog.text[-3000:]
+    assert f"trial {killed} failed: its worker process is gone (killed or crashed); its params run again" in caplog.text
     study = open_study(url)
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) == 1 and TrialState.RUNNING not in states
@@ -184,7 +186,7 @@ def test_rerun_straight_after_sigterm_and_after_a_kill(tiny_llama, chat_data, tm
 
 
 @pytest.mark.integration
-def test_a_hung_job_is_stopped_and_failed(tiny_llama, chat_data, tmp_path):
+def test_a_hung_job_is_stopped_and_failed(tiny_llama, chat_data, tmp_path, monkeypatch):
     # a scorer that answers the pre-checks (the answer against itself) but hangs on a real answer
     (tmp_path / "hangs.py").write_text(
         "import time\n"
@@ -196,8 +198,9 @@ def test_a_hung_job_is_stopped_and_failed(tiny_llama, chat_data, tmp_path):
                       enqueue_defaults=False, stop_grace=1)
     tree["objective"].update(metric="python:hangs:score", max_new_tokens=2)
     config = write_yaml(tmp_path / "study.yaml", tree)
-    proc = run_module(["run", str(config)], cwd=tmp_path, timeout=120,
-                      env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    monkeypatch.syspath_prepend(str(tmp_path))  # the sweep's check imports the scorer here
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # and the job in its own process
+    proc = run_cli(["run", str(config)], cwd=tmp_path)
     assert proc.returncode == 1
     trial = load_existing(f"sqlite:///{tmp_path}/studies/tiny.db", "tiny").trials[0]
     assert trial.state == TrialState.FAIL
@@ -247,8 +250,8 @@ def test_export_onto_an_existing_file_is_one_line(tmp_path):
     tree = {"study": {"name": "s", "storage": url}, "data": {"dataset": str(tmp_path / "data")}}
     out = tmp_path / "taken.txt"
     out.write_text("mine")
-    proc = run_module(["export", str(write_yaml(tmp_path / "s.yaml", tree)), "--trial", "best", "--out", str(out)],
-                      cwd=tmp_path)
+    proc = run_cli(["export", str(write_yaml(tmp_path / "s.yaml", tree)), "--trial", "best", "--out", str(out)],
+                   cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: --out {out}: a file of that name exists; give a new folder"
     assert out.read_text() == "mine"
