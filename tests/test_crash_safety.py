@@ -75,6 +75,7 @@ def test_owner_of_a_dead_process_is_gone():
     assert not owner_is_gone({**me, "host": "elsewhere", "pid": child.pid})  # remote: judged by heartbeat
 
 
+@pytest.mark.integration
 def test_a_study_folder_belongs_to_one_storage(tiny_llama, chat_data, tmp_path):
     first = study_tree(tiny_llama, chat_data, tmp_path / "studies", storage=f"sqlite:///{tmp_path}/a.db")
     StudyFolder(tmp_path / "studies" / "tiny").claim_for(first["study"]["storage"])

@@ -16,6 +16,8 @@ from transformers import AutoModelForCausalLM
 from helpers import load, memorization_samples, run_module, study_tree, write_jsonl, write_yaml
 from lora_sweep.events import read_events
 
+pytestmark = pytest.mark.integration  # every test here reads a launched sweep
+
 
 @pytest.fixture(scope="module")
 def gen_study(tiny_llama, tmp_path_factory):

@@ -41,6 +41,7 @@ def with_pw(url: str, password: str = PASSWORD) -> str:
     return url.replace("://lora@", f"://lora:{password}@")
 
 
+@pytest.mark.integration
 def test_a_wrong_password_or_a_closed_port_is_one_line(secret_server, tiny_llama, chat_data, tmp_path):
     url, port = secret_server
     for storage, reason in [(with_pw(url, "wrong-pw-55"), 'password authentication failed for user "lora"'),

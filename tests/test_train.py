@@ -67,6 +67,7 @@ def test_planned_steps_from_epochs():
     assert T.plan_steps(fixed, train_rows=40, world_size=1) == 7
 
 
+@pytest.mark.integration
 def test_loss_goes_down_and_adapter_reproduces_best_eval(tiny_llama, chat_data, tmp_path):
     job = validate_job(job_tree(tiny_llama, chat_data, tmp_path / "out", num_training_steps=24, eval_steps=4,
                                 save_steps=8, learning_rate=3e-2, lr_scheduler_type="linear_with_warmup",
@@ -95,6 +96,7 @@ def test_loss_goes_down_and_adapter_reproduces_best_eval(tiny_llama, chat_data, 
     assert (tmp_path / "out/adapter/adapter_model.safetensors").is_file()
 
 
+@pytest.mark.integration
 def test_early_stopping_and_clamped_warmup(tiny_llama, chat_data, tmp_path):
     # a learning rate of zero after warmup never improves: patience 2 stops at the third eval
     job = validate_job(job_tree(tiny_llama, chat_data, tmp_path / "out", num_training_steps=40, eval_steps=2,
@@ -110,6 +112,7 @@ def test_early_stopping_and_clamped_warmup(tiny_llama, chat_data, tmp_path):
     assert any(e["event"] == "checkpoint" for e in events)
 
 
+@pytest.mark.integration
 def test_non_finite_loss_stops_with_error(tiny_llama, chat_data, tmp_path):
     tree = job_tree(tiny_llama, chat_data, tmp_path / "out", learning_rate=1e38, max_grad_norm=0,
                     num_training_steps=30, eval_steps=10, save_steps=10)
@@ -122,6 +125,7 @@ def test_non_finite_loss_stops_with_error(tiny_llama, chat_data, tmp_path):
     assert not (tmp_path / "out/result.json").exists()
 
 
+@pytest.mark.integration
 def test_bad_data_is_reported_and_nothing_written(tiny_llama, chat_data, tmp_path):
     (chat_data / "test.json").write_text('{"messages": [{"role": "bot", "content": "x"}]}\n')
     tree = job_tree(tiny_llama, chat_data, tmp_path / "out")
@@ -131,6 +135,7 @@ def test_bad_data_is_reported_and_nothing_written(tiny_llama, chat_data, tmp_pat
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.integration
 def test_flat_lora_yaml_on_phi3_through_accelerate_launch(tiny_phi3, chat_data, tmp_path):
     flat = {"finetune_dataset": str(chat_data), "finetune_train_seqlen": 32, "finetune_test_seqlen": 32,
             "finetune_train_batch_size": 2, "num_training_steps": 4, "eval_steps": 2, "save_steps": 4,
