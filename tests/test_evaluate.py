@@ -4,7 +4,6 @@ best, generate, export (loaded back with PEFT's and transformers' own loaders)."
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,9 @@ from optuna.study import StudyDirection
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from helpers import load, memorization_samples, run_module, study_tree, write_jsonl, write_yaml
+from helpers import load, memorization_samples, run_cli, run_module, study_tree, write_jsonl, write_yaml
 from lora_sweep.events import read_events
+from lora_sweep.storage import best_trial
 
 pytestmark = pytest.mark.integration  # every test here reads a launched sweep
 
@@ -66,15 +66,16 @@ def test_best_and_generate(gen_study):
     study = load(root / "studies")
     proc = run_module(["best", str(config)], cwd=root)
     info = json.loads(proc.stdout)
-    assert info["trial"] == study.best_trial.number and info["token_f1"] == study.best_value
-    assert info["adapter_path"] == study.best_trial.user_attrs["adapter_path"]
+    best = best_trial(study)  # optuna's best_trial, except that equal values go to the lower eval loss
+    assert info["trial"] == best.number and info["token_f1"] == study.best_value
+    assert info["adapter_path"] == best.user_attrs["adapter_path"]
     inputs = write_jsonl(root / "ask.json", memorization_samples()[:3])
     answers = run_module(["generate", str(config), "--trial", "0", "--input", str(inputs)], cwd=root)
     assert answers.returncode == 0, answers.stderr[-2000:]
     assert [set(json.loads(l)) for l in answers.stdout.splitlines()] == [{"prediction"}] * 3
-    again = run_module(["generate", str(config), "--trial", "0", "--input", str(inputs)], cwd=root)
+    again = run_cli(["generate", str(config), "--trial", "0", "--input", str(inputs)], cwd=root)  # in process
     assert again.stdout == answers.stdout  # greedy: the same answers
-    one = run_module(["generate", str(config), "--base", "--prompt", "colour of the cat?"], cwd=root)
+    one = run_cli(["generate", str(config), "--base", "--prompt", "colour of the cat?"], cwd=root)
     assert one.returncode == 0 and len(one.stdout.splitlines()) >= 1
 
 
@@ -86,7 +87,7 @@ def logits(model, ids):
 def test_export_loads_with_the_libraries_own_loaders(gen_study, tiny_llama):
     root, config, _ = gen_study
     study = load(root / "studies")
-    trial = study.best_trial
+    trial = best_trial(study)  # what `export --trial best` takes
     ids = torch.tensor([[1, 5, 9, 12, 40, 2]])
     reference = logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama),
                                                  trial.user_attrs["adapter_path"]).eval(), ids)
@@ -105,28 +106,28 @@ def test_export_loads_with_the_libraries_own_loaders(gen_study, tiny_llama):
     assert (root / "merged/tokenizer_config.json").is_file()
 
 
-def test_bad_metric_scorer_and_trial_are_one_line_errors(gen_study, tmp_path):
+def test_bad_metric_scorer_and_trial_are_one_line_errors(gen_study, tmp_path, monkeypatch):
     root, config, _ = gen_study
-    proc = run_module(["validate", str(config), "objective.metric=bleu"], cwd=root)
+    proc = run_cli(["validate", str(config), "objective.metric=bleu"], cwd=root)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"error: {config}: objective.metric: unknown scorer 'bleu'; valid: exact_match, contains, token_f1, "
         "rouge_l, json_valid, json_fields, regex_fields, or python:package.module:function")
 
-    proc = run_module(["validate", str(config), "objective.metric=python:no_such_module:score"], cwd=root)
+    proc = run_cli(["validate", str(config), "objective.metric=python:no_such_module:score"], cwd=root)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "cannot import module 'no_such_module'" in proc.stderr
 
     (tmp_path / "bad_scorer.py").write_text("def score(prediction, reference, sample):\n    return 'abc'\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    monkeypatch.syspath_prepend(str(tmp_path))
     moved = ["objective.metric=python:bad_scorer:score", f"study.dir={tmp_path / 'studies'}"]
-    proc = run_module(["run", str(config), *moved], cwd=root, env=env)
+    proc = run_cli(["run", str(config), *moved], cwd=root)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: objective.metric: scorer python:bad_scorer:score returned 'abc' (str); "
                                    "it must return a float in [0, 1]")
     assert not (tmp_path / "studies").exists()
 
-    proc = run_module(["export", str(config), "--trial", "99", "--out", str(tmp_path / "x")], cwd=root)
+    proc = run_cli(["export", str(config), "--trial", "99", "--out", str(tmp_path / "x")], cwd=root)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --trial 99: no such trial; the study has trials 0..1"
     assert not (tmp_path / "x").exists()
 
@@ -145,6 +146,6 @@ def test_multi_objective_study(gen_study, tmp_path):
     for best in study.best_trials:
         assert f"best: trial {best.number}, token_f1 {best.values[0]:.4f}, wall_time {best.values[1]:.4f}" in proc.stdout
     front = ", ".join(str(t.number) for t in study.best_trials)
-    best = run_module(["best", str(config), *moved], cwd=root)
+    best = run_cli(["best", str(config), *moved], cwd=root)
     assert best.returncode == 2 and best.stderr.strip() == (
         f"error: --trial best: a multi-objective study has no single best; pick one of the Pareto front: {front}")
