@@ -245,10 +245,6 @@ class ObjectiveSection(Section):
     def directions(self) -> list[str]:
         return [self.direction, "minimize"] if self.also else [self.direction]
 
-    def better(self, a: float, b: float | None) -> bool:
-        """Is value `a` better than `b` (None: nothing yet)?"""
-        return b is None or (a > b if self.direction == "maximize" else a < b)
-
 
 # An AI Toolkit template's unfilled value: `mount/<run_id>/dataset`.
 PLACEHOLDER = re.compile(r"<[A-Za-z_][A-Za-z0-9_-]*>")

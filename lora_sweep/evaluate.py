@@ -26,7 +26,21 @@ import torch
 from transformers import set_seed
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from lora_sweep import data as D
+from lora_sweep.data import (
+    IGNORE,
+    Collator,
+    RowDataset,
+    Rows,
+    capped,
+    chat_template,
+    check_sample,
+    load_samples,
+    prepare,
+    render,
+    select,
+    text_lines,
+    with_system_prompt,
+)
 from lora_sweep.config import CompareSection, ConfigError, DataSection, JobConfig, ObjectiveSection, load_job
 from lora_sweep.models import find_model, load_for_inference
 from lora_sweep.scorers import Scorer, ScorerError
@@ -44,7 +58,7 @@ class Prompt:
 
 def prompt_of(sample: dict, system_prompt: str | None) -> Prompt:
     """A chat sample as a prompt: the conversation up to its last answer, and that answer."""
-    messages = D.with_system_prompt(sample["messages"], system_prompt)
+    messages = with_system_prompt(sample["messages"], system_prompt)
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return Prompt(messages[:last], messages[last]["content"], sample)
 
@@ -56,7 +70,7 @@ def generation_system_prompt(data: DataSection) -> str | None:
 
 def prompts(data: DataSection, seed: int, samples: list[dict], system_prompt: str | None) -> list[Prompt]:
     """The test conversations to answer: the same samples the loss is measured on."""
-    return [prompt_of(sample, system_prompt) for sample in D.select(samples, data.test_nsamples, seed)]
+    return [prompt_of(sample, system_prompt) for sample in select(samples, data.test_nsamples, seed)]
 
 
 def stop_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -71,8 +85,8 @@ def generate(model: Any, tokenizer: Any, conversations: list[list[dict]], max_ne
              batch_size: int, temperature: float = 0.0) -> list[str]:
     """Answers to each conversation, batched, shortest prompts together to pad little: greedy, or
     sampled at `temperature` (> 0; seed torch first for answers that repeat)."""
-    template = D.chat_template(tokenizer)
-    texts = [D.render(tokenizer, c, template, generation_prompt=True) for c in conversations]
+    template = chat_template(tokenizer)
+    texts = [render(tokenizer, c, template, generation_prompt=True) for c in conversations]
     encoded = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers: list[str] = [""] * len(encoded)
@@ -144,15 +158,15 @@ def causal_lm_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: torch
     `num_items_in_batch`; this batch's when not given). A batch without a labelled token adds 0 to
     the loss and the gradient, where transformers' own loss would give 0/0 = NaN."""
     if num_items_in_batch is None:
-        num_items_in_batch = (labels[..., 1:] != D.IGNORE).sum()  # token i predicts token i + 1
+        num_items_in_batch = (labels[..., 1:] != IGNORE).sum()  # token i predicts token i + 1
     count = torch.clamp(torch.as_tensor(num_items_in_batch), min=1)
     return ForCausalLMLoss(outputs.logits, labels, outputs.logits.size(-1), num_items_in_batch=count)
 
 
 @torch.no_grad()
-def eval_loss(model: Any, rows: D.Rows, batch_size: int, pad_id: int) -> float:
+def eval_loss(model: Any, rows: Rows, batch_size: int, pad_id: int) -> float:
     """Mean of per-batch losses weighted by batch size, as Trainer's evaluation computes it."""
-    dataset, collate, total = D.RowDataset(rows), D.Collator(pad_id), 0.0
+    dataset, collate, total = RowDataset(rows), Collator(pad_id), 0.0
     device = next(model.parameters()).device
     model.eval()
     for start in range(0, len(rows), batch_size):
@@ -179,7 +193,7 @@ def read_compare(section: CompareSection, data: DataSection) -> list[Prompt]:
     of generation. Every problem at once, as `file:line: ...`, in one ConfigError."""
     path, system_prompt = Path(section.file), generation_system_prompt(data)
     prompts_, problems = [], []
-    for number, line, undecodable in D.text_lines(path):
+    for number, line, undecodable in text_lines(path):
         problem = undecodable
         if not problem and line.strip():
             try:
@@ -193,7 +207,7 @@ def read_compare(section: CompareSection, data: DataSection) -> list[Prompt]:
     if not prompts_ and not problems:
         problems.append(f"{path}: has no prompts")
     if problems:
-        raise ConfigError(D.capped(problems), "compare.file")
+        raise ConfigError(capped(problems), "compare.file")
     return prompts_
 
 
@@ -203,9 +217,9 @@ def compare_prompt(obj: Any, system_prompt: str | None) -> tuple[Prompt | None, 
         query, response = obj["query"], obj.get("response")
         if not isinstance(query, str) or not isinstance(response, (str, type(None))):
             return None, '"query" (and "response", if given) must be strings'
-        messages = D.with_system_prompt([{"role": "user", "content": query}], system_prompt)
+        messages = with_system_prompt([{"role": "user", "content": query}], system_prompt)
         return Prompt(messages, response, obj), None
-    problems = D.check_sample(obj)
+    problems = check_sample(obj)
     if problems:
         return None, f'{problems[0]} (a line is {{"query": ..., "response": ...}} or a chat sample)'
     return prompt_of(obj, system_prompt), None
@@ -231,11 +245,11 @@ def evaluate_model(config: JobConfig, adapter: str | Path | None = None) -> dict
     """Loss, perplexity and (for a generation objective) the metric of the base model, or of
     the base model with `adapter`; writes baseline.json and predictions.jsonl to output_dir."""
     started = time.time()
-    train_samples, test_samples = D.load_samples(config.data)
+    train_samples, test_samples = load_samples(config.data)
     scorer = check_scorer(config.objective, test_samples)
     find_model(config.model.name_or_path)
     model, tokenizer = load_for_inference(config.model, adapter)
-    tokenized = D.prepare(config.data, config.training.seed, tokenizer, (train_samples, test_samples))
+    tokenized = prepare(config.data, config.training.seed, tokenizer, (train_samples, test_samples))
     loss = eval_loss(model, tokenized.test, config.data.test_batch_size, tokenizer.pad_token_id)
     result: dict[str, Any] = {"eval_loss": loss, "perplexity": perplexity(loss), "metric": config.objective.metric}
     out = Path(config.output_dir)

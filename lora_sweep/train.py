@@ -36,7 +36,14 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from lora_sweep import data as D
+from lora_sweep.data import (
+    Collator,
+    RowDataset,
+    Tokenized,
+    answer_warning,
+    load_samples,
+    prepare,
+)
 from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job
 from lora_sweep.evaluate import (
     GenerationMetric,
@@ -180,7 +187,7 @@ class Reporter(TrainerCallback):
     """
 
     def __init__(self, config: JobConfig, events: EventLog, max_steps: int, tokenizer: Any,
-                 metric: GenerationMetric | None, collator: D.Collator | None = None):
+                 metric: GenerationMetric | None, collator: Collator | None = None):
         self.objective = config.objective
         self.out = Path(config.output_dir)
         self.events = events
@@ -295,14 +302,14 @@ def peak_memory_mb() -> float:
 def run(config: JobConfig) -> dict[str, Any]:
     """Run the job; return result.json's content. Raises ConfigError before writing anything."""
     started = time.time()
-    samples = D.load_samples(config.data)  # every data problem, before any model is loaded
+    samples = load_samples(config.data)  # every data problem, before any model is loaded
     scorer = check_scorer(config.objective, samples[1])  # loaded once, here
     compared = read_compare(config.compare, config.data) if config.compare.enabled else None
     if config.training.skip_finetune:
         check_adapter(config.model.adapter_path)
     model_path = find_model(config.model.name_or_path)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
-    tokenized = D.prepare(config.data, config.training.seed, tokenizer, samples)
+    tokenized = prepare(config.data, config.training.seed, tokenizer, samples)
 
     out = Path(config.output_dir)
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -337,18 +344,18 @@ def check_adapter(path: str) -> None:
                            f"as a job's adapter/)"])
 
 
-def announce(config: JobConfig, tokenized: D.Tokenized, events: EventLog, warmup_warning: str | None,
+def announce(config: JobConfig, tokenized: Tokenized, events: EventLog, warmup_warning: str | None,
              **fields: Any) -> None:
     """The `start` event with the data's figures; a `warning` event (and log line) for a clamped
     warmup and for answers the seqlen cuts away."""
     events.emit("start", **fields, data=tokenized.stats)
-    for warning in (warmup_warning, D.answer_warning(tokenized.stats, config.data)):
+    for warning in (warmup_warning, answer_warning(tokenized.stats, config.data)):
         if warning:
             log.warning(warning)
             events.emit("warning", message=warning)
 
 
-def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokenized, events: EventLog,
+def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: Tokenized, events: EventLog,
         started: float, metric: GenerationMetric | None) -> dict[str, Any]:
     """Load the model, train it with LoRA, keep the best adapter; the result's figures."""
     data_ready = time.time()
@@ -362,7 +369,7 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokeniz
              trainable_parameters=model.get_nb_trainable_parameters()[0])
 
     args = training_arguments(config, out, max_steps, warmup, model.dtype)
-    collator = D.Collator(tokenizer.pad_token_id)
+    collator = Collator(tokenizer.pad_token_id)
     reporter = Reporter(config, events, max_steps, tokenizer, metric, collator)
     callbacks: list[TrainerCallback] = [reporter]
     stopper = None
@@ -372,8 +379,8 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokeniz
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=D.RowDataset(tokenized.train),
-        eval_dataset=D.RowDataset(tokenized.test),
+        train_dataset=RowDataset(tokenized.train),
+        eval_dataset=RowDataset(tokenized.test),
         data_collator=collator,
         processing_class=tokenizer,
         compute_loss_func=causal_lm_loss,  # a batch without a labelled token adds 0, not NaN
@@ -411,7 +418,7 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: D.Tokeniz
     }
 
 
-def evaluate_adapter(config: JobConfig, tokenized: D.Tokenized, events: EventLog, started: float,
+def evaluate_adapter(config: JobConfig, tokenized: Tokenized, events: EventLog, started: float,
                      metric: GenerationMetric | None) -> dict[str, Any]:
     """skip_finetune: evaluate model.adapter_path as the job's one evaluation (step 0), no training.
     Its eval loss is computed as the Trainer's evaluations compute theirs, so the two compare."""
@@ -435,7 +442,7 @@ def evaluate_adapter(config: JobConfig, tokenized: D.Tokenized, events: EventLog
     }
 
 
-def kept(config: JobConfig, reporter: Reporter, tokenized: D.Tokenized) -> dict[str, Any]:
+def kept(config: JobConfig, reporter: Reporter, tokenized: Tokenized) -> dict[str, Any]:
     """The result's part about the evaluation the objective chose, whose adapter is kept."""
     best = reporter.best
     return {
