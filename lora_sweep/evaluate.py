@@ -42,7 +42,7 @@ from lora_sweep.data import (
     with_system_prompt,
 )
 from lora_sweep.config import CompareSection, ConfigError, DataSection, JobConfig, ObjectiveSection, load_job
-from lora_sweep.models import find_model, load_for_inference
+from lora_sweep.models import load_for_inference
 from lora_sweep.scorers import Scorer, ScorerError
 from lora_sweep.scorers import check_scorer as try_scorer
 
@@ -247,7 +247,6 @@ def evaluate_model(config: JobConfig, adapter: str | Path | None = None) -> dict
     started = time.time()
     train_samples, test_samples = load_samples(config.data)
     scorer = check_scorer(config.objective, test_samples)
-    find_model(config.model.name_or_path)
     model, tokenizer = load_for_inference(config.model, adapter)
     tokenized = prepare(config.data, config.training.seed, tokenizer, (train_samples, test_samples))
     loss = eval_loss(model, tokenized.test, config.data.test_batch_size, tokenizer.pad_token_id)

@@ -224,7 +224,7 @@ def load_for_inference(model_config: ModelSection, adapter: str | Path | None = 
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model(model_config.name_or_path)
+    path = find_model(model_config.name_or_path)
     tokenizer = load_tokenizer(path, model_config.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(model_config.dtype),
                                                  trust_remote_code=model_config.trust_remote_code)

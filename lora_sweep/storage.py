@@ -19,8 +19,8 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Iterator
+from urllib.parse import quote, urlsplit
 
 import filelock
 import optuna
@@ -34,8 +34,8 @@ from lora_sweep.events import best_eval
 
 log = logging.getLogger("lora_sweep.storage")
 
-# The password of a storage URL can also come from here, so a study YAML need not hold it.
-STORAGE_ENV = "LORA_SWEEP_STORAGE"
+# The password of a storage URL can also come from this file, so a study YAML need not hold it
+# (the URL itself may come from $LORA_SWEEP_STORAGE: StudyConfig.storage_url).
 PASSWORD_FILE_ENV = "LORA_SWEEP_STORAGE_PASSWORD_FILE"
 
 
@@ -63,8 +63,6 @@ def with_password(url: str) -> str:
     if parts.password is not None or not parts.username:
         return url
     password = Path(path).read_text(encoding="utf-8").strip()
-    from urllib.parse import quote
-
     return url.replace(f"://{parts.username}@", f"://{parts.username}:{quote(password, safe='')}@", 1)
 
 
@@ -78,19 +76,15 @@ def shown_config(tree: dict[str, Any] | None) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- opening
 
 
-def _connect_errors(url: str) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def _connect_errors(url: str) -> Iterator[None]:
     """Turn a storage that cannot be reached into one ConfigError line, password masked."""
-
-    @contextlib.contextmanager
-    def guard():
-        try:
-            yield
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
-            reason = str(getattr(exc, "orig", exc)).strip().splitlines()
-            why = reason[0] if reason else type(exc).__name__
-            raise ConfigError([f"cannot open the study storage {masked(url)}: {masked(why)}"]) from None
-
-    return guard()
+    try:
+        yield
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()
+        why = reason[0] if reason else type(exc).__name__
+        raise ConfigError([f"cannot open the study storage {masked(url)}: {masked(why)}"]) from None
 
 
 def make_storage(url: str, study: StudySection | None = None) -> optuna.storages.BaseStorage:
@@ -260,6 +254,15 @@ def owner_is_gone(owner: dict[str, Any] | None) -> bool:
         return False
     started = process_start_time(int(owner["pid"]))
     return started is None or started != owner.get("started")
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Fail, and queue again, the RUNNING trials whose worker is dead: on this host at once (its
+    process is gone), elsewhere once its heartbeat is stale (RDB storages)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    fail_orphaned_trials(study)
 
 
 def fail_orphaned_trials(study: optuna.Study) -> list[int]:

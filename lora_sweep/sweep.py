@@ -38,7 +38,7 @@ from lora_sweep.storage import (
     best_trial,
     check_reachable,
     fail_and_requeue,
-    fail_orphaned_trials,
+    fail_dead_trials,
     load_existing,
     make_storage,
     masked,
@@ -225,13 +225,10 @@ class Sweep:
     def wait_for(self, running: list[FrozenTrial]) -> bool | None:
         """The budget is taken but not finished: wait while another worker's trials run (a dead
         worker's are failed by their owner check or stale heartbeat, and run again here)."""
-        if any(t.user_attrs.get(OWNER_ATTR, {}).get("pid") == this_worker()["pid"]
-               and t.user_attrs[OWNER_ATTR].get("host") == this_worker()["host"] for t in running):
+        me = this_worker()
+        if any(t.user_attrs.get(OWNER_ATTR) == me for t in running):
             return None  # this worker's own trials: the slot running them makes up a failure
-        fail_orphaned_trials(self.study)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
+        fail_dead_trials(self.study)
         new = [t.number for t in running if t.number not in self.waiting_logged]
         if new:
             self.waiting_logged.update(new)
@@ -379,10 +376,7 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
         base = study.user_attrs["baseline"]
         log.info("base model: eval_loss %.4f%s", base["eval_loss"],
                  f", {base['metric']} {base['score']:.4f}" if "score" in base else "")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # a killed sweep's trials: failed, their params re-queued
-    fail_orphaned_trials(study)  # the same at once for this host's dead workers, and on journal storage
+    fail_dead_trials(study)  # a killed sweep's trials: failed, their params queued again
     log.info("study %s in %s: %d of %d trials finished", config.study.name, masked(config.storage_url),
              finished(study), config.study.n_trials)
     workers = [threading.Thread(target=sweep.work, args=(slot, deadline), name=f"slot-{i}")

@@ -12,6 +12,7 @@ job like a trial's.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -176,8 +177,8 @@ def run_trial(config: StudyConfig, space: Space, study: optuna.Study, trial: opt
     run = launch.run_job(folder / "job.yaml", folder, flags, on_event, env=env,
                          timeout=config.study.trial_timeout, stop_grace=config.study.stop_grace,
                          silence_limit=lambda: progress.stall_limit(config.study.stall_timeout))
-    # one write of the attrs the run gave, then the artifacts (trial system attrs, which the
-    # storage refuses once the trial is finished)
+    # what the run gave, then the artifacts (trial system attrs, which the storage refuses once
+    # the trial is finished)
     trial.set_user_attr("eval_curve", progress.curve)
     trial.set_user_attr("steps_run", max((e["step"] for e in run.events if e["event"] == "train"), default=0))
     trial.set_user_attr("wall_time_s", round(time.time() - began, 2))
@@ -229,8 +230,6 @@ def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder
 
 def run_base_model(config: StudyConfig, space: Space, slot: list[int] | None) -> dict[str, Any]:
     """Evaluate the untuned base model once per study, in a launched job like a trial's."""
-    import json
-
     folder = StudyFolder(config.folder.resolve()).baseline
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
