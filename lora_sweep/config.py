@@ -114,6 +114,22 @@ class DataSection(Section):
     test_batch_size: int = Field(8, ge=1, description="Evaluation rows per device per batch.")
     train_seqlen: int = Field(2048, ge=8, description="Tokens per training row (maximum when varied).")
     test_seqlen: int = Field(2048, ge=8, description="Tokens per test row (maximum when varied).")
+    validation_split: float | None = Field(
+        None,
+        gt=0,
+        description="Hold out this share (0 < x < 1) or this many (x >= 1, whole) of train.json's samples, "
+        "drawn with training.seed, as the validation set that picks each trial's best step and the best "
+        "trial; test.json then scores only the winner, the defaults trial and the base model.",
+    )
+    validation_file: str | None = Field(
+        None, description="A validation set of its own, one chat sample per line; as validation_split does."
+    )
+    packing: Literal["concat", "bounded"] = Field(
+        "concat",
+        description="How samples share a row when varied_seqlen is false. concat: tokens attend across sample "
+        "boundaries, as the reference does; bounded: position ids restart per sample and attention stays "
+        "inside it (transformers' packed-sequence masks).",
+    )
     cache_dir: str | None = Field(
         None,
         description="Where tokenized data is cached; default the user cache "
@@ -126,6 +142,10 @@ class DataSection(Section):
             field = f"{side}_file"
             if getattr(self, field) is None and self.dataset is not None:
                 setattr(self, field, str(Path(self.dataset) / f"{side}.json"))
+        if self.validation_split is not None and self.validation_file is not None:
+            raise ValueError("data.validation_split and data.validation_file: give one, not both")
+        if self.validation_split is not None and self.validation_split >= 1 and self.validation_split != int(self.validation_split):
+            raise ValueError(f"data.validation_split: a share below 1 or a whole count (got {self.validation_split})")
         missing = [f for f in ("train_file", "test_file") if getattr(self, f) is None]
         if missing:
             raise ValueError(
@@ -182,6 +202,11 @@ class TrainingSection(Section):
     skip_finetune: bool = Field(
         False, description="Train nothing: evaluate (and compare) model.adapter_path, an existing adapter."
     )
+    resume_from_checkpoint: str | None = Field(
+        None,
+        description="A Trainer checkpoint folder (`checkpoint-<step>`) to resume from: same params, data order "
+        "and RNG state. A sweep sets it when it re-runs a trial whose job was killed.",
+    )
 
     @model_validator(mode="after")
     def _cadence(self) -> TrainingSection:
@@ -214,6 +239,12 @@ class ObjectiveSection(Section):
         None, description="A second objective, minimized: a multi-objective study (no pruning)."
     )
     baseline: bool = Field(True, description="Evaluate the untuned base model once per study.")
+    prune_on: Literal["metric", "eval_loss"] | None = Field(
+        None,
+        description="What each evaluation reports to the pruner: the metric, or eval_loss (sign-adjusted to "
+        "the study's direction). Default: eval_loss when the metric is a generation metric, which is then "
+        "scored only at generate_every evaluations and at the last; the trial's value stays the metric.",
+    )
 
     @model_validator(mode="after")
     def _scorer(self) -> ObjectiveSection:
@@ -231,6 +262,13 @@ class ObjectiveSection(Section):
     @property
     def is_generation(self) -> bool:
         return self.metric not in LOSS_METRICS
+
+    @property
+    def prunes_on(self) -> str:
+        """The eval event field each evaluation reports to the pruner."""
+        if self.prune_on == "metric" or (self.prune_on is None and not self.is_generation):
+            return self.key
+        return "eval_loss"
 
     @property
     def key(self) -> str:
@@ -279,6 +317,27 @@ class CompareSection(Section):
         return self
 
 
+class TrackingSection(Section):
+    mlflow: str | None = Field(
+        None, description="MLflow tracking URI (e.g. sqlite:///mlflow.db, a folder, http://host:5000): one "
+        "experiment per study, one run per trial with its params, curves and value."
+    )
+    wandb: str | None = Field(
+        None, description="Weights & Biases project: one group per study, one run per trial "
+        "(WANDB_MODE=offline keeps it on disk)."
+    )
+    tensorboard: str | None = Field(
+        None, description="Folder of TensorBoard event files: `<study>/trial-<n>` per trial."
+    )
+    run_name: str | None = Field(None, description="Set by the sweep: the trial's run name.")
+    group: str | None = Field(None, description="Set by the sweep: the study's experiment / group name.")
+
+    @property
+    def report_to(self) -> list[str]:
+        """Trainer's `report_to` for the trackers asked for."""
+        return [name for name in ("mlflow", "wandb", "tensorboard") if getattr(self, name)]
+
+
 class JobConfig(Section):
     """One fine-tuning job: what `python -m lora_sweep train job.yaml` runs."""
 
@@ -288,6 +347,7 @@ class JobConfig(Section):
     training: TrainingSection = TrainingSection()
     objective: ObjectiveSection = ObjectiveSection()
     compare: CompareSection = CompareSection()
+    tracking: TrackingSection = TrackingSection()
     output_dir: str = Field("outputs/job", description="Folder for events, adapter and result.")
 
     @model_validator(mode="after")
@@ -539,6 +599,20 @@ class PrunerSection(Section):
     )
 
 
+class RaySection(Section):
+    address: str | None = Field(
+        None, description="auto (the cluster this machine belongs to), ray://host:port, host:port, or null: "
+        "start a local Ray for this sweep."
+    )
+    resources_per_trial: dict[str, float] = Field(
+        {"CPU": 1}, description="Ray resources one trial holds, e.g. {CPU: 4, GPU: 0.5}: GPU 0.5 packs two trials on a GPU."
+    )
+    shared_dir: bool | None = Field(
+        None, description="Whether study.dir is on a path every node sees; null: checked per node. When not, "
+        "a trial's folder is copied back to the driver."
+    )
+
+
 class StudySection(Section):
     name: str = Field("lora-sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Study name.")
     storage: str | None = Field(
@@ -558,6 +632,22 @@ class StudySection(Section):
         "auto", description="GPU ids to share among parallel trials; auto: all visible GPUs, else the CPU."
     )
     gpus_per_trial: int = Field(1, ge=1, description="GPUs of one trial (DDP through Accelerate).")
+    trials_per_gpu: int = Field(
+        1, ge=1, description="Trials run at once on each GPU group, for models far smaller than the GPU."
+    )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: trials run on this machine; ray: each trial is a Ray task on a node with "
+        "its study.ray.resources_per_trial (pip install 'lora_sweep[ray]')."
+    )
+    ray: RaySection = RaySection()
+    launcher: Literal["accelerate", "direct"] = Field(
+        "accelerate", description="How a single-process trial starts: `accelerate launch`, or direct: one "
+        "interpreter with the environment accelerate would set. Multi-process trials use accelerate."
+    )
+    warm_start: str | None = Field(
+        None, description="An earlier study (its storage URL, or its study YAML) whose finished trials, in a "
+        "compatible space, seed the sampler; they are recorded as such."
+    )
     max_failures: int = Field(3, ge=1, description="Failed trials in a row after which the sweep stops.")
     enqueue_defaults: bool = Field(
         True, description="Trial 0 runs the documented defaults: the baseline the others are compared to."
@@ -794,7 +884,7 @@ def storage_problem(url: str) -> str | None:
     return creation_problem(path.parent, "study.storage", writable=False, got=url)
 
 
-JOB_GROUPS = ("model", "lora", "data", "training", "objective", "compare")  # a study's job side
+JOB_GROUPS = ("model", "lora", "data", "training", "objective", "compare", "tracking")  # a study's job side
 
 
 class StudyConfig(Section):
@@ -815,6 +905,7 @@ class StudyConfig(Section):
     )
     objective: ObjectiveSection = ObjectiveSection()
     compare: CompareSection = CompareSection()
+    tracking: TrackingSection = TrackingSection()
 
     @model_validator(mode="after")
     def _space(self) -> StudyConfig:
@@ -902,8 +993,10 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
 def reference_tables() -> str:
     """Markdown tables of every group's fields (name, default, meaning), as in the README."""
     groups = [("study", StudySection), ("study.sampler", SamplerSection), ("study.pruner", PrunerSection),
+              ("study.ray", RaySection),
               ("model", ModelSection), ("lora", LoraSection), ("data", DataSection),
-              ("training", TrainingSection), ("objective", ObjectiveSection), ("compare", CompareSection)]
+              ("training", TrainingSection), ("objective", ObjectiveSection), ("compare", CompareSection),
+              ("tracking", TrackingSection)]
     flat = flat_names()
     out = []
     for group, model in groups:
