@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +34,13 @@ def launcher_args(gpus: list[int] | None, cpu_threads: int, port: int) -> list[s
     multi = ["--multi_gpu"] if len(gpus) > 1 else []
     # parallel DDP trials on one node each need their own rendezvous port
     return [*multi, "--num_processes", str(len(gpus)), *common, "--main_process_port", str(port)]
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a DDP job's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def command(job_path: Path, flags: list[str], module: str = "lora_sweep.train") -> list[str]:

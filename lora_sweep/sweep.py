@@ -118,10 +118,13 @@ def device_groups(config: StudyConfig) -> list[list[int] | None]:
     groups = [g for g in groups if len(g) == s.gpus_per_trial]
     if not groups:
         raise ConfigError([f"study.gpus_per_trial ({s.gpus_per_trial}) is more than the GPUs there are ({gpus})"])
-    if s.parallel > len(groups):
-        log.warning("study.parallel is %d but the GPUs make %d groups of %d: running %d at once",
-                    s.parallel, len(groups), s.gpus_per_trial, len(groups))
-    return groups[: s.parallel]
+    # trials_per_gpu slots share each group: slot k runs on group k mod len(groups), so the groups
+    # fill evenly before any takes a second trial
+    slots = [groups[k % len(groups)] for k in range(len(groups) * s.trials_per_gpu)]
+    if s.parallel > len(slots):
+        log.warning("study.parallel is %d but the GPUs make %d groups of %d, %d trial(s) each: running %d at once",
+                    s.parallel, len(groups), s.gpus_per_trial, s.trials_per_gpu, len(slots))
+    return slots[: s.parallel]
 
 
 # ---------------------------------------------------------------- the trial loop

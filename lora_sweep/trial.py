@@ -70,7 +70,7 @@ def slot_launch(config: StudyConfig, slot: list[int] | None) -> tuple[list[str],
     """Launcher flags and environment of a job on `slot` (its GPU ids, or None for the CPU)."""
     flags = config.study.launcher_args or launch.launcher_args(
         slot, cpu_threads=max(1, (os.cpu_count() or 1) // config.study.parallel),
-        port=29500 + (slot[0] if slot else 0))
+        port=launch.free_port())  # DDP trials sharing a node (or a GPU group) each need their own
     env = {}
     if slot:
         env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, slot))}
