@@ -45,7 +45,9 @@ from lora_sweep.storage import (
     shown_config,
     this_worker,
 )
+from lora_sweep.tracking import study_callbacks
 from lora_sweep.trial import TrialFailed, run_base_model, run_trial
+from lora_sweep.warmstart import seed_study
 
 log = logging.getLogger("lora_sweep.sweep")
 
@@ -171,6 +173,7 @@ class Sweep:
 
     def __post_init__(self) -> None:
         self.claim = StudyClaim(self.config.storage_url, self.config.study.name)
+        self.trackers = study_callbacks(self.config)
 
     def work(self, slot: list[int] | None, deadline: float | None) -> None:
         """One slot's loop (`slot`: its GPU ids, None on the CPU): take a trial while the study
@@ -262,7 +265,10 @@ class Sweep:
             fail_and_requeue(self.study, frozen, f"interrupted by {self.interrupted}")
         else:
             self.study.tell(trial, values, state=state)
-        self.after_trial(self.study.get_trials(deepcopy=False)[trial.number], error)
+        finished_trial = self.study.get_trials(deepcopy=False)[trial.number]
+        self.after_trial(finished_trial, error)
+        for tracker in self.trackers:  # the trial's value and state in the team's tracker
+            tracker(self.study, finished_trial)
 
     # ---------------------------------------------------------------- progress and stopping
 
@@ -345,6 +351,9 @@ def setup_study(config: StudyConfig, space: Space, study: optuna.Study) -> None:
         study.set_user_attr("defaults_notes", notes)
         for note in notes:
             log.info("defaults trial: %s", note)
+    if config.study.warm_start:
+        added = seed_study(config, space, study)
+        log.info("warm start: %d finished trials of %s seed the sampler", added, config.study.warm_start)
 
 
 def finished(study: optuna.Study) -> int:

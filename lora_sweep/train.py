@@ -58,6 +58,7 @@ from lora_sweep.evaluate import (
 )
 from lora_sweep.events import PARENT_PID_ENV, EventLog, better
 from lora_sweep.models import find_model, load_for_inference, load_tokenizer, pick_dtype
+from lora_sweep.tracking import trainer_kwargs
 
 log = logging.getLogger("lora_sweep.train")
 
@@ -172,7 +173,7 @@ def training_arguments(config: JobConfig, out: Path, max_steps: int, warmup: int
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient
         remove_unused_columns=False,
         disable_tqdm=True,  # events and log lines show progress
-        report_to="none",
+        **trainer_kwargs(config.tracking),  # report_to the trackers asked for, else "none"
     )
 
 

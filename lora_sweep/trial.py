@@ -55,8 +55,10 @@ def job_config(config: StudyConfig, space: Space, params: dict[str, Any], folder
     tree = apply(config.job_tree(), space, params)
     tree["output_dir"] = str(folder)
     tree["data"]["cache_dir"] = str(StudyFolder(config.folder.resolve()).cache)
-    for side in ("train_file", "test_file"):
-        tree["data"][side] = str(Path(tree["data"][side]).resolve())
+    for side in ("train_file", "test_file", "validation_file"):
+        if tree["data"][side] is not None:
+            tree["data"][side] = str(Path(tree["data"][side]).resolve())
+    tree["tracking"].update(run_name=f"trial-{folder.name}", group=config.study.name)
     tree["data"]["dataset"] = None
     if Path(tree["model"]["name_or_path"]).is_dir():
         tree["model"]["name_or_path"] = str(Path(tree["model"]["name_or_path"]).resolve())
