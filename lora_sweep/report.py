@@ -30,7 +30,8 @@ from plotly.subplots import make_subplots
 
 from lora_sweep.config import ConfigError, StudyConfig, load_study
 from lora_sweep.events import best_eval
-from lora_sweep.storage import StudyFolder, load_existing, masked, shown_config, storage_file
+from lora_sweep.holdout import honest_lines
+from lora_sweep.storage import WARM_START_ATTR, StudyFolder, load_existing, masked, shown_config, storage_file
 
 # Trial user attrs worth a column, in this order; any other scalar user attr follows them
 # (so a score-like metric the sweep adds later shows up without a change here).
@@ -161,12 +162,16 @@ def load_frame(study: optuna.Study) -> pd.DataFrame:
             row[key] = value
             if key not in KEY_ATTRS and key not in extra:
                 extra.append(key)
+        source = t.user_attrs.get(WARM_START_ATTR)
+        if isinstance(source, dict):  # copied in by study.warm_start: it seeds, it does not compete
+            row["warm_start_from"] = f"{source.get('study')} trial {source.get('trial')}"
         row["curve"] = [[s, v] for s, v in steps]
         rows.append(row)
     base_cols = ["number", "state", "value", *(["value_2"] if len(study.directions) > 1 else []),
                  "best_intermediate", "last_step", "n_evals", "duration_s", "datetime_start"]
     params = sorted({k for r in rows for k in r if k.startswith("params_")})
     attrs = [k for k in KEY_ATTRS if any(k in r for r in rows)] + extra
+    attrs += ["warm_start_from"] if any("warm_start_from" in r for r in rows) else []
     frame = pd.DataFrame(rows, columns=base_cols + params + attrs + ["curve"])
     frame["value"] = frame["value"].astype(float)
     for col in frame.columns:  # whole numbers stay whole where some trials have none (not 12.0)
@@ -197,8 +202,11 @@ def completed(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_row(frame: pd.DataFrame) -> pd.Series | None:
-    """The best completed trial, or None; trials of equal value: the lower best eval loss."""
+    """The best completed trial, or None; trials of equal value: the lower best eval loss. A trial
+    a warm start copied in is not a candidate (its adapter is the earlier study's)."""
     done = completed(frame).dropna(subset=["value"])
+    if "warm_start_from" in done:
+        done = done[done["warm_start_from"].isna()]
     if done.empty:
         return None
     losses = done["best_eval_loss"] if "best_eval_loss" in done else pd.Series(None, index=done.index)
@@ -605,7 +613,7 @@ def write_html(study: optuna.Study, path: str | Path, config: StudyConfig | None
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(study.study_name)}: lora_sweep report"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Sweep report: {esc(study.study_name)}</h1>",
-             "".join(f"<p>{esc(line)}</p>" for line in summary_lines(frame)),
+             "".join(f"<p>{esc(line)}</p>" for line in summary_lines(frame) + honest_lines(study, frame.attrs["metric"])),
              f"<p class='about'>Written {datetime.now():%Y-%m-%d %H:%M}"
              + (f" from {esc(masked(config.storage_url))}" if config else "") + ".</p>"]
     parts += ["<h2>Trials</h2>", f"<p class='about'>{esc(ABOUT['table'])}</p>",

@@ -154,10 +154,25 @@ def load_existing(url: str, name: str | None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+# The user attr of a trial copied from an earlier study by study.warm_start: it seeds the sampler,
+# but it is neither a trial of this study's budget nor a candidate for its best (its adapter is
+# the earlier study's).
+WARM_START_ATTR = "warm_start"
+# The user attr of a trial that re-runs a killed one: {"trial": its number, "dir": its folder},
+# whose last checkpoint the re-run resumes from.
+RESUMES_ATTR = "resumes"
+
+
+def own_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+    """The study's trials in `states`, without the ones a warm start copied in."""
+    return [t for t in study.get_trials(deepcopy=False, states=states) if WARM_START_ATTR not in t.user_attrs]
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial:
     """The study's best completed trial (one objective); of trials with equal values, the one
-    with the lower best eval loss (optuna's `best_trial` takes the first). ValueError if none."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    with the lower best eval loss (optuna's `best_trial` takes the first). ValueError if none.
+    Trials a warm start copied in are not candidates."""
+    done = own_trials(study, (TrialState.COMPLETE,))
     records = [{"trial": t, "value": t.values[0], "eval_loss": t.user_attrs.get("best_eval_loss")} for t in done]
     best = best_eval(records, "value", study.direction.name.lower())
     if best is None:
@@ -287,8 +302,10 @@ def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> No
     except RuntimeError:  # finished meanwhile (its worker was alive after all)
         return
     if trial.params:
-        study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items()
-                                                     if k == "baseline"}, skip_if_exists=False)
+        attrs = {k: v for k, v in trial.user_attrs.items() if k == "baseline"}
+        if "trial_dir" in trial.user_attrs:  # the re-run resumes from its last checkpoint
+            attrs[RESUMES_ATTR] = {"trial": trial.number, "dir": trial.user_attrs["trial_dir"]}
+        study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
     log.warning("trial %d failed: %s; its params run again", trial.number, reason)
 
 

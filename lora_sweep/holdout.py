@@ -1,0 +1,153 @@
+"""An honest best score: test.json scores only what the validation set chose.
+
+With `data.validation_split` or `data.validation_file`, every trial's evaluations run on the
+validation set: it picks each trial's best step and the study's best trial. After the sweep, the
+winner, the documented-defaults trial and the base model are each scored once on test.json, by a
+launched job like a trial's (an adapter evaluated with `training.skip_finetune`, the base model by
+the base-model evaluation), in `<study folder>/test/`. Without a validation set the trials' own
+figures are on test.json already (and optimistic: the same set chose them).
+
+Either way, with per-sample scores (a generation metric's predictions), a paired bootstrap 95 %
+interval of best minus defaults and best minus base says whether a win is more than noise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lora_sweep import launch
+from lora_sweep.config import StudyConfig, dump_yaml
+from lora_sweep.events import JobResult
+from lora_sweep.space import Space
+from lora_sweep.storage import StudyFolder, best_trial, own_trials
+from lora_sweep.trial import TrialFailed, job_config, signal_text, slot_launch
+
+log = logging.getLogger("lora_sweep.holdout")
+
+TEST_ATTR = "test_scores"  # study user attr: {"best"|"defaults"|"base": {...}}
+BOOTSTRAP_ATTR = "bootstrap"  # study user attr: {"best - defaults"|"best - base": {...}}
+DEFAULTS = "documented defaults"  # the `baseline` user attr of the defaults trial
+
+
+def has_validation(config: StudyConfig) -> bool:
+    return config.data.validation_split is not None or config.data.validation_file is not None
+
+
+def defaults_trial(study: optuna.Study) -> FrozenTrial | None:
+    done = own_trials(study, (TrialState.COMPLETE,))
+    return next((t for t in done if t.user_attrs.get("baseline") == DEFAULTS), None)
+
+
+def test_folder(config: StudyConfig, name: str) -> Path:
+    return StudyFolder(config.folder.resolve()).root / "test" / name
+
+
+def score_on_test(config: StudyConfig, space: Space, trial: FrozenTrial | None, slot: list[int] | None) -> dict[str, Any]:
+    """Score a trial's kept adapter (None: the base model) on test.json in a launched job; its
+    figures and the path of its per-sample predictions."""
+    folder = test_folder(config, f"trial-{trial.number}" if trial else "base")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    job = job_config(config, space, trial.params if trial else {}, folder)
+    job.data = job.data.model_copy(update={"validation_split": None, "validation_file": None})  # test.json
+    module = "lora_sweep.evaluate"
+    if trial is not None:  # the adapter the trial kept, evaluated as a job's one evaluation
+        job.model = job.model.model_copy(update={"adapter_path": trial.user_attrs["adapter_path"]})
+        job.training = job.training.model_copy(update={"skip_finetune": True})
+        module = "lora_sweep.train"
+    dump_yaml(job, folder / "job.yaml")
+    flags, env = slot_launch(config, slot)
+    run = launch.run_job(folder / "job.yaml", folder, flags, lambda event: False, env=env, module=module,
+                         stop_grace=config.study.stop_grace)
+    out = folder / ("result.json" if trial else "baseline.json")
+    if run.returncode != 0 or not out.is_file():
+        raise TrialFailed(f"scoring {folder.name} on test.json {signal_text(run.returncode, run.log_tail)}; "
+                          f"see {folder / 'train.log'}")
+    if trial is not None:
+        result = JobResult.read(out)
+        figures = {"trial": trial.number, "eval_loss": result.best_eval_loss, "score": result.best_score}
+    else:
+        base = json.loads(out.read_text(encoding="utf-8"))
+        figures = {"trial": None, "eval_loss": base["eval_loss"], "score": base.get("score")}
+    predictions = folder / "predictions.jsonl"
+    return {**figures, "predictions_path": str(predictions) if predictions.is_file() else None}
+
+
+def sample_scores(path: str | Path | None) -> list[float] | None:
+    """The per-sample scores of a predictions file, in its order (the test prompts' order)."""
+    if not path or not Path(path).is_file():
+        return None
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [float(json.loads(line)["score"]) for line in lines if line.strip()]
+
+
+def intervals(scored: dict[str, dict[str, Any]], seed: int = 0) -> dict[str, dict[str, float]]:
+    """Paired bootstrap 95 % intervals of best minus defaults and best minus base, from the
+    per-sample scores of each (samples paired by position: every job answers the same prompts in
+    the same order)."""
+    from lora_sweep.stats import paired_bootstrap  # TODO(lead): top-level once stats.py lands
+
+    best = sample_scores(scored.get("best", {}).get("predictions_path"))
+    out: dict[str, dict[str, float]] = {}
+    for other in ("defaults", "base"):
+        theirs = sample_scores(scored.get(other, {}).get("predictions_path"))
+        if best is None or theirs is None or len(best) != len(theirs) or not best:
+            continue
+        mean, low, high = paired_bootstrap(best, theirs, seed=seed)
+        out[f"best - {other}"] = {"mean": mean, "low": low, "high": high, "n": len(best)}
+    return out
+
+
+def honest_scores(config: StudyConfig, space: Space, study: optuna.Study, slot: list[int] | None) -> None:
+    """After the sweep: the winner, the defaults trial and the base model on test.json (with a
+    validation set), and the bootstrap intervals; recorded as study user attrs."""
+    try:
+        best = best_trial(study)
+    except ValueError:
+        return
+    defaults = defaults_trial(study)
+    scored: dict[str, dict[str, Any]] = {}
+    if has_validation(config):
+        log.info("scoring the best trial, the defaults trial and the base model on test.json (once each)")
+        chosen = {"best": best, "defaults": defaults}
+        for name, trial in chosen.items():
+            if trial is None:
+                continue
+            scored[name] = (dict(scored["best"]) if name == "defaults" and trial.number == best.number
+                            else score_on_test(config, space, trial, slot))
+        if config.objective.baseline:
+            scored["base"] = score_on_test(config, space, None, slot)
+        study.set_user_attr(TEST_ATTR, scored)
+    else:  # the trials' own predictions, on test.json already
+        base = StudyFolder(config.folder.resolve()).baseline / "predictions.jsonl"
+        scored = {"best": {"predictions_path": best.user_attrs.get("predictions_path")},
+                  "defaults": {"predictions_path": defaults.user_attrs.get("predictions_path") if defaults else None},
+                  "base": {"predictions_path": str(base) if base.is_file() else None}}
+    found = intervals(scored)
+    if found:
+        study.set_user_attr(BOOTSTRAP_ATTR, found)
+
+
+def honest_lines(study: optuna.Study, metric: str) -> list[str]:
+    """The summary's lines: test.json scores and bootstrap intervals, when recorded."""
+    lines = []
+    tests = study.user_attrs.get(TEST_ATTR) or {}
+    for name in ("best", "defaults", "base"):
+        figures = tests.get(name)
+        if figures:
+            value = figures["score"] if figures.get("score") is not None else figures["eval_loss"]
+            shown = metric if figures.get("score") is not None else "eval_loss"
+            which = f"trial {figures['trial']}" if figures.get("trial") is not None else "base model"
+            lines.append(f"on test.json, {name} ({which}): {shown} {value:.4f}")
+    for name, ci in (study.user_attrs.get(BOOTSTRAP_ATTR) or {}).items():
+        verdict = "a real difference" if ci["low"] > 0 or ci["high"] < 0 else "within noise"
+        lines.append(f"{name}: {ci['mean']:+.4f} (95 % paired bootstrap interval {ci['low']:+.4f} .. "
+                     f"{ci['high']:+.4f}, {ci['n']} prompts: {verdict})")
+    return lines
