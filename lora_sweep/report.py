@@ -115,14 +115,14 @@ def is_scalar(value: Any) -> bool:
 
 
 def curve_of(trial: FrozenTrial) -> list[tuple[int, float]]:
-    """(step, value) of each evaluation: the intermediate values, or the `eval_curve` user attr
-    where nothing was reported (optuna takes no reports from multi-objective trials)."""
-    if trial.intermediate_values:
-        return sorted(trial.intermediate_values.items())
+    """(step, metric) of each evaluation that scored the metric: the `eval_curve` user attr, or the
+    intermediate values of a trial that ended before recording it. (The pruner's values are eval
+    loss, sign-adjusted, under objective.prune_on: eval_loss; optuna takes no reports from
+    multi-objective trials.)"""
     curve = trial.user_attrs.get("eval_curve")
     if isinstance(curve, list):
         return [(int(s), float(v)) for s, v in curve if v is not None]
-    return []
+    return sorted(trial.intermediate_values.items())
 
 
 def baseline_attr(study: optuna.Study) -> dict[str, Any] | None:
