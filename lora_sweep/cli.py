@@ -120,8 +120,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lora_sweep import export
     from lora_sweep.config import load_study
 
-    out = export.export(load_study(args.config, args.overrides), args.trial, args.out, args.merge)
-    print(f"{'merged model' if args.merge else 'adapter'} written to {out}")
+    if args.out is None and args.aitk_yaml is None:
+        raise ConfigError(["give --out DIR (the adapter), --aitk-yaml FILE (its params as a lora.yaml), or both"])
+    if args.merge and args.out is None:
+        raise ConfigError(["--merge needs --out DIR: the folder of the merged model"])
+    config = load_study(args.config, args.overrides)
+    if args.aitk_yaml is not None:  # first: it checks its path, so a bad one leaves no adapter copy either
+        path, unmapped = export.aitk_yaml(config, args.trial, args.aitk_yaml)
+        print(f"AI Toolkit lora.yaml written to {path}")
+        if unmapped:
+            print(f"note: no lora.yaml key for {', '.join(unmapped)}: set them in the AI Toolkit", file=sys.stderr)
+    if args.out is not None:
+        out = export.export(config, args.trial, args.out, args.merge)
+        print(f"{'merged model' if args.merge else 'adapter'} written to {out}")
     return 0
 
 
@@ -157,9 +168,12 @@ COMMANDS = {
         p.add_argument("--base", action="store_true", help="answer with the base model, without an adapter"),
         p.add_argument("--max-new-tokens", type=int, help="default: objective.max_new_tokens"),
     )),
-    "export": (cmd_export, "copy a trial's adapter (or --merge: a full model) to a folder", lambda p: (
+    "export": (cmd_export, "copy a trial's adapter (or --merge: a full model) to a folder, and/or write its "
+               "params as an AI Toolkit lora.yaml", lambda p: (
         add_trial(p),
-        p.add_argument("--out", required=True, help="the folder to write (new or empty)"),
+        p.add_argument("--out", help="the folder to write (new or empty)"),
+        p.add_argument("--aitk-yaml", help="write the trial's params (and the study's job values) as an AI Toolkit "
+                       "lora.yaml here (a new file); a study whose job: is a lora.yaml keeps that file's layout"),
         p.add_argument("--merge", action="store_true", help="merge the adapter into the base model"),
     )),
     "dashboard": (cmd_dashboard, "serve optuna-dashboard on the study's storage", lambda p: (

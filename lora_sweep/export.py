@@ -3,11 +3,13 @@
     python -m lora_sweep best study.yaml
     python -m lora_sweep generate study.yaml --trial best|N [--prompt TEXT | --input file.jsonl] [--base]
     python -m lora_sweep export study.yaml --trial best|N --out DIR [--merge]
+    python -m lora_sweep export study.yaml --trial best|N --aitk-yaml out/lora.yaml
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -16,7 +18,18 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lora_sweep.config import ConfigError, StudyConfig
+import yaml
+
+from lora_sweep.config import (
+    FLAT_KEYS,
+    ConfigError,
+    StudyConfig,
+    creation_problem,
+    flat_names,
+    get_path,
+    is_flat,
+    read_yaml,
+)
 from lora_sweep.storage import best_trial, load_existing
 
 
@@ -137,6 +150,85 @@ def export(config: StudyConfig, which: str, out: str, merge: bool) -> Path:
         encoding="utf-8",
     )
     return target
+
+
+# The keys of the AI Toolkit's lora.yaml in its templates' order (tests/data/aitk/: the Aion
+# template's, with the Phi Silica one's num_training_steps). save_dir is left out: where the
+# AI Toolkit writes is its own.
+AITK_ORDER = (
+    "adam_beta1", "adam_beta2", "adam_epsilon", "early_stopping_patience", "epochs", "eval_accumulation_steps",
+    "eval_delay", "eval_steps", "evaluation_strategy", "finetune_dataset", "finetune_test_batch_size",
+    "finetune_test_nsamples", "finetune_test_seqlen", "finetune_train_batch_size", "finetune_train_nsamples",
+    "finetune_train_seqlen", "gradient_accumulation_steps", "gradient_checkpointing", "learning_rate",
+    "lora_dropout", "lr_scheduler_type", "max_grad_norm", "model", "model_path", "num_training_steps",
+    "num_warmup_steps", "save_steps", "seed", "weight_decay", "compare_enabled", "compare_file",
+    "compare_temperature", "skip_finetune", "adapter_path", "system_prompt", "varied_seqlen", "trust_remote_code",
+)
+LINE = re.compile(r"^(?P<key>[A-Za-z_]\w*):(?P<space>[ \t]*)(?P<tag>!!\w+[ \t]+)?(?P<value>.*?)(?P<comment>[ \t]+#.*)?$")
+
+
+def yaml_scalar(value: Any, quoted: bool = False) -> str:
+    """One value as YAML 1.1 writes it (what the AI Toolkit's PyYAML reads: `1.0e-05`, not `1e-05`)."""
+    if quoted and isinstance(value, str):
+        return json.dumps(value)
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+
+
+def aitk_yaml(config: StudyConfig, which: str, out: str) -> tuple[Path, list[str]]:
+    """Write the trial's params (and the study's job values) as an AI Toolkit lora.yaml; return
+    its path and the searched values that have no lora.yaml key (r, alpha, target_modules).
+
+    When the study's `job:` is a flat lora.yaml, that file is copied line for line (layout,
+    comments, untouched values), only the values of the searched keys changed (a proxy's shortcuts,
+    such as fewer steps, stay here); else the study's job values with the trial's params are
+    written under the template's keys, in its order. Nothing is written on an error."""
+    from lora_sweep.space import apply, build_space
+
+    target = Path(out)
+    problem = (f"--aitk-yaml {out}: a folder of that name exists; give a file path" if target.is_dir() else
+               f"--aitk-yaml {out}: the file exists; give a new path" if target.exists() else
+               creation_problem(target.parent, "--aitk-yaml", writable=True, got=out))
+    if problem:
+        raise ConfigError([problem])
+    trial = pick_trial(load_existing(config.storage_url, config.study.name), which)
+    space = build_space(config)
+    tree = apply(config.job_tree(), space, trial.params)
+    names = flat_names()
+    flat = {names[space.paths[name]]: get_path(tree, space.paths[name])
+            for name in trial.params if names.get(space.paths[name]) in FLAT_KEYS}
+    unmapped = [f"{name}: {yaml_scalar(get_path(tree, space.paths[name]))}"
+                for name in trial.params if names.get(space.paths[name]) not in FLAT_KEYS]
+    header = [f"# AI Toolkit lora.yaml: study {config.study.name}, trial {trial.number} "
+              f"({config.objective.metric} {trial.values[0] if trial.values else None})"]
+    source = read_yaml(config.job) if config.job else None
+    if source is not None and is_flat(source):
+        lines = Path(config.job).read_text(encoding="utf-8-sig").splitlines()
+        lines = [swap_value(line, flat) for line in lines]
+        missing = [key for key in flat if key not in source]
+        lines += [f"{key}: {yaml_scalar(flat[key])}" for key in missing]
+    else:
+        values = {name: get_path(tree, path) for path, name in names.items() if name in AITK_ORDER}
+        if values.get("model") is None:  # no display name: a `model: null` line would say nothing
+            values.pop("model", None)
+        extra = [key for key in flat if key not in AITK_ORDER]
+        lines = header + ["# model_path and finetune_dataset are this study's: set the AI Toolkit's own"]
+        lines += [f"{key}: {yaml_scalar(values[key] if key in values else flat[key])}"
+                  for key in [*AITK_ORDER, *extra] if key in values or key in flat]
+    if unmapped:
+        lines += ["# searched here, no lora.yaml key (set them in the AI Toolkit's LoRA settings):",
+                  *[f"#   {line}" for line in unmapped]]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target, unmapped
+
+
+def swap_value(line: str, values: dict[str, Any]) -> str:
+    """A `key: value  # comment` line with the value of `values[key]`, its tag, spacing and comment kept."""
+    found = LINE.match(line)
+    if not found or found["key"] not in values:
+        return line
+    value = yaml_scalar(values[found["key"]], quoted=found["value"].startswith('"'))
+    return f"{found['key']}:{found['space']}{found['tag'] or ''}{value}{found['comment'] or ''}"
 
 
 def print_answers(answers: list[str], input_path: str | None) -> None:
