@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-import pytest
 
 from helpers import REPO, memorization_samples, run_cli, write_jsonl, write_yaml
 from lora_sweep.config import load_job, load_study
