@@ -92,10 +92,8 @@ def test_ddp_trial_writes_one_event_stream_one_adapter_and_its_result(pair, tiny
     from transformers import AutoModelForCausalLM
 
     folder, events = pair.root / "two", pair.two.events
-    # two processes really ran: both ranks log their evaluations, and each step's token count is
-    # the sum over both (2 processes x 2 rows x 32 tokens), not one process's 64
-    log = (folder / "train.log").read_text()
-    assert log.count(f"step {STEPS}/{STEPS}  eval_loss") == 2, pair.two.log_tail
+    # two processes really ran: each step's token count is the sum over both ranks (2 processes x
+    # 2 rows x 32 tokens), not one process's 64
     trains = [e for e in events if e["event"] == "train"]
     assert [e["tokens"] for e in trains] == [128 * step for step in range(1, STEPS + 1)]
     # but only rank 0 writes events: each exactly once, in order
