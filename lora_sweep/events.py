@@ -1,13 +1,17 @@
 """The job's event stream: one JSON object per line, appended and flushed as it happens.
 
 The sweep reads it while the job runs (`EventReader`), and a crash leaves every event
-written before it. Kinds: start, train, eval, checkpoint, warning, compare, done, error.
+written before it. Kinds: start, resume, train, eval, checkpoint, warning, compare, done, error.
+
+It also reads a job's Trainer checkpoints (`last_checkpoint`, `evals_before`) for a re-run that
+resumes from one; like the rest of this module, without importing torch, so the sweep can call it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import logging
 import time
 from dataclasses import dataclass, field
@@ -167,3 +171,80 @@ def best_eval(evals: list[dict[str, Any]], key: str, direction: str) -> dict[str
 def read_events(path: str | Path) -> list[dict[str, Any]]:
     """Every complete event in a file."""
     return EventReader(path).new()
+
+
+# ---------------------------------------------------------------- checkpoints to resume from
+
+# What a Trainer checkpoint of a LoRA job holds for resuming: the adapter weights, the optimizer and
+# scheduler states, the RNG states (rng_state.pth, one per process under DDP), and trainer_state.json,
+# which the Trainer writes after all of them: a folder that has it is complete.
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+RESUME_FILES = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_state.json")
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step of a Trainer checkpoint (its trainer_state.json's global_step); None when unreadable."""
+    try:
+        return int(json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why `path` is not a complete Trainer checkpoint a LoRA job can resume from; None when it is one."""
+    path = Path(path)
+    if not path.is_dir():
+        return f"no folder at {str(path)!r}"
+    missing = [] if any((path / name).is_file() for name in ADAPTER_WEIGHTS) else [ADAPTER_WEIGHTS[0]]
+    missing += [pattern for pattern in RESUME_FILES if not any(path.glob(pattern))]
+    if missing:
+        return (f"{str(path)!r} is not a Trainer checkpoint of a LoRA job to resume from "
+                f"(a checkpoints/checkpoint-<step> folder of a job): it has no {', '.join(missing)}")
+    if checkpoint_step(path) is None:
+        return f"{str(path)!r}: its trainer_state.json has no readable global_step (cut short?)"
+    return None
+
+
+def last_checkpoint(folder: str | Path) -> Path | None:
+    """The latest complete checkpoint of a job's folder (`<folder>/checkpoints/checkpoint-<step>`,
+    the highest step); none there (killed before its first one), the checkpoint that folder's job
+    itself resumed from, if still complete; else None. A folder cut short by a kill is passed over."""
+    folder = Path(folder)
+    found = [(int(m.group(1)), p) for p in (folder / "checkpoints").glob("checkpoint-*")
+             if (m := CHECKPOINT_NAME.fullmatch(p.name)) and checkpoint_problem(p) is None]
+    if found:
+        return max(found)[1]
+    resumed = [e["from"] for e in read_events(folder / "events.jsonl") if e["event"] == "resume" and e.get("from")]
+    if resumed and checkpoint_problem(resumed[-1]) is None:
+        return Path(resumed[-1])
+    return None
+
+
+def evals_before(checkpoint: str | Path) -> tuple[list[dict[str, Any]], int | None]:
+    """The evaluations of the job that wrote `checkpoint` up to its step, and the step whose adapter
+    that job's folder holds (`adapter/`; None if unknown). Read from that job's events.jsonl (beside
+    checkpoints/): its `eval` events and, where it had itself resumed, its `resume` event's
+    evaluations; the last event of a step wins (a late-scored evaluation is reported twice). Without
+    events, the losses of trainer_state.json's log history (no generation scores there)."""
+    checkpoint = Path(checkpoint)
+    step = checkpoint_step(checkpoint)
+    if step is None:
+        raise ValueError(checkpoint_problem(checkpoint) or f"{checkpoint}: no trainer_state.json")
+    records: dict[int, dict[str, Any]] = {}
+    adapter_step: int | None = None
+    for event in read_events(checkpoint.parent.parent / "events.jsonl"):
+        if event["event"] == "start":  # a folder run again from scratch: what came before is not this run
+            records, adapter_step = {}, None
+        elif event["event"] == "resume":
+            records = {r["step"]: r for r in event.get("evals", [])}
+            adapter_step = event.get("adapter_step")
+        elif event["event"] == "eval":
+            if event["step"] <= step:
+                records[event["step"]] = {k: v for k, v in event.items() if k not in ("event", "time", "best")}
+            if event.get("best"):
+                adapter_step = event["step"]  # a step past the checkpoint overwrote the adapter too
+    if not records:
+        history = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
+        records = {h["step"]: {"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h}
+    return [records[s] for s in sorted(records)], adapter_step

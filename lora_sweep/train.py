@@ -7,6 +7,7 @@ Leaves in `output_dir`: config.yaml (what ran), events.jsonl, adapter/ (the adap
 best evaluation), result.json, Trainer checkpoints under checkpoints/, and with compare.enabled
 compare.jsonl (the base model's and the adapter's answers to the compare file's prompts).
 With training.skip_finetune it trains nothing: it evaluates (and compares) model.adapter_path.
+With training.resume_from_checkpoint it goes on from a killed job's checkpoint: see `Reporter.resume`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import sys
 import threading
 import time
@@ -34,6 +36,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
 from lora_sweep.data import (
@@ -56,7 +59,15 @@ from lora_sweep.evaluate import (
     read_compare,
     write_predictions,
 )
-from lora_sweep.events import PARENT_PID_ENV, EventLog, better
+from lora_sweep.events import (
+    PARENT_PID_ENV,
+    EventLog,
+    best_eval,
+    better,
+    checkpoint_problem,
+    checkpoint_step,
+    evals_before,
+)
 from lora_sweep.models import find_model, load_for_inference, load_tokenizer, pick_dtype
 from lora_sweep.tracking import trainer_kwargs
 
@@ -124,9 +135,9 @@ CHECKPOINTING = (
     if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
     else "gradient_checkpointing"
 )
-# Batches of rows of similar length (transformers' LengthGroupedSampler: a shuffle seeded by
-# training.seed, sorted by length within groups of 4 x 50 batches at most); later 5.x versions
-# name it as a sampling strategy.
+# Batches of rows of similar length (transformers' LengthGroupedSampler: a shuffle, sorted by length
+# within groups of 4 x 50 batches at most; `LoraTrainer` seeds it); later 5.x versions name it as a
+# sampling strategy.
 GROUP_BY_LENGTH = (
     {"train_sampling_strategy": "group_by_length"}
     if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
@@ -157,7 +168,10 @@ def training_arguments(config: JobConfig, out: Path, max_steps: int, warmup: int
         eval_accumulation_steps=t.eval_accumulation_steps,
         save_strategy="epoch" if t.evaluation_strategy == "epoch" else "steps",
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=t.save_total_limit,  # the Trainer always keeps the latest one too, to resume from
+        save_only_model=False,  # a checkpoint to resume from needs the optimizer, scheduler and RNG states
+        # the early-stopping counter goes on from the checkpoint's, as in an uninterrupted run
+        restore_callback_states_from_checkpoint=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         logging_steps=t.logging_steps,
@@ -175,6 +189,35 @@ def training_arguments(config: JobConfig, out: Path, max_steps: int, warmup: int
         disable_tqdm=True,  # events and log lines show progress
         **trainer_kwargs(config.tracking),  # report_to the trackers asked for, else "none"
     )
+
+
+class EpochSeededSampler(LengthGroupedSampler):
+    """transformers' length-grouped order, shuffled by `seed` + the epoch. Its own shuffle draws from the
+    global RNG at an epoch's start, which a run resumed in that epoch has in another state (the Trainer
+    restores it only after skipping the batches already trained on): another order than the killed run's."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer calls it before each epoch, a resumed one too
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+class LoraTrainer(Trainer):
+    """The Trainer, with the length-grouped order of varied_seqlen rows seeded per epoch, so that a
+    resumed run goes on in the order the killed one had."""
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            return EpochSeededSampler(sampler.batch_size, sampler.lengths, self.args.data_seed)
+        return sampler
 
 
 # ---------------------------------------------------------------- events
@@ -204,6 +247,35 @@ class Reporter(TrainerCallback):
         self.collator = collator
         self.train_tokens = (0, 0)
         self.eval_tokens = (0, 0)
+        self.tokens_before = 0  # tokens trained on before this process began (a resumed checkpoint's)
+        self.resumed: dict[str, Any] | None = None  # the `resume` event, when it goes on from a checkpoint
+
+    def resume(self, checkpoint: Path, main_process: bool) -> None:
+        """Go on from a killed job's `checkpoint`: take over its evaluations up to the checkpoint's step
+        (so "best", early stopping and generate_every count as in an uninterrupted run) and, when the
+        best of them is the one whose adapter that job kept, that adapter and its predictions.
+        `resumed` holds the `resume` event, which carries both, so that a re-run of this job can do
+        the same from its own checkpoints. (When the killed job's adapter is of a step past the
+        checkpoint, this run evaluates that step again and keeps its own.)"""
+        step = checkpoint_step(checkpoint)
+        self.evals, adapter_step = evals_before(checkpoint)
+        for record in self.evals:
+            record.setdefault("perplexity", perplexity(record["eval_loss"]))
+        self.best = best_eval(self.evals, self.objective.key, self.objective.direction)
+        old = checkpoint.parent.parent
+        if self.best is None or adapter_step != self.best["step"] or not (old / "adapter").is_dir():
+            adapter_step = None
+        elif main_process and old.resolve() != self.out.resolve():
+            shutil.copytree(old / "adapter", self.out / "adapter", dirs_exist_ok=True)
+            if (old / "predictions.jsonl").is_file():
+                shutil.copy2(old / "predictions.jsonl", self.out / "predictions.jsonl")
+        self.resumed = {"step": step, "from": str(checkpoint.resolve()), "evals": list(self.evals),
+                        "adapter_step": adapter_step}
+        log.info("resuming from %s (step %d): %d evaluations before it, best at step %s", checkpoint, step,
+                 len(self.evals), self.best and self.best["step"])
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.tokens_before = state.num_input_tokens_seen  # the Trainer has loaded a checkpoint's state by now
 
     def collated(self) -> tuple[int, int]:
         return (self.collator.real_tokens, self.collator.batch_tokens) if self.collator else (0, 0)
@@ -308,6 +380,8 @@ def run(config: JobConfig) -> dict[str, Any]:
     compared = read_compare(config.compare, config.data) if config.compare.enabled else None
     if config.training.skip_finetune:
         check_adapter(config.model.adapter_path)
+    if config.training.resume_from_checkpoint is not None:
+        check_checkpoint(config)
     model_path = find_model(config.model.name_or_path)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
     tokenized = prepare(config.data, config.training.seed, tokenizer, samples)
@@ -345,6 +419,16 @@ def check_adapter(path: str) -> None:
                            f"as a job's adapter/)"])
 
 
+def check_checkpoint(config: JobConfig) -> None:
+    """Refuse a resume_from_checkpoint that is not a complete Trainer checkpoint of a LoRA job."""
+    key = "training.resume_from_checkpoint"
+    if config.training.skip_finetune:
+        raise ConfigError([f"{key}: a job with training.skip_finetune trains nothing to resume"])
+    problem = checkpoint_problem(config.training.resume_from_checkpoint)
+    if problem:
+        raise ConfigError([f"{key}: {problem}"])
+
+
 def announce(config: JobConfig, tokenized: Tokenized, events: EventLog, warmup_warning: str | None,
              **fields: Any) -> None:
     """The `start` event with the data's figures; a `warning` event (and log line) for a clamped
@@ -366,18 +450,21 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: Tokenized
     model_ready = time.time()
     max_steps = plan_steps(config, len(tokenized.train), world_size)
     warmup, warning = warmup_steps(config, max_steps)
-    announce(config, tokenized, events, warning, max_steps=max_steps, warmup_steps=warmup,
-             trainable_parameters=model.get_nb_trainable_parameters()[0])
-
-    args = training_arguments(config, out, max_steps, warmup, model.dtype)
     collator = Collator(tokenizer.pad_token_id)
     reporter = Reporter(config, events, max_steps, tokenizer, metric, collator)
+    resume = config.training.resume_from_checkpoint
+    if resume is not None:  # read before this job's `start` joins the events of a folder it may share
+        reporter.resume(Path(resume), main_process=events.enabled)
+    announce(config, tokenized, events, warning, max_steps=max_steps, warmup_steps=warmup,
+             trainable_parameters=model.get_nb_trainable_parameters()[0])
+    if resume is not None:
+        events.emit("resume", **reporter.resumed)
+
+    args = training_arguments(config, out, max_steps, warmup, model.dtype)
     callbacks: list[TrainerCallback] = [reporter]
-    stopper = None
     if config.training.early_stopping_patience and config.training.evaluation_strategy != "no":
-        stopper = EarlyStoppingCallback(config.training.early_stopping_patience)
-        callbacks.append(stopper)
-    trainer = Trainer(
+        callbacks.append(EarlyStoppingCallback(config.training.early_stopping_patience))
+    trainer = LoraTrainer(
         model=model,
         args=args,
         train_dataset=RowDataset(tokenized.train),
@@ -388,15 +475,19 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: Tokenized
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # our events and log lines replace its dict dumps
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=resume)
     eval_in_train = reporter.eval_seconds  # train_runtime holds these evaluations, not the ones below
     if not reporter.evals or reporter.evals[-1]["step"] != trainer.state.global_step:
         trainer.evaluate()  # the end of training is always evaluated
     reporter.score_last(model, trainer.is_world_process_zero())
     trained = time.time()
 
+    # a resumed Trainer replaces the stopper with one holding the checkpoint's counter
+    stopper = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, EarlyStoppingCallback)), None)
     stopped_early = stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
     train_seconds = output.metrics["train_runtime"] - eval_in_train
+    # the tokens trained on in this run (a resumed one began at its checkpoint's count)
+    tokens_now = trainer.state.num_input_tokens_seen - reporter.tokens_before
     return {
         **kept(config, reporter, tokenized),
         "steps_run": trainer.state.global_step,
@@ -404,7 +495,7 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: Tokenized
         "stop_reason": "early_stopping" if stopped_early else "completed",
         "train_tokens": trainer.state.num_input_tokens_seen,
         # tokens are summed over all processes, so this is the throughput of the whole job
-        "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / max(train_seconds, 1e-9), 1),
+        "train_tokens_per_s": round(tokens_now / max(train_seconds, 1e-9), 1),
         # real tokens over padded batch tokens in training: 1.0 for packed rows
         "real_token_share": reporter.real_token_share(),
         "peak_memory_mb": round(peak_memory_mb(), 1),
