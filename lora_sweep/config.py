@@ -674,10 +674,21 @@ class StudySection(Section):
     def _places(self) -> StudySection:
         problems = [storage_problem(self.storage)] if self.storage else []
         problems.append(creation_problem(self.dir, "study.dir", writable=False))
+        problems.append(launcher_problem(self.launcher_args))
         problems = [p for p in problems if p]
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+def launcher_problem(args: list[str] | None) -> str | None:
+    """accelerate runs `--cpu --num_processes N` (N > 1) as ONE process: refuse what reads as DDP."""
+    if not args or "--cpu" not in args or "--num_processes" not in args[:-1]:
+        return None
+    n = args[args.index("--num_processes") + 1]
+    return None if n == "1" else (
+        f"study.launcher_args: accelerate runs --cpu --num_processes {n} as one process; for {n} processes "
+        f"on the CPU (gloo) give --multi_gpu --num_processes {n} without --cpu")
 
 
 # ---------------------------------------------------------------- the search space's names and checks

@@ -48,3 +48,11 @@ def test_two_ddp_trials_on_one_gpu_group_rendezvous_on_different_ports(tmp_path)
     port = lambda flags: flags[flags.index("--main_process_port") + 1]  # noqa: E731
     assert first[1] == second[1] == {"CUDA_VISIBLE_DEVICES": "0,1"}
     assert "--multi_gpu" in first[0] and port(first[0]) != port(second[0])
+
+
+def test_cpu_launcher_args_that_read_as_ddp_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"study.launcher_args: accelerate runs --cpu --num_processes 2 as one "
+                                         r"process; for 2 processes on the CPU \(gloo\) give --multi_gpu "
+                                         r"--num_processes 2 without --cpu"):
+        study(tmp_path, launcher_args=["--cpu", "--num_processes", "2"])
+    assert study(tmp_path, launcher_args=["--cpu", "--num_processes", "1"]).study.launcher_args[-1] == "1"
