@@ -319,7 +319,8 @@ class CompareSection(Section):
 
 class TrackingSection(Section):
     mlflow: str | None = Field(
-        None, description="MLflow tracking URI (e.g. sqlite:///mlflow.db, a folder, http://host:5000): one "
+        None, description="MLflow tracking URI (sqlite:///mlflow.db or http://host:5000; MLflow 3 refuses a folder "
+        "unless MLFLOW_ALLOW_FILE_STORE=true): one "
         "experiment per study, one run per trial with its params, curves and value."
     )
     wandb: str | None = Field(
