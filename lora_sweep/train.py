@@ -566,7 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="job YAML (ours, or a flat AI Toolkit lora.yaml)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. training.learning_rate=1e-3")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # under DDP every rank runs this: rank 0 speaks for the job, the others only warn
+    level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     hf_logging.disable_progress_bar()  # shard-writing bars would fill the trial logs
     watch_parent()
     try:
