@@ -1,5 +1,17 @@
-"""Chat data: read and check train.json / test.json, render with the chat template,
-label the assistant's tokens, pack or truncate to the sequence length, cache on disk.
+"""Chat data: read and check train.json / test.json (and a validation set), render with the
+chat template, label the assistant's tokens, pack or truncate to the sequence length, cache on disk.
+
+The set a job evaluates (eval loss, generation metric) is the validation set when one is
+configured (data.validation_split holds out part of train.json, data.validation_file is a file of
+its own), else test.json: see `load_samples`. With a validation set, test.json scores only what it
+chose, once (`python -m lora_sweep.evaluate job.yaml --split test`).
+
+Packed rows (varied_seqlen false) are cut from samples laid end to end. data.packing: concat lets
+a token attend to the samples before it in its row (the reference's behaviour); bounded stores each
+token's position within its sample, the collator passes them as `position_ids` without an
+attention mask, and transformers then masks attention to each sample (masking_utils'
+find_packed_sequence_indices; sdpa, eager and flex attention). `check_bounded` refuses a model
+that attends across samples anyway.
 
 Labels are built here, not by a stock collator: when the pad token is the end-of-turn
 token (common for chat models), a collator that masks padding by id would also mask
@@ -16,7 +28,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -28,7 +40,10 @@ log = logging.getLogger(__name__)
 IGNORE = -100  # label of a token the loss skips
 ROLES = ("system", "user", "assistant")
 MAX_PROBLEMS = 20  # per file; the rest are counted, not listed
-CACHE_VERSION = 2  # bump when the tokenized format or the rendering changes
+CACHE_VERSION = 3  # bump when the tokenized format or the rendering changes
+# The validation split's seed: fixed, not training.seed, so that every trial of a study holds out the
+# same samples even when the search space varies training.seed.
+VALIDATION_SEED = 0
 
 # Used when a tokenizer has no chat template of its own.
 FALLBACK_TEMPLATE = (
@@ -37,7 +52,9 @@ FALLBACK_TEMPLATE = (
 )
 
 Sample = dict[str, Any]
-Row = tuple[list[int], list[int]]  # token ids and their labels
+# token ids and their labels, and with bounded packing each token's position within its sample
+Row = tuple[list[int], list[int]] | tuple[list[int], list[int], list[int]]
+Split = Literal["eval", "test"]  # what a job evaluates (validation set if any, else test.json), or test.json
 
 
 # ---------------------------------------------------------------- reading and checking
@@ -140,14 +157,50 @@ def capped(problems: list[str], cap: int = MAX_PROBLEMS) -> list[str]:
     return problems[:cap] + [f"... and {len(problems) - cap} more problems in the same file"]
 
 
-def load_samples(data: DataSection) -> tuple[list[Sample], list[Sample]]:
-    """Read and check both files, raising one ConfigError with every problem of both."""
+def has_validation(data: DataSection) -> bool:
+    return data.validation_split is not None or data.validation_file is not None
+
+
+def eval_set(data: DataSection, split: Split = "eval") -> str:
+    """The name of the set `load_samples(data, split)` evaluates: "validation" or "test"."""
+    return "validation" if split == "eval" and has_validation(data) else "test"
+
+
+def load_samples(data: DataSection, split: Split = "eval") -> tuple[list[Sample], list[Sample]]:
+    """(train, evaluated) samples: train.json less the validation split, and the validation set when
+    one is configured and `split` is "eval" (what every job evaluates), else test.json.
+
+    Every file is read and checked either way; one ConfigError holds every problem of all of them.
+    """
     train, train_problems = read_samples(data.train_file)
     test, test_problems = read_samples(data.test_file)
     problems = capped(train_problems) + capped(test_problems)
+    validation = None
+    if data.validation_file is not None:
+        validation, validation_problems = read_samples(data.validation_file)
+        problems += [f"data.validation_file: {p}" for p in capped(validation_problems)]
+    if not problems and data.validation_split is not None:
+        train, validation, problem = hold_out(train, data.validation_split, Path(data.train_file).name)
+        problems += [problem] if problem else []
     if problems:
         raise ConfigError(problems, "data")
-    return train, test
+    return train, validation if eval_set(data, split) == "validation" else test
+
+
+def hold_out(samples: list[Sample], split: float, name: str) -> tuple[list[Sample], list[Sample], str | None]:
+    """(the rest, the held-out samples, None), both in file order: `split` is a share (< 1) or a count
+    (>= 1), drawn with VALIDATION_SEED; or what is wrong with `split` as the third item."""
+    n = int(split) if split >= 1 else round(split * len(samples))
+    given = f"data.validation_split ({int(split) if split >= 1 else split})"
+    if split >= 1 and n >= len(samples):
+        return samples, [], (f"{given} must be below the number of {name} samples ({len(samples)}): at least one "
+                             f"must be left to train on")
+    if not 1 <= n < len(samples):
+        return samples, [], (f"{given} holds out {n} of the {len(samples)} {name} samples: give a share that "
+                             f"leaves at least one sample on each side, or a count")
+    held = set(random.Random(VALIDATION_SEED).sample(range(len(samples)), n))
+    return ([s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held],
+            None)
 
 
 def select(samples: list[Sample], n: int, seed: int) -> list[Sample]:
@@ -240,19 +293,23 @@ def tokenize_sample(
 
 @dataclass
 class Rows:
-    """Token rows stored flat: row i is ids[offsets[i]:offsets[i+1]]."""
+    """Token rows stored flat: row i is ids[offsets[i]:offsets[i+1]]. `positions` (bounded packing
+    only, else None) holds each token's position within its sample, stored the same way."""
 
     ids: torch.Tensor
     labels: torch.Tensor
     offsets: torch.Tensor
+    positions: torch.Tensor | None = None
 
     @classmethod
     def of(cls, rows: list[Row]) -> Rows:
         lengths = torch.tensor([0] + [len(r[0]) for r in rows], dtype=torch.int64)
+        bounded = bool(rows) and len(rows[0]) == 3
         return cls(
             ids=torch.tensor([t for r in rows for t in r[0]], dtype=torch.int64),
             labels=torch.tensor([t for r in rows for t in r[1]], dtype=torch.int64),
             offsets=torch.cumsum(lengths, 0),
+            positions=torch.tensor([t for r in rows for t in r[2]], dtype=torch.int64) if bounded else None,
         )
 
     def __len__(self) -> int:
@@ -265,19 +322,38 @@ class Rows:
     def lengths(self) -> list[int]:
         return (self.offsets[1:] - self.offsets[:-1]).tolist()
 
+    def row_positions(self, i: int) -> torch.Tensor | None:
+        if self.positions is None:
+            return None
+        return self.positions[self.offsets[i].item() : self.offsets[i + 1].item()]
 
-def pack(examples: list[Row], seqlen: int, keep_tail: bool) -> list[Row]:
+
+def pack(examples: list[Row], seqlen: int, keep_tail: bool, bounded: bool = False) -> list[Row]:
     """Concatenate examples end to end and cut rows of exactly `seqlen` tokens.
 
     The tail shorter than a row is dropped for training (no padding at all) and kept as a
-    shorter row for testing (`keep_tail`), so evaluation sees every test token.
+    shorter row for testing (`keep_tail`), so evaluation sees every test token. `bounded` adds
+    each token's position within its sample, restarting at 0 where a sample (or the part of one
+    that a row cut off) begins.
     """
     ids = [t for e in examples for t in e[0]]
     labels = [t for e in examples for t in e[1]]
-    rows = [(ids[a : a + seqlen], labels[a : a + seqlen]) for a in range(0, len(ids), seqlen)]
+    starts = [i == 0 for e in examples for i in range(len(e[0]))]  # True where a sample begins
+    rows: list[Row] = []
+    for a in range(0, len(ids), seqlen):
+        row = (ids[a : a + seqlen], labels[a : a + seqlen])
+        rows.append((*row, restarted(starts[a : a + seqlen])) if bounded else row)
     if rows and len(rows[-1][0]) < seqlen and not keep_tail:
         rows.pop()
     return rows
+
+
+def restarted(starts: list[bool]) -> list[int]:
+    """Position ids that count from 0 at the row's start and again at each True of `starts`."""
+    positions: list[int] = []
+    for j, start in enumerate(starts):
+        positions.append(0 if start or j == 0 else positions[-1] + 1)
+    return positions
 
 
 def truncate(examples: list[Row], seqlen: int) -> list[Row]:
@@ -302,8 +378,9 @@ def answer_span(labels: list[int]) -> tuple[int, int]:
 
 
 class RowDataset(torch.utils.data.Dataset):
-    """Rows as {"input_ids", "labels"} items; `lengths` (tokens per row) serve a length-grouped
-    sampler (transformers' LengthGroupedSampler takes them as `lengths=`)."""
+    """Rows as {"input_ids", "labels"} items (and "position_ids" for bounded packing); `lengths`
+    (tokens per row) serve a length-grouped sampler (transformers' LengthGroupedSampler takes them
+    as `lengths=`)."""
 
     def __init__(self, rows: Rows):
         self.rows = rows
@@ -314,12 +391,19 @@ class RowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         ids, labels = self.rows.row(i)
-        return {"input_ids": ids, "labels": labels}
+        positions = self.rows.row_positions(i)
+        item = {"input_ids": ids, "labels": labels}
+        return item if positions is None else {**item, "position_ids": positions}
 
 
 @dataclass
 class Collator:
     """Pads a batch to its longest row; padding is masked from attention and loss by position.
+
+    Rows with position ids (bounded packing) get them, and no attention mask: transformers finds
+    the samples from where the positions restart only when no mask is given. Their padding is one
+    more such sample (positions from 0, labels IGNORE): it comes after the row's tokens, so no
+    token attends to it.
 
     `real_tokens` and `batch_tokens` count, over every batch collated so far in this process,
     the row tokens and the tokens of the padded batches: their ratio is the real-token share.
@@ -333,20 +417,27 @@ class Collator:
         width = max(len(item["input_ids"]) for item in batch)
         self.real_tokens += sum(len(item["input_ids"]) for item in batch)
         self.batch_tokens += width * len(batch)
+        bounded = "position_ids" in batch[0]
         if all(len(item["input_ids"]) == width for item in batch):  # packed rows: nothing to pad
             ids = torch.stack([item["input_ids"] for item in batch])
-            return {"input_ids": ids, "labels": torch.stack([item["labels"] for item in batch]),
-                    "attention_mask": torch.ones_like(ids)}
+            out = {"input_ids": ids, "labels": torch.stack([item["labels"] for item in batch])}
+            if bounded:
+                return {**out, "position_ids": torch.stack([item["position_ids"] for item in batch])}
+            return {**out, "attention_mask": torch.ones_like(ids)}
         out = {
             "input_ids": torch.full((len(batch), width), self.pad_id, dtype=torch.int64),
             "labels": torch.full((len(batch), width), IGNORE, dtype=torch.int64),
-            "attention_mask": torch.zeros((len(batch), width), dtype=torch.int64),
         }
+        out["position_ids" if bounded else "attention_mask"] = torch.zeros((len(batch), width), dtype=torch.int64)
         for i, item in enumerate(batch):
             n = len(item["input_ids"])
             out["input_ids"][i, :n] = item["input_ids"]
             out["labels"][i, :n] = item["labels"]
-            out["attention_mask"][i, :n] = 1
+            if bounded:
+                out["position_ids"][i, :n] = item["position_ids"]
+                out["position_ids"][i, n:] = torch.arange(width - n)
+            else:
+                out["attention_mask"][i, :n] = 1
         return out
 
 
@@ -355,9 +446,11 @@ class Collator:
 
 @dataclass
 class Tokenized:
-    """Both sides' rows, and what became of the samples.
+    """Both sides' rows, and what became of the samples. `test` holds the rows of the evaluated
+    set: the validation set's when there is one (stats["eval_set"] says which).
 
-    `stats` (flat, for the job's start event and `answer_warning`): train_rows / test_rows
+    `stats` (flat, for the job's start event and `answer_warning`): eval_set ("validation" or
+    "test") and eval_samples (samples of it evaluated), train_rows / test_rows
     (rows kept), *_rows_without_labels (rows dropped for holding no labelled token),
     *_answers_cut (samples whose first answer token lies at or past the seqlen: cut away in
     varied rows, trained without the start of their prompt in packed rows) and
@@ -367,7 +460,7 @@ class Tokenized:
 
     train: Rows
     test: Rows
-    stats: dict[str, int | float]
+    stats: dict[str, int | float | str]
     details: dict[str, dict[str, int | float]]
 
 
@@ -382,26 +475,29 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def cache_path(data: DataSection, seed: int, tokenizer: Any) -> Path:
+def cache_path(data: DataSection, seed: int, tokenizer: Any, split: Split = "eval") -> Path:
     """Where the tokenized data of these files, tokenizer and settings is cached."""
     settings = data.model_dump(
         include={"system_prompt", "varied_seqlen", "train_on_prompt", "train_nsamples",
-                 "test_nsamples", "train_seqlen", "test_seqlen"}
+                 "test_nsamples", "train_seqlen", "test_seqlen", "validation_split", "packing"}
     )
+    validation = file_digest(data.validation_file) if data.validation_file is not None else None
     key = json.dumps(
-        [CACHE_VERSION, file_digest(data.train_file), file_digest(data.test_file),
-         tokenizer_fingerprint(tokenizer), settings, seed],
+        [CACHE_VERSION, file_digest(data.train_file), file_digest(data.test_file), validation,
+         eval_set(data, split), tokenizer_fingerprint(tokenizer), settings, seed],
         sort_keys=True,
     )
     folder = Path(data.cache_dir) if data.cache_dir else cache_root() / "tokenized"
     return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
 
 
-def tokenize(data: DataSection, seed: int, tokenizer: Any, train: list[Sample], test: list[Sample]) -> Tokenized:
-    """Render, label and pack (or truncate) both sides; drop the rows without a label."""
+def tokenize(data: DataSection, seed: int, tokenizer: Any, train: list[Sample], test: list[Sample],
+             evaluated: str = "test") -> Tokenized:
+    """Render, label and pack (or truncate) both sides; drop the rows without a label. `test` are
+    the samples of the evaluated set, named `evaluated` ("validation" or "test")."""
     template = chat_template(tokenizer)
     sides = {}
-    stats: dict[str, int | float] = {}
+    stats: dict[str, int | float | str] = {"eval_set": evaluated}
     details: dict[str, dict[str, int | float]] = {}
     for side, samples, n, seqlen in (
         ("train", train, data.train_nsamples, data.train_seqlen),
@@ -415,7 +511,10 @@ def tokenize(data: DataSection, seed: int, tokenizer: Any, train: list[Sample], 
             examples.append((ids, ids if data.train_on_prompt else answers))  # prompt labels == its ids
             spans.append(answer_span(answers))
         keep = max(end for _, end in spans)
-        rows = truncate(examples, seqlen) if data.varied_seqlen else pack(examples, seqlen, keep_tail=side == "test")
+        if data.varied_seqlen:
+            rows = truncate(examples, seqlen)
+        else:
+            rows = pack(examples, seqlen, keep_tail=side == "test", bounded=data.packing == "bounded")
         sample_tokens = sum(len(e[0]) for e in examples)
         if not rows:
             raise ConfigError(
@@ -423,8 +522,8 @@ def tokenize(data: DataSection, seed: int, tokenizer: Any, train: list[Sample], 
                  f"lower it or add samples"], "data")
         kept, dropped = labelled(rows)
         if not len(kept):
-            raise ConfigError([f"{side} data has no labelled tokens after cutting to {seqlen} tokens: raise "
-                               f"data.{side}_seqlen ({keep} keeps every answer)"], "data")
+            raise ConfigError([f"{evaluated if side == 'test' else side} data has no labelled tokens after cutting "
+                               f"to {seqlen} tokens: raise data.{side}_seqlen ({keep} keeps every answer)"], "data")
         stats[f"{side}_rows"] = len(kept)
         stats[f"{side}_rows_without_labels"] = dropped
         stats[f"{side}_answers_cut"] = sum(start >= seqlen for start, _ in spans)
@@ -445,6 +544,7 @@ def tokenize(data: DataSection, seed: int, tokenizer: Any, train: list[Sample], 
             "kept_token_share": stored / sample_tokens,
         }
         sides[side] = kept
+    stats["eval_samples"] = details["test"]["samples"]
     return Tokenized(sides["train"], sides["test"], stats, details)
 
 
@@ -476,20 +576,22 @@ def answer_warning(stats: dict[str, int | float], data: DataSection) -> str | No
 
 
 def prepare(
-    data: DataSection, seed: int, tokenizer: Any, samples: tuple[list[Sample], list[Sample]] | None = None
+    data: DataSection, seed: int, tokenizer: Any, samples: tuple[list[Sample], list[Sample]] | None = None,
+    split: Split = "eval",
 ) -> Tokenized:
     """Tokenized data for a job, from the cache when these files and settings were seen before.
 
-    `samples` are the already checked (train, test) samples, read again when not given.
+    `samples` are the already checked samples `load_samples(data, split)` returns, read again when
+    not given.
     """
-    path = cache_path(data, seed, tokenizer)
+    path = cache_path(data, seed, tokenizer, split)
     if path.is_file():
         blob = torch.load(path, weights_only=True)
         log.info("tokenized data from cache %s", path)
         return Tokenized(Rows(**blob["train"]), Rows(**blob["test"]), json.loads(blob["stats"]),
                          json.loads(blob["details"]))
-    train, test = samples or load_samples(data)
-    tokenized = tokenize(data, seed, tokenizer, train, test)
+    train, test = samples or load_samples(data, split)
+    tokenized = tokenize(data, seed, tokenizer, train, test, eval_set(data, split))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(
@@ -500,3 +602,56 @@ def prepare(
     os.replace(tmp, path)  # atomic: trials reading the cache never see half a file
     log.info("tokenized data cached in %s", path)
     return tokenized
+
+
+# ---------------------------------------------------------------- bounded packing, model side
+
+# Two packed rows in the probe batch: flash attention honours restarting positions only in a batch of
+# one row (transformers' _is_packed_sequence), and training batches hold more.
+PROBE_FIRST, PROBE_SECOND = [3, 4, 5, 6, 7], [8, 9, 10, 11]
+
+
+@torch.no_grad()
+def cross_sample_drift(model: Any) -> tuple[float, float]:
+    """How far a sample's logits move when another sample precedes it in a packed row, against the
+    sample run alone (largest absolute difference): with positions restarting at it (bounded) and
+    with plain positions (concat, which does attend across)."""
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().num_embeddings
+    first, second = [t % vocab for t in PROBE_FIRST], [t % vocab for t in PROBE_SECOND]
+    ids = torch.tensor([first + second] * 2, device=device)
+    positions = torch.tensor([list(range(len(first))) + list(range(len(second)))] * 2, device=device)
+    was_training = model.training
+    model.eval()  # no dropout in the comparison
+    try:
+        # use_cache=False: with a cache, transformers does not look for packed samples at all
+        alone = model(input_ids=ids[:, len(first):], use_cache=False).logits.float()
+        bounded = model(input_ids=ids, position_ids=positions, use_cache=False).logits[:, len(first):].float()
+        concat = model(input_ids=ids, use_cache=False).logits[:, len(first):].float()
+    finally:
+        model.train(was_training)
+    return (bounded - alone).abs().max().item(), (concat - alone).abs().max().item()
+
+
+def check_bounded(model: Any) -> None:
+    """Refuse a model that lets a bounded-packed sample attend to the samples before it in its row
+    (an attention implementation that ignores restarting position ids, a model that builds its own
+    masks): it would train on what data.packing: bounded promises to keep apart. Costs three
+    forward passes of 9 tokens."""
+    bounded, concat = cross_sample_drift(model)
+    if bounded <= 0.1 * concat:  # rounding in bf16 moves logits too, by far less than attention across does
+        return
+    config = getattr(model, "config", None)
+    kind = f"{getattr(config, 'model_type', '?')}, attention {getattr(config, '_attn_implementation', '?')}"
+    raise ConfigError([
+        f"data.packing: bounded keeps attention inside each sample only for models whose masks transformers "
+        f"builds from restarting position ids (sdpa, eager or flex_attention attention), but in this model "
+        f"({kind}) a packed sample attends to the one before it (its logits move by {bounded:.3g}, by {concat:.3g} "
+        f"with concat); use data.packing: concat or data.varied_seqlen: true"
+    ])
+
+
+def check_packing(data: DataSection, model: Any) -> None:
+    """check_bounded when `data` packs rows with packing: bounded; nothing otherwise."""
+    if not data.varied_seqlen and data.packing == "bounded":
+        check_bounded(model)

@@ -3,7 +3,12 @@ the answer with the reference (the conversation's last assistant message). Also 
 (one function for the Trainer and for evaluations outside it), and the AI Toolkit's compare step:
 the base model's and the adapter's answers to a file of prompts, side by side.
 
-    python -m lora_sweep.evaluate job.yaml [--adapter DIR]     # the base-model baseline
+    python -m lora_sweep.evaluate job.yaml [--adapter DIR] [--split test] [--out NAME]
+
+scores the base model (or it with the adapter in DIR) on the set a job evaluates (the validation
+set when the job has one, else test.json; `--split test`: test.json always) and writes
+<output_dir>/NAME.json and NAME_predictions.jsonl (default: baseline.json and predictions.jsonl,
+the sweep's base-model baseline).
 
 Generation is batched (left padding, answers decoded without special tokens), greedy unless a
 temperature is given.
@@ -31,9 +36,12 @@ from lora_sweep.data import (
     Collator,
     RowDataset,
     Rows,
+    Split,
     capped,
     chat_template,
+    check_bounded,
     check_sample,
+    eval_set,
     load_samples,
     prepare,
     render,
@@ -165,7 +173,10 @@ def causal_lm_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: torch
 
 @torch.no_grad()
 def eval_loss(model: Any, rows: Rows, batch_size: int, pad_id: int) -> float:
-    """Mean of per-batch losses weighted by batch size, as Trainer's evaluation computes it."""
+    """Mean of per-batch losses weighted by batch size, as Trainer's evaluation computes it. Rows
+    of bounded packing are first checked to stay inside their samples with this model."""
+    if rows.positions is not None:
+        check_bounded(model)
     dataset, collate, total = RowDataset(rows), Collator(pad_id), 0.0
     device = next(model.parameters()).device
     model.eval()
@@ -173,7 +184,8 @@ def eval_loss(model: Any, rows: Rows, batch_size: int, pad_id: int) -> float:
         items = [dataset[i] for i in range(start, min(start + batch_size, len(rows)))]
         batch = {k: v.to(device) for k, v in collate(items).items()}
         labels = batch.pop("labels")
-        total += causal_lm_loss(model(**batch), labels).item() * len(items)
+        # no cache (as the Trainer runs it): with one, transformers ignores packed position ids
+        total += causal_lm_loss(model(**batch, use_cache=False), labels).item() * len(items)
     return total / len(rows)
 
 
@@ -241,35 +253,67 @@ def compare(config: JobConfig, adapter: str | Path, prompts_: list[Prompt]) -> l
             for p, b, a in zip(prompts_, base, tuned)]
 
 
-def evaluate_model(config: JobConfig, adapter: str | Path | None = None) -> dict[str, Any]:
+BASELINE = "baseline"  # the sweep's base-model evaluation: baseline.json and predictions.jsonl
+
+
+def output_names(name: str) -> tuple[str, str]:
+    """The result and predictions file names of an evaluation named `name`."""
+    return f"{name}.json", "predictions.jsonl" if name == BASELINE else f"{name}_predictions.jsonl"
+
+
+def evaluate_model(config: JobConfig, adapter: str | Path | None = None, split: Split = "eval",
+                   name: str = BASELINE) -> dict[str, Any]:
     """Loss, perplexity and (for a generation objective) the metric of the base model, or of
-    the base model with `adapter`; writes baseline.json and predictions.jsonl to output_dir."""
+    the base model with `adapter`, on the set a job evaluates (`split` "eval") or on test.json
+    ("test"); writes output_names(name) to output_dir: the figures, with the set's name ("split")
+    and its samples ("n"), and the per-sample predictions."""
     started = time.time()
-    train_samples, test_samples = load_samples(config.data)
-    scorer = check_scorer(config.objective, test_samples)
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise ConfigError([f"--adapter: no LoRA adapter at {str(adapter)!r} (a folder with adapter_config.json, "
+                           f"as a job's adapter/)"])
+    samples = load_samples(config.data, split)
+    scorer = check_scorer(config.objective, samples[1])
     model, tokenizer = load_for_inference(config.model, adapter)
-    tokenized = prepare(config.data, config.training.seed, tokenizer, (train_samples, test_samples))
+    tokenized = prepare(config.data, config.training.seed, tokenizer, samples, split)
     loss = eval_loss(model, tokenized.test, config.data.test_batch_size, tokenizer.pad_token_id)
-    result: dict[str, Any] = {"eval_loss": loss, "perplexity": perplexity(loss), "metric": config.objective.metric}
+    result: dict[str, Any] = {
+        "split": eval_set(config.data, split), "n": tokenized.stats["eval_samples"],
+        "adapter": str(Path(adapter).resolve()) if adapter is not None else None,
+        "eval_loss": loss, "perplexity": perplexity(loss), "metric": config.objective.metric,
+    }
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    figures, predictions = output_names(name)
     if scorer is not None:
-        metric = GenerationMetric(config.objective, config.data, config.training.seed, test_samples, scorer)
+        metric = GenerationMetric(config.objective, config.data, config.training.seed, samples[1], scorer)
         result["score"], records = metric(model, tokenizer)
-        write_predictions(out / "predictions.jsonl", records)
+        write_predictions(out / predictions, records)
     result["wall_time_s"] = round(time.time() - started, 3)
-    (out / "baseline.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out / figures).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def checked_name(name: str) -> str:
+    """--out: a file name stem, not a path (the files go to output_dir)."""
+    if not name or name != Path(name).name or name.startswith("."):
+        raise argparse.ArgumentTypeError(f"a file name without a folder, e.g. test_best (got {name!r})")
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lora_sweep.evaluate", description="Evaluate a model on the test data.")
     parser.add_argument("config", help="job YAML")
     parser.add_argument("--adapter", help="a LoRA adapter folder to evaluate on top of the base model")
+    parser.add_argument("--split", choices=["eval", "test"], default="eval",
+                        help="eval: the set a job evaluates (the validation set when the job has one, else "
+                        "test.json); test: test.json")
+    parser.add_argument("--out", default=BASELINE, type=checked_name,
+                        help="writes <output_dir>/OUT.json and OUT_predictions.jsonl (default: baseline.json "
+                        "and predictions.jsonl)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        result = evaluate_model(load_job(args.config), args.adapter)
+        result = evaluate_model(load_job(args.config), args.adapter, args.split, args.out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
