@@ -118,7 +118,7 @@ class DataSection(Section):
         None,
         gt=0,
         description="Hold out this share (0 < x < 1) or this many (x >= 1, whole) of train.json's samples, "
-        "drawn with training.seed, as the validation set that picks each trial's best step and the best "
+        "drawn with a fixed seed (the same ones in every trial, whatever training.seed), as the validation set that picks each trial's best step and the best "
         "trial; test.json then scores only the winner, the defaults trial and the base model.",
     )
     validation_file: str | None = Field(

@@ -44,6 +44,7 @@ from lora_sweep.data import (
     RowDataset,
     Tokenized,
     answer_warning,
+    check_packing,
     load_samples,
     prepare,
 )
@@ -182,7 +183,9 @@ def training_arguments(config: JobConfig, out: Path, max_steps: int, warmup: int
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu,
-        include_num_input_tokens_seen="non_padding",
+        # packed training rows hold no padding, and bounded ones no attention mask, which is what
+        # "non_padding" counts by (else tokens equal to pad, the end-of-turn, go uncounted)
+        include_num_input_tokens_seen="non_padding" if d.varied_seqlen else "all",
         **(GROUP_BY_LENGTH if d.varied_seqlen else {}),  # packed rows all have the same length
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient
         remove_unused_columns=False,
@@ -447,6 +450,7 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: Tokenized
     out = Path(config.output_dir)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     model = load_model(config, model_path)
+    check_packing(config.data, model)  # bounded packing: refuse a model that attends across samples
     model_ready = time.time()
     max_steps = plan_steps(config, len(tokenized.train), world_size)
     warmup, warning = warmup_steps(config, max_steps)

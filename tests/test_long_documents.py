@@ -52,7 +52,8 @@ def labelled_per_row(rows: D.Rows) -> list[int]:
 
 
 STATS_KEYS = ["train_rows", "train_rows_without_labels", "train_answers_cut",
-              "test_rows", "test_rows_without_labels", "test_answers_cut", "seqlen_to_keep_answers"]
+              "test_rows", "test_rows_without_labels", "test_answers_cut", "seqlen_to_keep_answers",
+              "eval_set", "eval_samples"]
 
 
 def counts(stats: dict) -> tuple:
