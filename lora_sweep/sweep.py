@@ -27,7 +27,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from lora_sweep import launch
+from lora_sweep import cluster, launch
 from lora_sweep.config import ConfigError, StudyConfig, load_study
 from lora_sweep.dashboard import write_study_note
 from lora_sweep.space import Space, build_space, default_params, describe, suggest
@@ -106,7 +106,7 @@ def optuna_options(section: str, kind: str) -> Iterator[None]:
 def device_groups(config: StudyConfig) -> list[list[int] | None]:
     """One entry per trial slot: the GPU ids it uses, or None for a CPU slot."""
     s = config.study
-    if s.devices == "cpu":
+    if s.devices == "cpu" or s.executor == "ray":  # on Ray the task's resources pick the GPUs, on its node
         return [None] * s.parallel
     if s.devices == "auto":
         import torch
@@ -246,6 +246,7 @@ class Sweep:
     def run(self, trial: optuna.Trial, params: dict[str, Any], slot: list[int] | None) -> None:
         """Run a taken trial and tell the study how it ended; a failure is a result, not a crash."""
         state, values, error = TrialState.COMPLETE, None, None
+        requeue = None  # why the trial fails and its params run again
         with heartbeat(self.study, trial):
             try:
                 if self.stop_reason is not None:
@@ -253,6 +254,8 @@ class Sweep:
                 values = run_trial(self.config, self.space, self.study, trial, params, slot, self.best_text)
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
+            except cluster.NodeLost as exc:  # not the trial's fault: its params run again elsewhere
+                state, error, requeue = TrialState.FAIL, str(exc), str(exc)
             except TrialFailed as exc:
                 state, error = TrialState.FAIL, str(exc)
             except Exception as exc:  # a disk full, a storage error: this trial fails, the sweep goes on
@@ -261,8 +264,9 @@ class Sweep:
                     trial.set_user_attr("error", error)
         if self.interrupted and state != TrialState.COMPLETE:
             # stopped by Ctrl+C / SIGTERM: failed, and its params queued for the next run
-            frozen = self.study._storage.get_trial(trial._trial_id)
-            fail_and_requeue(self.study, frozen, f"interrupted by {self.interrupted}")
+            requeue = f"interrupted by {self.interrupted}"
+        if requeue:
+            fail_and_requeue(self.study, self.study._storage.get_trial(trial._trial_id), requeue)
         else:
             self.study.tell(trial, values, state=state)
         finished_trial = self.study.get_trials(deepcopy=False)[trial.number]
@@ -366,6 +370,8 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     Returns the study, why the sweep gave up early (an error) and a note on why fewer trials
     finished without an error (timeout, an exhausted grid)."""
     deadline = time.monotonic() + config.study.timeout if config.study.timeout else None
+    if config.study.executor == "ray":
+        cluster.require_ray()  # missing: one line, before anything is written
     space = build_space(config)
     sampler, pruner = make_sampler(config, space), make_pruner(config)  # bad options: refused before any write
     check_reachable(config.storage_url)  # an unreachable server: one line, before the cache is written
@@ -376,6 +382,13 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     prepare_data(config)  # bad data or model: refused before anything is written
     folder.claim_for(config.storage_url)
     study = start_study(config, space, sampler, pruner)
+    with cluster.executor(config):  # study.executor: ray: connected to Ray while trials run
+        return run_trials(config, space, study, deadline)
+
+
+def run_trials(config: StudyConfig, space: Space, study: optuna.Study,
+               deadline: float | None) -> tuple[optuna.Study, str | None, str | None]:
+    """The base-model evaluation, then the slots' trials until the budget is spent or the sweep stops."""
     sweep = Sweep(config, space, study)
     slots = device_groups(config)
     if config.objective.baseline and "baseline" not in study.user_attrs:
@@ -404,6 +417,7 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
                 sweep.stop_reason = (f"interrupted by {caught.name}: the running trials were stopped, recorded "
                                      f"as failed and queued to run again")
                 launch.stop_all(config.study.stop_grace)
+                cluster.stop_all()  # each Ray trial cancels its task: its node stops the job
                 break
         for worker in workers:
             worker.join()

@@ -7,7 +7,8 @@ it, follows its events (every evaluation is reported to the trial, the pruner's 
 job, a job silent for too long is stopped), and turns what the job left behind into the trial's
 value, or a pruned or failed trial with its reason. The study database is written only here and
 in the sweep: the job never opens it. The base-model evaluation (`run_base_model`) is a launched
-job like a trial's.
+job like a trial's. `start_job` runs a job on this machine, or with study.executor: ray as a Ray
+task on a node of the cluster (cluster.py); the rest of a trial's life is the same either way.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import optuna
 from pydantic import ValidationError
 
-from lora_sweep import launch
+from lora_sweep import cluster, launch
 from lora_sweep.config import JobConfig, StudyConfig, dump_yaml, format_errors
 from lora_sweep.dashboard import upload_trial_artifacts
 from lora_sweep.events import EvalEvent, JobResult, best_eval
@@ -79,6 +80,20 @@ def slot_launch(config: StudyConfig, slot: list[int] | None) -> tuple[list[str],
     elif config.study.devices == "cpu":
         env = {"CUDA_VISIBLE_DEVICES": ""}  # keep the jobs off GPUs that are there
     return flags, env
+
+
+def start_job(config: StudyConfig, folder: Path, slot: list[int] | None, on_event: Callable[[dict[str, Any]], bool],
+              *, module: str = "lora_sweep.train", timeout: float | None = None,
+              silence_limit: Callable[[], float] | None = None,
+              placed: Callable[[dict[str, Any]], None] | None = None) -> launch.JobRun:
+    """Run the job of `folder` (its job.yaml written) to its end: here on `slot`, or with
+    study.executor: ray as a Ray task on the node Ray picks (`placed` hears which)."""
+    if config.study.executor == "ray":
+        return cluster.run_job(config, folder, on_event, module=module, timeout=timeout,
+                               silence_limit=silence_limit, placed=placed)
+    flags, env = slot_launch(config, slot)
+    return launch.run_job(folder / "job.yaml", folder, flags, on_event, env=env, timeout=timeout,
+                          stop_grace=config.study.stop_grace, module=module, silence_limit=silence_limit)
 
 
 # ---------------------------------------------------------------- following the job
@@ -174,11 +189,10 @@ def run_trial(config: StudyConfig, space: Space, study: optuna.Study, trial: opt
         # a job at its last evaluation has spent its steps: pruning it saves nothing
         return evaluation.step < progress.max_steps and trial.should_prune()
 
-    flags, env = slot_launch(config, slot)
     began = time.time()
-    run = launch.run_job(folder / "job.yaml", folder, flags, on_event, env=env,
-                         timeout=config.study.trial_timeout, stop_grace=config.study.stop_grace,
-                         silence_limit=lambda: progress.stall_limit(config.study.stall_timeout))
+    run = start_job(config, folder, slot, on_event, timeout=config.study.trial_timeout,
+                    silence_limit=lambda: progress.stall_limit(config.study.stall_timeout),
+                    placed=lambda node: trial.set_user_attr("node", node))
     # what the run gave, then the artifacts (trial system attrs, which the storage refuses once
     # the trial is finished)
     trial.set_user_attr("eval_curve", progress.curve)
@@ -231,15 +245,14 @@ def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder
 
 
 def run_base_model(config: StudyConfig, space: Space, slot: list[int] | None) -> dict[str, Any]:
-    """Evaluate the untuned base model once per study, in a launched job like a trial's."""
+    """Evaluate the untuned base model once per study, in a launched job like a trial's (a Ray task
+    like a trial's with study.executor: ray)."""
     folder = StudyFolder(config.folder.resolve()).baseline
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     dump_yaml(job_config(config, space, {}, folder), folder / "job.yaml")
-    flags, env = slot_launch(config, slot)
     log.info("evaluating the base model (once per study)")
-    run = launch.run_job(folder / "job.yaml", folder, flags, lambda event: False, env=env,
-                         module="lora_sweep.evaluate", stop_grace=config.study.stop_grace)
+    run = start_job(config, folder, slot, lambda event: False, module="lora_sweep.evaluate")
     if run.returncode != 0 or not (folder / "baseline.json").is_file():
         raise TrialFailed(f"the base-model evaluation {signal_text(run.returncode, run.log_tail)}; see {folder / 'train.log'}")
     return json.loads((folder / "baseline.json").read_text())
