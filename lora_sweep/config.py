@@ -154,6 +154,11 @@ class DataSection(Section):
             )
         return self
 
+    @property
+    def has_validation(self) -> bool:
+        """A validation set chooses steps and trials; test.json then scores only the winners."""
+        return self.validation_split is not None or self.validation_file is not None
+
 
 class TrainingSection(Section):
     epochs: float = Field(1.0, gt=0, description="Number of passes over the training rows.")

@@ -157,13 +157,9 @@ def capped(problems: list[str], cap: int = MAX_PROBLEMS) -> list[str]:
     return problems[:cap] + [f"... and {len(problems) - cap} more problems in the same file"]
 
 
-def has_validation(data: DataSection) -> bool:
-    return data.validation_split is not None or data.validation_file is not None
-
-
 def eval_set(data: DataSection, split: Split = "eval") -> str:
     """The name of the set `load_samples(data, split)` evaluates: "validation" or "test"."""
-    return "validation" if split == "eval" and has_validation(data) else "test"
+    return "validation" if split == "eval" and data.has_validation else "test"
 
 
 def load_samples(data: DataSection, split: Split = "eval") -> tuple[list[Sample], list[Sample]]:

@@ -26,6 +26,7 @@ from lora_sweep import launch
 from lora_sweep.config import StudyConfig, dump_yaml
 from lora_sweep.events import JobResult
 from lora_sweep.space import Space
+from lora_sweep.stats import paired_bootstrap
 from lora_sweep.storage import StudyFolder, best_trial, own_trials
 from lora_sweep.trial import TrialFailed, job_config, signal_text, slot_launch
 
@@ -34,10 +35,6 @@ log = logging.getLogger("lora_sweep.holdout")
 TEST_ATTR = "test_scores"  # study user attr: {"best"|"defaults"|"base": {...}}
 BOOTSTRAP_ATTR = "bootstrap"  # study user attr: {"best - defaults"|"best - base": {...}}
 DEFAULTS = "documented defaults"  # the `baseline` user attr of the defaults trial
-
-
-def has_validation(config: StudyConfig) -> bool:
-    return config.data.validation_split is not None or config.data.validation_file is not None
 
 
 def defaults_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -92,8 +89,6 @@ def intervals(scored: dict[str, dict[str, Any]], seed: int = 0) -> dict[str, dic
     """Paired bootstrap 95 % intervals of best minus defaults and best minus base, from the
     per-sample scores of each (samples paired by position: every job answers the same prompts in
     the same order)."""
-    from lora_sweep.stats import paired_bootstrap  # TODO(lead): top-level once stats.py lands
-
     best = sample_scores(scored.get("best", {}).get("predictions_path"))
     out: dict[str, dict[str, float]] = {}
     for other in ("defaults", "base"):
@@ -114,7 +109,7 @@ def honest_scores(config: StudyConfig, space: Space, study: optuna.Study, slot: 
         return
     defaults = defaults_trial(study)
     scored: dict[str, dict[str, Any]] = {}
-    if has_validation(config):
+    if config.data.has_validation:
         log.info("scoring the best trial, the defaults trial and the base model on test.json (once each)")
         chosen = {"best": best, "defaults": defaults}
         for name, trial in chosen.items():
