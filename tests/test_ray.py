@@ -21,94 +21,32 @@ from types import SimpleNamespace
 import pytest
 from optuna.trial import TrialState
 
-from helpers import free_port, job_processes, load, memorization_samples, run_module, study_tree, write_jsonl, write_yaml
+from helpers import REPO, free_port, job_processes, load, memorization_samples, run_module, study_tree, write_jsonl, write_yaml
+
+sys.path.insert(0, str(REPO / "bench"))
+
+from ray_scaling import RAY_ENV, alive, cluster_pids, cmdline, start_node, started, stop_pids  # noqa: E402
 
 pytestmark = pytest.mark.integration  # Ray nodes, sweeps, launched jobs
 
 NODES = {"head": "head_node", "second": "second_node"}  # node name -> its custom resource
-# A cluster of this machine only, nodes and sweeps alike: no token (a local ray.init would make one
-# in ~/.ray and ask every node for it), no usage report.
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def ray_start(args: list[str], node_dir: Path) -> None:
-    """`ray start ...` for one node; its trial folders and tokenized cache go to `node_dir`."""
-    env = {**os.environ, **RAY_ENV, "LORA_SWEEP_NODE_DIR": str(node_dir)}
-    proc = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", *args, "--disable-usage-stats"],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-
-
-def cluster_pids(root: Path, port: int) -> set[int]:
-    """The live processes of the cluster under `root`: every process whose command line names its
-    temp dirs or its GCS port (the client server), and their descendants (workers, agents, jobs)."""
-    found = set(job_processes(str(root))) | set(job_processes(f":{port} "))
-    while True:
-        children = {p for p in all_pids() if parent(p) in found} - found
-        if not children:
-            return {p for p in found if alive(p)}
-        found |= children
-
-
-def all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie, dead but not reaped, does not count)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def stop_pids(pids: set[int], grace: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL after `grace` s (Ray's gcs_server and raylet may ignore SIGTERM)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            if alive(pid):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        end = time.monotonic() + grace
-        while time.monotonic() < end and any(alive(p) for p in pids):
-            time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
 def ray_cluster(tiny_llama) -> Iterator[SimpleNamespace]:
-    """A head and a second node, 1 CPU each, with the custom resources head_node / second_node.
-    Ray resolves 127.0.0.1 to this machine's own address for a cluster of several nodes
-    (services.resolve_ip_for_localhost): every address is this machine's, nothing goes elsewhere."""
+    """A head and a second node, 1 CPU each, with the custom resources head_node / second_node,
+    started together (the second waits for the head's GCS); their trial folders and tokenized caches
+    in <root>/<name>-node. Stops exactly the processes it started, by their PIDs."""
     pytest.importorskip("ray", reason="pip install -e '.[ray]'")
     root = Path(tempfile.mkdtemp(prefix="lsray-"))  # short: Ray's socket paths must fit in 107 bytes
     port = free_port()  # from the ephemeral range, outside Ray's worker ports (10002-19999)
-    nodes = {name: root / f"{name}-node" for name in NODES}
     try:
-        ray_start(["--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                   "--resources", json.dumps({NODES["head"]: 1}), "--temp-dir", str(root / "head"),
-                   "--include-dashboard", "false", "--dashboard-port", str(free_port()),
-                   "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())],
-                  nodes["head"])
-        ray_start(["--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                   "--resources", json.dumps({NODES["second"]: 1}), "--temp-dir", str(root / "second"),
-                   "--dashboard-agent-listen-port", str(free_port())], nodes["second"])
-        yield SimpleNamespace(root=root, port=port, address=f"127.0.0.1:{port}", nodes=nodes)
+        starts = {name: start_node(root, name, {resource: 1}, port, head=name == "head")
+                  for name, resource in NODES.items()}
+        for name, proc in starts.items():
+            started(root, name, proc)
+        yield SimpleNamespace(root=root, port=port, address=f"127.0.0.1:{port}",
+                              nodes={name: root / f"{name}-node" for name in NODES})
     finally:
         stop_pids(cluster_pids(root, port))
         left = cluster_pids(root, port)
@@ -139,7 +77,7 @@ def test_ray_trials_spread_over_both_nodes_and_their_folders_come_back(ray_clust
     proc = run_module(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path, env={**os.environ, **RAY_ENV})
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(tmp_path / "studies")
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4, failures(tmp_path)
     placed = [node_of(t) for t in study.trials]
     assert sorted(set(placed)) == ["head", "second"], placed  # Ray used both nodes
     assert all(t.user_attrs["node"]["id"] for t in study.trials)
@@ -188,7 +126,7 @@ def test_ray_pruned_trial_stops_its_job_on_the_node(ray_cluster, tiny_llama, tmp
     sweep.wait(timeout=120)
     output = (tmp_path / "sweep.log").read_text()
     assert sweep.returncode == 0, output[-3000:]
-    assert state == "PRUNED" and sweep_alive, output[-3000:]
+    assert state == "PRUNED" and sweep_alive, output[-2000:] + failures(tmp_path)
     assert seen, "the job's processes were never seen running"
     # recorded pruned only once its job's whole process group is gone from the node
     assert [p for p in seen if alive(p)] == []
@@ -198,6 +136,12 @@ def test_ray_pruned_trial_stops_its_job_on_the_node(ray_cluster, tiny_llama, tmp
     assert 8 <= max(steps) < 80  # stopped well before its end
     # the node saw study.dir (same machine, shared_dir null): the job wrote the trial folder itself
     assert (folder / "train.log").is_file() and not list((ray_cluster.nodes["second"] / "trials").glob("*"))
+
+
+def failures(tmp_path: Path) -> str:
+    """The failed trials' errors and log tails, for an assertion's message."""
+    return "\n".join(f"trial {t.number}: {t.user_attrs.get('error')}\n{t.user_attrs.get('log_tail')}"
+                     for t in load(tmp_path / "studies").trials if t.state == TrialState.FAIL)
 
 
 def trial_state(db: Path, number: int, finished_only: bool = False) -> str | None:
@@ -241,7 +185,7 @@ def test_ray_lost_node_fails_the_trial_and_its_params_run_again(ray_cluster, tin
         victim = running_on(db, NODES["second"])
         time.sleep(0.1)
     assert victim is not None, (tmp_path / "sweep.log").read_text()[-3000:]
-    (raylet,) = [p for p in job_processes(str(ray_cluster.root / "second")) if "raylet/raylet" in cmdline(p)]
+    (raylet,) = [p for p in cluster_pids(ray_cluster.root, ray_cluster.port, "second") if "raylet/raylet" in cmdline(p)]
     os.kill(raylet, signal.SIGKILL)
     sweep.wait(timeout=180)
     output = (tmp_path / "sweep.log").read_text()
@@ -249,7 +193,7 @@ def test_ray_lost_node_fails_the_trial_and_its_params_run_again(ray_cluster, tin
     study = load(tmp_path / "studies")
     states = [t.state for t in study.trials]
     assert TrialState.RUNNING not in states
-    assert states.count(TrialState.COMPLETE) == 2 and states.count(TrialState.FAIL) == 1, states
+    assert states.count(TrialState.COMPLETE) == 2 and states.count(TrialState.FAIL) == 1, failures(tmp_path)
     lost = study.trials[victim]
     assert lost.state == TrialState.FAIL
     assert lost.user_attrs["error"].startswith("node ") and "(second_node) was lost mid-trial: NodeDiedError" \
