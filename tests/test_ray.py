@@ -201,3 +201,20 @@ def test_ray_lost_node_fails_the_trial_and_its_params_run_again(ray_cluster, tin
     rerun = [t for t in study.trials if t.state == TrialState.COMPLETE and t.params == lost.params]
     assert len(rerun) == 1 and rerun[0].number > victim and node_of(rerun[0]) == "head"
     assert f"trial {victim} failed: node " in output and "its params run again" in output
+
+
+def test_ray_not_installed_is_one_line_and_writes_nothing(tiny_llama, tmp_path, monkeypatch):
+    from helpers import run_cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.json", memorization_samples())
+    write_jsonl(data / "test.json", memorization_samples())
+    config = write_yaml(tmp_path / "study.yaml", study_tree(tiny_llama, data, tmp_path / "studies", executor="ray"))
+    proc = run_cli(["run", str(config)], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: study.executor: ray needs Ray, which is not installed: pip install -e '.[ray]' "
+        "(or pip install 'ray>=2.40')"), proc.stderr
+    assert not (tmp_path / "studies").exists()  # no database, no cache, no trial folder
