@@ -22,13 +22,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lora_sweep import launch
 from lora_sweep.config import StudyConfig, dump_yaml
 from lora_sweep.events import JobResult
 from lora_sweep.space import Space
 from lora_sweep.stats import paired_bootstrap
 from lora_sweep.storage import StudyFolder, best_trial, own_trials
-from lora_sweep.trial import TrialFailed, job_config, signal_text, slot_launch
+from lora_sweep.trial import TrialFailed, job_config, signal_text, start_job
 
 log = logging.getLogger("lora_sweep.holdout")
 
@@ -60,9 +59,7 @@ def score_on_test(config: StudyConfig, space: Space, trial: FrozenTrial | None, 
         job.training = job.training.model_copy(update={"skip_finetune": True})
         module = "lora_sweep.train"
     dump_yaml(job, folder / "job.yaml")
-    flags, env = slot_launch(config, slot)
-    run = launch.run_job(folder / "job.yaml", folder, flags, lambda event: False, env=env, module=module,
-                         stop_grace=config.study.stop_grace)
+    run = start_job(config, folder, slot, lambda event: False, module=module)  # here, or a Ray task
     out = folder / ("result.json" if trial else "baseline.json")
     if run.returncode != 0 or not out.is_file():
         raise TrialFailed(f"scoring {folder.name} on test.json {signal_text(run.returncode, run.log_tail)}; "
@@ -107,6 +104,8 @@ def honest_scores(config: StudyConfig, space: Space, study: optuna.Study, slot: 
         best = best_trial(study)
     except ValueError:
         return
+    if (study.user_attrs.get(TEST_ATTR) or {}).get("best", {}).get("trial") == best.number:
+        return  # scored when the study finished: a re-run of a finished study does not redo it
     defaults = defaults_trial(study)
     scored: dict[str, dict[str, Any]] = {}
     if config.data.has_validation:

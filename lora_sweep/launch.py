@@ -7,6 +7,7 @@ it started, and nothing is left behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -43,8 +44,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def command(job_path: Path, flags: list[str], module: str = "lora_sweep.train") -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", module, str(job_path)]
+def command(job_path: Path, flags: list[str], module: str = "lora_sweep.train",
+            launcher: str = "accelerate") -> tuple[list[str], dict[str, str]]:
+    """The job's command line and the environment it adds. `accelerate`: `accelerate launch
+    <flags> -m module job.yaml`. `direct` (a single-process job): the job's own interpreter with the
+    environment `accelerate launch` would give it, one interpreter start instead of two."""
+    if launcher == "direct" and single_process(flags):
+        return [sys.executable, "-m", module, str(job_path)], direct_env(tuple(flags))
+    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", module, str(job_path)], {}
+
+
+def single_process(flags: list[str]) -> bool:
+    """Do the launcher flags start one process (no DDP, no other launcher)?"""
+    n = flags[flags.index("--num_processes") + 1] if "--num_processes" in flags[:-1] else "1"
+    return n == "1" and not any(f in flags for f in ("--multi_gpu", "--use_deepspeed", "--use_fsdp", "--tpu"))
+
+
+@functools.lru_cache(maxsize=8)
+def direct_env(flags: tuple[str, ...]) -> dict[str, str]:
+    """The variables `accelerate launch <flags>` sets for a single process (ACCELERATE_USE_CPU,
+    OMP_NUM_THREADS, mixed precision, dynamo...), from accelerate's own launch utilities, so they
+    follow its version; worked out once per set of flags (it imports torch, in this process)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+    args = launch_command_parser().parse_args([*flags, "-m", "lora_sweep.train", "job.yaml"])
+    args, _, _ = _validate_launch_command(args)
+    _, env = prepare_simple_launcher_cmd_env(args)
+    return {k: v for k, v in env.items() if os.environ.get(k) != v}
 
 
 # The jobs this process runs now, so an interrupted sweep can stop them all.
@@ -100,14 +127,16 @@ def run_job(
     stop_grace: float = 10.0,
     module: str = "lora_sweep.train",
     silence_limit: Callable[[], float] | None = None,
+    launcher: str = "accelerate",
 ) -> JobRun:
     """Run the job to its end; `on_event` sees each event and returns True to stop the job.
     `timeout`: seconds after which the job is stopped; `silence_limit()`: seconds without a new
-    event after which it is stopped as hung."""
+    event after which it is stopped as hung; `launcher`: study.launcher."""
     log_path = folder / "train.log"
-    child_env = {**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
+    cmd, launch_env = command(job_path, flags, module, launcher)
+    child_env = {**os.environ, **launch_env, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(command(job_path, flags, module), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env=child_env, cwd=folder, start_new_session=True)
     with _running_lock:
         _running.add(proc)

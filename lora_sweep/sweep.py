@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lora_sweep import cluster, launch
 from lora_sweep.config import ConfigError, StudyConfig, load_study
 from lora_sweep.dashboard import write_study_note
+from lora_sweep.holdout import honest_lines, honest_scores
 from lora_sweep.space import Space, build_space, default_params, describe, suggest
 from lora_sweep.storage import (
     OWNER_ATTR,
@@ -42,12 +43,13 @@ from lora_sweep.storage import (
     load_existing,
     make_storage,
     masked,
+    own_trials,
     shown_config,
     this_worker,
 )
 from lora_sweep.tracking import study_callbacks
 from lora_sweep.trial import TrialFailed, run_base_model, run_trial
-from lora_sweep.warmstart import seed_study
+from lora_sweep.warmstart import seed_study, source_study
 
 log = logging.getLogger("lora_sweep.sweep")
 
@@ -215,7 +217,7 @@ class Sweep:
     def needs_trial(self) -> bool | None:
         """True while finished and running trials (of every worker) are fewer than n_trials;
         False to wait for other workers' running trials; None when no more are needed."""
-        trials = self.study.get_trials(deepcopy=False)
+        trials = own_trials(self.study)  # a warm start's copies are not this study's budget
         running = [t for t in trials if t.state == TrialState.RUNNING]
         done = sum(t.state in FINISHED for t in trials)
         sampler = self.study.sampler
@@ -361,7 +363,8 @@ def setup_study(config: StudyConfig, space: Space, study: optuna.Study) -> None:
 
 
 def finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """This study's finished trials (a warm start's copies are not among them)."""
+    return len(own_trials(study, FINISHED))
 
 
 def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Study, str | None, str | None]:
@@ -375,15 +378,25 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     space = build_space(config)
     sampler, pruner = make_sampler(config, space), make_pruner(config)  # bad options: refused before any write
     check_reachable(config.storage_url)  # an unreachable server: one line, before the cache is written
-    if join_only:
-        load_existing(config.storage_url, config.study.name)  # a worker joins; it never starts a study
+    if join_only:  # a worker joins; it never starts a study (nor reads one a first `run` is creating)
+        with StudyClaim(config.storage_url, config.study.name):
+            load_existing(config.storage_url, config.study.name)
+    elif config.study.warm_start:
+        source_study(config)  # a missing or ambiguous source: refused before anything is written
     folder = StudyFolder(config.folder.resolve())
     folder.check_owner(config.storage_url)
     prepare_data(config)  # bad data or model: refused before anything is written
     folder.claim_for(config.storage_url)
     study = start_study(config, space, sampler, pruner)
     with cluster.executor(config):  # study.executor: ray: connected to Ray while trials run
-        return run_trials(config, space, study, deadline)
+        study, stopped, note = run_trials(config, space, study, deadline)
+        done = not join_only and stopped is None and finished(study) >= config.study.n_trials
+        if done and not config.objective.also:  # a multi-objective study has a front, not one winner
+            try:  # the winner on test.json when a validation set chose it; bootstrap intervals
+                honest_scores(config, space, study, device_groups(config)[0])
+            except TrialFailed as exc:
+                log.warning("%s; the study's own figures stand", exc)
+    return study, stopped, note
 
 
 def run_trials(config: StudyConfig, space: Space, study: optuna.Study,
@@ -479,6 +492,7 @@ def summary(config: StudyConfig, study: optuna.Study, config_path: str) -> str:
             f"  params: {json.dumps(best.params)}",
             f"  adapter: {best.user_attrs.get('adapter_path')}",
         ]
+    lines += honest_lines(study, metric)
     lines += [
         f"dashboard: python -m lora_sweep dashboard {config_path}",
         f"report:    python -m lora_sweep report {config_path}",

@@ -20,21 +20,23 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import optuna
 from pydantic import ValidationError
 
 from lora_sweep import cluster, launch
-from lora_sweep.config import JobConfig, StudyConfig, dump_yaml, format_errors
+from lora_sweep.config import JobConfig, ObjectiveSection, StudyConfig, dump_yaml, format_errors
 from lora_sweep.dashboard import upload_trial_artifacts
-from lora_sweep.events import EvalEvent, JobResult, best_eval
+from lora_sweep.events import EvalEvent, JobResult, best_eval, last_checkpoint
 from lora_sweep.space import Space, apply
-from lora_sweep.storage import StudyFolder
+from lora_sweep.tracking import absolute
+from lora_sweep.storage import RESUMES_ATTR, StudyFolder
 
 log = logging.getLogger("lora_sweep.trial")
 
@@ -59,7 +61,8 @@ def job_config(config: StudyConfig, space: Space, params: dict[str, Any], folder
     for side in ("train_file", "test_file", "validation_file"):
         if tree["data"][side] is not None:
             tree["data"][side] = str(Path(tree["data"][side]).resolve())
-    tree["tracking"].update(run_name=f"trial-{folder.name}", group=config.study.name)
+    # the job runs in its folder: a relative tracker path would make one store per trial
+    tree["tracking"] = absolute({**tree["tracking"], "run_name": f"trial-{folder.name}", "group": config.study.name})
     tree["data"]["dataset"] = None
     if Path(tree["model"]["name_or_path"]).is_dir():
         tree["model"]["name_or_path"] = str(Path(tree["model"]["name_or_path"]).resolve())
@@ -93,7 +96,8 @@ def start_job(config: StudyConfig, folder: Path, slot: list[int] | None, on_even
                                silence_limit=silence_limit, placed=placed)
     flags, env = slot_launch(config, slot)
     return launch.run_job(folder / "job.yaml", folder, flags, on_event, env=env, timeout=timeout,
-                          stop_grace=config.study.stop_grace, module=module, silence_limit=silence_limit)
+                          stop_grace=config.study.stop_grace, module=module, silence_limit=silence_limit,
+                          launcher=config.study.launcher)
 
 
 # ---------------------------------------------------------------- following the job
@@ -150,6 +154,64 @@ def signal_text(returncode: int, log_tail: str = "") -> str:
     return f"exited with code {returncode}"
 
 
+def pruner_value(objective: ObjectiveSection, evaluation: EvalEvent) -> float | None:
+    """What an evaluation reports to the pruner: the metric, or under objective.prune_on: eval_loss
+    the loss, negated when the study maximizes (the pruner compares in the study's direction)."""
+    value = evaluation.value(objective.prunes_on)
+    if value is not None and objective.prunes_on == "eval_loss" and objective.direction == "maximize":
+        return -value
+    return value
+
+
+def resume_point(config: StudyConfig, trial: optuna.Trial) -> Path | None:
+    """The last checkpoint of the killed trial this one re-runs (its `resumes` attr), if it left one
+    this machine sees. (A Ray trial whose folder came back without a shared study.dir starts over:
+    its checkpoint is on the node that ran it.)"""
+    resumes = trial.user_attrs.get(RESUMES_ATTR)
+    if not resumes or (config.study.executor == "ray" and config.study.ray.shared_dir is not True):
+        return None
+    return last_checkpoint(resumes["dir"])
+
+
+class StepLine:
+    """A trial's training steps between evaluations: on a terminal one line updated in place (step,
+    loss, steps/s, ETA); otherwise a plain log line at every tenth of the run."""
+
+    def __init__(self, number: int, stream: TextIO | None = None):
+        self.number = number
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.first: tuple[int, float] | None = None  # (step, time) of the first step seen
+        self.shown = False  # an in-place line is on the terminal
+        self.tenth = -1  # the last tenth of the run a plain line was written for
+
+    def update(self, step: int, max_steps: float, loss: float | None, at: float | None = None) -> None:
+        """`at`: when the job took the step (its event's time; the sweep reads events in batches)."""
+        now = at if at is not None else time.time()
+        if self.first is None:
+            self.first = (step, now)
+        done, spent = step - self.first[0], now - self.first[1]
+        rate = done / spent if done and spent > 0 else None
+        text = f"trial {self.number}  step {step}/{max_steps}"
+        text += f"  loss {loss:.4f}" if loss is not None else ""
+        if rate:
+            text += f"  {rate:.2f} steps/s  ETA {(max_steps - step) / rate:.0f} s"
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+            self.shown = True
+        elif math.isfinite(max_steps) and int(10 * step / max_steps) > self.tenth:
+            self.tenth = int(10 * step / max_steps)
+            log.info(text)
+
+    def clear(self) -> None:
+        """Wipe the in-place line before a log line is written."""
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+
 # ---------------------------------------------------------------- a trial's life
 
 
@@ -163,36 +225,56 @@ def run_trial(config: StudyConfig, space: Space, study: optuna.Study, trial: opt
     folder.mkdir(parents=True)
     trial.set_user_attr("trial_dir", str(folder))
     job = job_config(config, space, params, folder)
+    checkpoint = resume_point(config, trial)
+    if checkpoint is not None:  # a re-run of a killed trial goes on from its last checkpoint
+        job.training = job.training.model_copy(update={"resume_from_checkpoint": str(checkpoint)})
+        log.info("trial %d resumes trial %d from %s", trial.number, trial.user_attrs[RESUMES_ATTR]["trial"],
+                 checkpoint.name)
     dump_yaml(job, folder / "job.yaml")
 
     progress = Progress(objective.key, objective.direction)
+    steps = StepLine(trial.number)
 
-    def on_event(event: dict[str, Any]) -> bool:
-        """Report each evaluation to the trial; True stops the job (pruned)."""
-        progress.seen_event = True
-        if event["event"] == "start":
-            progress.max_steps = event["max_steps"]
-        if event["event"] != "eval":
-            return False
-        evaluation = EvalEvent.of(event)
+    def evaluated(evaluation: EvalEvent) -> bool:
+        """Report an evaluation to the trial (the pruner sees objective.prune_on's value); True: prune."""
+        steps.clear()
         progress.evals.append(evaluation)
         progress.eval_times.append(time.monotonic())
         value = evaluation.value(objective.key)
-        if value is None:  # the generation metric is not scored at every evaluation
-            return False
-        log.info("trial %d  step %d/%s  %s %.4f  (trial best %.4f; study best %s)", trial.number,
-                 evaluation.step, progress.max_steps, objective.metric, value,
-                 progress.best().value(objective.key), study_best())
+        if value is not None:  # the generation metric is not scored at every evaluation
+            log.info("trial %d  step %d/%s  %s %.4f  (trial best %.4f; study best %s)", trial.number,
+                     evaluation.step, progress.max_steps, objective.metric, value,
+                     progress.best().value(objective.key), study_best())
+        else:
+            log.info("trial %d  step %d/%s  eval_loss %.4f", trial.number, evaluation.step, progress.max_steps,
+                     evaluation.eval_loss)
         if objective.also:  # optuna prunes single-objective studies only
             return False
-        trial.report(value, evaluation.step)
+        pruned_on = pruner_value(objective, evaluation)
+        if pruned_on is None:
+            return False
+        trial.report(pruned_on, evaluation.step)
         # a job at its last evaluation has spent its steps: pruning it saves nothing
         return evaluation.step < progress.max_steps and trial.should_prune()
+
+    def on_event(event: dict[str, Any]) -> bool:
+        """Follow the job: its size, its training steps, each evaluation; True stops it (pruned)."""
+        progress.seen_event = True
+        if event["event"] == "start":
+            progress.max_steps = event["max_steps"]
+        elif event["event"] == "train":
+            steps.update(event["step"], progress.max_steps, event.get("loss"), event.get("time"))
+        elif event["event"] == "resume":  # the killed trial's evaluations, kept once in this curve
+            return any([evaluated(EvalEvent.of(e)) for e in event.get("evals", [])])
+        elif event["event"] == "eval":
+            return evaluated(EvalEvent.of(event))
+        return False
 
     began = time.time()
     run = start_job(config, folder, slot, on_event, timeout=config.study.trial_timeout,
                     silence_limit=lambda: progress.stall_limit(config.study.stall_timeout),
                     placed=lambda node: trial.set_user_attr("node", node))
+    steps.clear()
     # what the run gave, then the artifacts (trial system attrs, which the storage refuses once
     # the trial is finished)
     trial.set_user_attr("eval_curve", progress.curve)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from helpers import job_processes, run_cli, study_tree, write_yaml
@@ -166,7 +167,7 @@ def test_rerun_straight_after_sigterm_and_after_a_kill(tiny_llama, chat_data, tm
     # the heartbeat is far from stale, the owner check fails the trial (journal: its only guard)
     sweep = start_sweep(config, tmp_path)
     killed = 1  # the queued trial 1 runs first
-    wait_for_training(trials / str(killed), sweep)
+    wait_for_training(trials / str(killed), sweep, kind="checkpoint")  # killed after a checkpoint
     with (trials / str(killed) / "events.jsonl").open("a") as f:
         f.write("a stray print, not an event\n")  # skipped with a warning, counted on the trial
     os.killpg(sweep.pid, signal.SIGKILL)
@@ -184,6 +185,21 @@ def test_rerun_straight_after_sigterm_and_after_a_kill(tiny_llama, chat_data, tm
     assert study.trials[killed].state == TrialState.FAIL
     assert study.trials[killed + 1].params == study.trials[killed].params  # re-run, not re-sampled
     assert study.trials[killed + 1].user_attrs.get("baseline") == "documented defaults"
+
+    # the re-run resumes from the killed trial's last checkpoint: no step before it runs again, and
+    # the killed trial's evaluations up to it are kept, once, in the re-run's curve
+    rerun = study.trials[killed + 1]
+    assert rerun.user_attrs["resumes"] == {"trial": killed, "dir": str(trials / str(killed))}
+    checkpoint = yaml.safe_load((trials / str(killed + 1) / "job.yaml").read_text())["training"]["resume_from_checkpoint"]
+    resumed_at = int(checkpoint.rsplit("-", 1)[1])
+    assert checkpoint.startswith(str(trials / str(killed) / "checkpoints" / "checkpoint-")) and resumed_at >= 2
+    events = read_events(trials / str(killed + 1) / "events.jsonl")
+    assert min(e["step"] for e in events if e["event"] == "train") == resumed_at + 1
+    assert [s for s, _ in rerun.user_attrs["eval_curve"]] == [2, 4, 6, 8, 10, 12]
+    assert sorted(rerun.intermediate_values) == [2, 4, 6, 8, 10, 12]
+    killed_evals = {e["step"]: e["eval_loss"] for e in read_events(trials / str(killed) / "events.jsonl")
+                    if e["event"] == "eval" and e["step"] <= resumed_at}
+    assert {s: v for s, v in rerun.user_attrs["eval_curve"] if s <= resumed_at} == killed_evals
 
 
 @pytest.mark.integration

@@ -51,7 +51,10 @@ def test_generation_metric_is_the_objective(gen_study):
         evals = [e for e in read_events(folder / "events.jsonl") if e["event"] == "eval"]
         assert [e["step"] for e in evals] == [4, 8] and all("score" in e for e in evals)
         assert trial.value == max(e["score"] for e in evals)
-        assert trial.intermediate_values == {e["step"]: e["score"] for e in evals}
+        # the pruner hears the eval loss at every evaluation (objective.prune_on's default for a
+        # generation metric), negated since the study maximizes; the curve is the metric
+        assert trial.intermediate_values == {e["step"]: -e["eval_loss"] for e in evals}
+        assert trial.user_attrs["eval_curve"] == [[e["step"], e["score"]] for e in evals]
         records = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
         assert len(records) == 4 and set(records[0]) == {"input", "reference", "prediction", "score"}
         assert records[0]["input"][0] == {"role": "system", "content": "Answer briefly."}
