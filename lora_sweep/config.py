@@ -647,8 +647,9 @@ class StudySection(Section):
     )
     ray: RaySection = RaySection()
     launcher: Literal["accelerate", "direct"] = Field(
-        "accelerate", description="How a single-process trial starts: `accelerate launch`, or direct: one "
-        "interpreter with the environment accelerate would set. Multi-process trials use accelerate."
+        "direct", description="How a single-process trial starts: direct, its own interpreter with the environment "
+        "`accelerate launch` would set (one interpreter start, not two: the same curve), or accelerate: "
+        "`accelerate launch`. Multi-process trials always use accelerate."
     )
     warm_start: str | None = Field(
         None, description="An earlier study (its storage URL, or its study YAML) whose finished trials, in a "
