@@ -102,12 +102,23 @@ def cluster_pids(root: Path, port: int, name: str = "") -> set[int]:
     their descendants (Ray's agents and workers, the trials' jobs)."""
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     marks = [str(root / name)] if name else [str(root), f":{port} "]
-    found = {p for p in pids if any(mark in cmdline(p) for mark in marks)}
+    found = {p for p in pids if any(mark in cmdline(p) for mark in marks)} - ancestors()
     while True:
         children = {p for p in pids if proc_stat(p)[1:2] and int(proc_stat(p)[1]) in found} - found
         if not children:
             return {p for p in found if alive(p)}
         found |= children
+
+
+def ancestors() -> set[int]:
+    """This process and the ones above it (a command line that names the cluster's folder is not
+    one of its processes)."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        stat = proc_stat(pid)
+        pid = int(stat[1]) if stat else 0
+    return found
 
 
 def stop_pids(pids: set[int], grace: float = 1.0) -> None:

@@ -172,7 +172,7 @@ def running_on(db: Path, resource: str) -> int | None:
 
 
 def test_ray_lost_node_fails_the_trial_and_its_params_run_again(ray_cluster, tiny_llama, tmp_path):
-    """Runs last: it kills the second node."""
+    """The last test on the cluster: it kills the second node."""
     tree = ray_study(ray_cluster, tiny_llama, tmp_path, n_trials=2, parallel=2)
     config = write_yaml(tmp_path / "study.yaml", tree)
     db = tmp_path / "studies" / "tiny.db"
