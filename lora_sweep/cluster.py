@@ -181,7 +181,7 @@ def run_job(config: StudyConfig, folder: Path, on_event: Callable[[dict[str, Any
     spec = {
         "folder": str(folder), "job_yaml": job_yaml, "study": config.study.name, "module": module, "probe": str(session.probe),
         "token": session.token, "shared": ray_section.shared_dir, "stop_grace": config.study.stop_grace,
-        "launcher_args": config.study.launcher_args, "cpus": ray_section.resources_per_trial.get("CPU", 1),
+        "launcher_args": config.study.launcher_args, "launcher": config.study.launcher, "cpus": ray_section.resources_per_trial.get("CPU", 1),
         "files": shipped_files(session, tree) if ray_section.shared_dir is not True else {},
     }
     resources = dict(ray_section.resources_per_trial)
@@ -407,7 +407,8 @@ def follow(spec: dict[str, Any], folder: Path, shared: bool, events: queue.Queue
             job_path.write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
         flags, env = node_launch(spec)
         outcome["run"] = launch.run_job(job_path, folder, flags, lambda event: events.put(event) or False,
-                                        env=env, stop_grace=spec["stop_grace"], module=spec["module"])
+                                        env=env, stop_grace=spec["stop_grace"], module=spec["module"],
+                                        launcher=spec["launcher"])
     except BaseException as exc:  # re-raised by the task, so the driver sees it
         outcome["error"] = exc
 
