@@ -68,8 +68,11 @@ def direct_env(flags: tuple[str, ...]) -> dict[str, str]:
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_simple_launcher_cmd_env
 
-    args = launch_command_parser().parse_args([*flags, "-m", "lora_sweep.train", "job.yaml"])
-    args, _, _ = _validate_launch_command(args)
+    try:
+        args = launch_command_parser().parse_args([*flags, "-m", "lora_sweep.train", "job.yaml"])
+        args, _, _ = _validate_launch_command(args)
+    except SystemExit:  # argparse refused a flag (its usage line is on stderr): the trial fails, not the sweep
+        raise RuntimeError(f"accelerate launch refuses the launcher flags {list(flags)}") from None
     _, env = prepare_simple_launcher_cmd_env(args)
     return {k: v for k, v in env.items() if os.environ.get(k) != v}
 
