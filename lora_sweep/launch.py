@@ -22,7 +22,7 @@ from typing import Any
 
 from lora_sweep.events import PARENT_PID_ENV, EventReader
 
-POLL_S = 0.5  # how often the events file and the process are looked at
+POLL_S = 0.2  # how often the events file and the process are looked at (a stat and a read)
 LOG_TAIL_LINES = 40
 
 

@@ -55,6 +55,7 @@ log = logging.getLogger("lora_sweep.sweep")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
+JOIN_POLL_S = 0.2  # how often the main thread looks whether the slots are done (or a signal came)
 
 
 # ---------------------------------------------------------------- optuna pieces from the config
@@ -425,7 +426,7 @@ def run_trials(config: StudyConfig, space: Space, study: optuna.Study,
         # wait with a timeout, never inside join(): a signal raising there makes Python 3.11 count
         # the thread as ended while it runs on (its trial then never recorded)
         while any(worker.is_alive() for worker in workers):
-            if caught.wait(WAIT_POLL_S):
+            if caught.wait(JOIN_POLL_S):
                 sweep.interrupted = caught.name
                 sweep.stop_reason = (f"interrupted by {caught.name}: the running trials were stopped, recorded "
                                      f"as failed and queued to run again")

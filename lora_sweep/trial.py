@@ -43,6 +43,7 @@ log = logging.getLogger("lora_sweep.trial")
 # A job that sends no event for this long is stopped, unless its evaluations have shown that
 # they take longer: then three of its longest evaluation intervals (study.stall_timeout overrides).
 STALL_FLOOR_S = 300.0
+CPU_THREADS_ENV = "LORA_SWEEP_CPU_THREADS"
 
 
 class TrialFailed(RuntimeError):
@@ -74,8 +75,10 @@ def job_config(config: StudyConfig, space: Space, params: dict[str, Any], folder
 
 def slot_launch(config: StudyConfig, slot: list[int] | None) -> tuple[list[str], dict[str, str]]:
     """Launcher flags and environment of a job on `slot` (its GPU ids, or None for the CPU)."""
+    # a CPU trial's threads: its share of the cores, or $LORA_SWEEP_CPU_THREADS (several sweeps at once)
+    threads = int(os.environ.get(CPU_THREADS_ENV) or 0) or max(1, (os.cpu_count() or 1) // config.study.parallel)
     flags = config.study.launcher_args or launch.launcher_args(
-        slot, cpu_threads=max(1, (os.cpu_count() or 1) // config.study.parallel),
+        slot, cpu_threads=threads,
         port=launch.free_port())  # DDP trials sharing a node (or a GPU group) each need their own
     env = {}
     if slot:

@@ -3,9 +3,16 @@ several modules read, a PostgreSQL server. The helpers they use are in helpers.p
 
 from __future__ import annotations
 
-import glob
-import json
 import os
+
+# One thread per job and per test process: two xdist workers each running a tiny-model job on
+# this project's 2-core CI machine would otherwise oversubscribe the cores (OpenMP threads spin
+# while they wait), which cost 20 % of the suite's CPU time. Set before torch is imported.
+os.environ.setdefault("LORA_SWEEP_CPU_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import glob  # noqa: E402
+import json
 import shutil
 import subprocess
 import tempfile
