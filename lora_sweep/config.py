@@ -646,10 +646,11 @@ class StudySection(Section):
         "its study.ray.resources_per_trial (pip install 'lora_sweep[ray]')."
     )
     ray: RaySection = RaySection()
-    launcher: Literal["accelerate", "direct"] = Field(
-        "direct", description="How a single-process trial starts: direct, its own interpreter with the environment "
-        "`accelerate launch` would set (one interpreter start, not two: the same curve), or accelerate: "
-        "`accelerate launch`. Multi-process trials always use accelerate."
+    launcher: Literal["accelerate", "direct", "warm"] = Field(
+        "warm", description="How a single-process trial starts: warm, forked from a runner that imported "
+        "torch, transformers and peft once (no interpreter start, no imports: the same curve); direct, its own "
+        "interpreter with the environment `accelerate launch` would set (one interpreter start, not two); or "
+        "accelerate: `accelerate launch`. Multi-process trials always use accelerate."
     )
     warm_start: str | None = Field(
         None, description="An earlier study (its storage URL, or its study YAML) whose finished trials, in a "

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_sweep import warm
 from lora_sweep.events import PARENT_PID_ENV, EventReader
 
 POLL_S = 0.2  # how often the events file and the process are looked at (a stat and a read)
@@ -48,8 +49,9 @@ def command(job_path: Path, flags: list[str], module: str = "lora_sweep.train",
             launcher: str = "accelerate") -> tuple[list[str], dict[str, str]]:
     """The job's command line and the environment it adds. `accelerate`: `accelerate launch
     <flags> -m module job.yaml`. `direct` (a single-process job): the job's own interpreter with the
-    environment `accelerate launch` would give it, one interpreter start instead of two."""
-    if launcher == "direct" and single_process(flags):
+    environment `accelerate launch` would give it, one interpreter start instead of two. `warm` runs
+    that same command line, forked from the warm runner (run_job)."""
+    if launcher in ("direct", "warm") and single_process(flags):
         return [sys.executable, "-m", module, str(job_path)], direct_env(tuple(flags))
     return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", module, str(job_path)], {}
 
@@ -78,7 +80,7 @@ def direct_env(flags: tuple[str, ...]) -> dict[str, str]:
 
 
 # The jobs this process runs now, so an interrupted sweep can stop them all.
-_running: set[subprocess.Popen] = set()
+_running: set[subprocess.Popen | warm.WarmJob] = set()
 _running_lock = threading.Lock()
 
 
@@ -100,7 +102,7 @@ class JobRun:
     log_tail: str = ""
 
 
-def stop(proc: subprocess.Popen, grace: float) -> None:
+def stop(proc: subprocess.Popen | warm.WarmJob, grace: float) -> None:
     """SIGTERM to the job's whole process group, SIGKILL to whatever is left after `grace` s."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -138,9 +140,12 @@ def run_job(
     log_path = folder / "train.log"
     cmd, launch_env = command(job_path, flags, module, launcher)
     child_env = {**os.environ, **launch_env, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                env=child_env, cwd=folder, start_new_session=True)
+    if launcher == "warm" and cmd[1:3] == ["-m", module]:  # a single-process job: forked, no interpreter start
+        proc = warm.start(module, cmd[3:], child_env, folder, log_path)
+    else:
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    env=child_env, cwd=folder, start_new_session=True)
     with _running_lock:
         _running.add(proc)
     reader = EventReader(folder / "events.jsonl")

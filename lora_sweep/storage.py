@@ -180,6 +180,23 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     return best["trial"]
 
 
+def set_trial_attrs(study: optuna.Study, trial_id: int, attrs: dict[str, Any]) -> None:
+    """A running trial's user attrs, all in one database transaction on an RDB storage (one commit:
+    for SQLite one lock and one fsync, not one per attr); one write each on other storages."""
+    backend = getattr(study._storage, "_backend", study._storage)  # optuna wraps RDB in a cache
+    write = getattr(backend, "_set_trial_attr_without_commit", None)  # optuna's own per-attr write
+    if not isinstance(backend, RDBStorage) or write is None or not attrs:
+        for key, value in attrs.items():
+            study._storage.set_trial_user_attr(trial_id, key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session) as session:
+        for key, value in attrs.items():
+            write(session, models.TrialUserAttributeModel, trial_id, key, value)
+
+
 # ---------------------------------------------------------------- the claim
 
 

@@ -36,7 +36,7 @@ from lora_sweep.dashboard import upload_trial_artifacts
 from lora_sweep.events import EvalEvent, JobResult, best_eval, last_checkpoint
 from lora_sweep.space import Space, apply
 from lora_sweep.tracking import absolute
-from lora_sweep.storage import RESUMES_ATTR, StudyFolder
+from lora_sweep.storage import RESUMES_ATTR, StudyFolder, set_trial_attrs
 
 log = logging.getLogger("lora_sweep.trial")
 
@@ -278,22 +278,26 @@ def run_trial(config: StudyConfig, space: Space, study: optuna.Study, trial: opt
                     silence_limit=lambda: progress.stall_limit(config.study.stall_timeout),
                     placed=lambda node: trial.set_user_attr("node", node))
     steps.clear()
-    # what the run gave, then the artifacts (trial system attrs, which the storage refuses once
-    # the trial is finished)
-    trial.set_user_attr("eval_curve", progress.curve)
-    trial.set_user_attr("steps_run", max((e["step"] for e in run.events if e["event"] == "train"), default=0))
-    trial.set_user_attr("wall_time_s", round(time.time() - began, 2))
+    # what the run gave, in one database write, then the artifacts (trial system attrs, which the
+    # storage refuses once the trial is finished)
+    attrs = {"eval_curve": progress.curve,
+             "steps_run": max((e["step"] for e in run.events if e["event"] == "train"), default=0),
+             "wall_time_s": round(time.time() - began, 2)}
     if run.skipped_lines:
-        trial.set_user_attr("skipped_event_lines", run.skipped_lines)
-    upload_trial_artifacts(study, trial, config)
-    return outcome(config, trial, run, folder, progress)
+        attrs["skipped_event_lines"] = run.skipped_lines
+    try:
+        return outcome(config, trial, run, folder, progress, attrs)
+    finally:
+        set_trial_attrs(study, trial._trial_id, attrs)
+        upload_trial_artifacts(study, trial, config)
 
 
 def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder: Path,
-            progress: Progress) -> float | tuple[float, float]:
-    """The trial's value, or TrialPruned / TrialFailed with what the job left behind."""
+            progress: Progress, attrs: dict[str, Any]) -> float | tuple[float, float]:
+    """The trial's value, or TrialPruned / TrialFailed with what the job left behind; what to
+    record on the trial goes into `attrs`."""
     if run.stopped:
-        trial.set_user_attr("stop_reason", "pruned")
+        attrs["stop_reason"] = "pruned"
         raise optuna.TrialPruned(f"pruned at step {progress.curve[-1][0]}")
     errors = [e.get("message", "") for e in run.events if e["event"] == "error"]
     if run.timed_out or run.stalled or run.returncode != 0 or errors or not (folder / "result.json").is_file():
@@ -306,15 +310,12 @@ def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder
             message = errors[-1]
         else:
             message = f"job {signal_text(run.returncode, run.log_tail)}"
-        trial.set_user_attr("error", message)
-        trial.set_user_attr("log_tail", run.log_tail)
-        trial.set_user_attr("stop_reason", "error")
+        attrs.update(error=message, log_tail=run.log_tail, stop_reason="error")
         raise TrialFailed(f"trial {trial.number}: {message} (log: {folder / 'train.log'})")
     result = JobResult.read(folder / "result.json")
-    for key, value in result.trial_attrs().items():
-        trial.set_user_attr(key, value)
+    attrs.update(result.trial_attrs())
     if (folder / "predictions.jsonl").is_file():
-        trial.set_user_attr("predictions_path", str(folder / "predictions.jsonl"))
+        attrs["predictions_path"] = str(folder / "predictions.jsonl")
     best = progress.best()  # the best evaluation, not the last
     key = config.objective.key
     # no evaluation seen (their event lines were unreadable): the job's own account of its best

@@ -174,15 +174,18 @@ def load(folder: Path, name: str = "tiny") -> optuna.Study:
 
 
 def job_processes(marker: str) -> list[int]:
-    """PIDs of live processes whose command line mentions `marker`."""
+    """PIDs of live processes whose command line mentions `marker` (a job's file or folder), or that
+    work in its folder: a job forked by the warm runner keeps the runner's command line."""
+    folder = marker if os.path.isdir(marker) else os.path.dirname(marker)
     found = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                cwd = os.readlink(f"/proc/{pid}/cwd")
             except OSError:
                 continue
-            if marker in cmdline:
+            if marker in cmdline or (cwd + "/").startswith(folder + "/"):
                 found.append(int(pid))
     return found
 

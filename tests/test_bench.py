@@ -134,6 +134,8 @@ def test_job_throughput(tmp_path, capsys):
 def test_trial_cost(tmp_path, capsys):
     out, printed, results = smoke(trial_cost, tmp_path, capsys, "--trials", "1")
     check(printed, results, "2 trial fixed cost")
+    assert sorted(out["by_launcher"]) == ["accelerate", "warm"] and "study.launcher: accelerate" in printed
+    assert out["ratio"] == pytest.approx(out["fixed_by"]["warm"] / out["fixed_by"]["accelerate"])
     (trial,) = out["trials"]
     parts = trial_cost.FIXED + trial_cost.USEFUL
     assert sum(trial[p] for p in parts) == pytest.approx(trial["wall"], abs=1e-6)

@@ -199,8 +199,10 @@ def test_rerun_straight_after_sigterm_and_after_a_kill(tiny_llama, chat_data, tm
     assert [e["step"] for e in events if e["event"] == "train"] == list(range(resumed_at + 1, 13))
     assert [s for s, _ in rerun.user_attrs["eval_curve"]] == [2, 4, 6, 8, 10, 12]
     assert sorted(rerun.intermediate_values) == [2, 4, 6, 8, 10, 12]
-    killed_evals = {e["step"]: e["eval_loss"] for e in read_events(trials / str(killed) / "events.jsonl")
-                    if e["event"] == "eval" and e["step"] <= resumed_at}
+    # (trial 1 may itself have resumed the SIGTERMed trial 0: its `resume` event carries those evaluations)
+    killed_events = read_events(trials / str(killed) / "events.jsonl")
+    killed_evals = {r["step"]: r["eval_loss"] for e in killed_events if e["event"] == "resume" for r in e["evals"]}
+    killed_evals |= {e["step"]: e["eval_loss"] for e in killed_events if e["event"] == "eval" and e["step"] <= resumed_at}
     assert {s: v for s, v in rerun.user_attrs["eval_curve"] if s <= resumed_at} == killed_evals
 
 

@@ -1,9 +1,12 @@
 """study.launcher: a single-process job started directly (one interpreter, accelerate's own
-environment) trains exactly as under `accelerate launch`; multi-process jobs keep the launcher."""
+environment) or forked from the warm runner (no interpreter start, no imports) trains exactly as
+under `accelerate launch`; multi-process jobs keep the launcher."""
 
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import pytest
 
@@ -33,14 +36,14 @@ def test_direct_starts_the_job_module_and_ddp_keeps_accelerate(tmp_path):
 
 
 @pytest.mark.integration
-def test_direct_and_accelerate_launch_train_the_same_curve(tiny_llama, tmp_path):
+def test_every_launcher_trains_the_same_curve(tiny_llama, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     samples = [chat(f"Question {i}: what is {i} plus {i}?", f"It is {2 * i}.") for i in range(12)]
     write_jsonl(data / "train.json", samples)
     write_jsonl(data / "test.json", samples[:4])
     curves = {}
-    for launcher in ("accelerate", "direct"):
+    for launcher in ("accelerate", "direct", "warm"):
         out = tmp_path / launcher
         out.mkdir()
         tree = job_tree(tiny_llama, data, out, num_training_steps=6, eval_steps=3, save_steps=3, learning_rate=0.02)
@@ -50,7 +53,41 @@ def test_direct_and_accelerate_launch_train_the_same_curve(tiny_llama, tmp_path)
         events = read_events(out / "events.jsonl")
         curves[launcher] = ([e["loss"] for e in events if e["event"] == "train"],
                             [e["eval_loss"] for e in events if e["event"] == "eval"])
-    (train_a, eval_a), (train_d, eval_d) = curves["accelerate"], curves["direct"]
+    (train_a, eval_a) = curves["accelerate"]
     assert len(train_a) == 6 and len(eval_a) == 2 and train_a[-1] < train_a[0]
     # same seed, same threads: the same curve (float noise only)
-    assert train_d == pytest.approx(train_a, rel=1e-5) and eval_d == pytest.approx(eval_a, rel=1e-5)
+    for launcher in ("direct", "warm"):
+        train, evals = curves[launcher]
+        assert train == pytest.approx(train_a, rel=1e-5) and evals == pytest.approx(eval_a, rel=1e-5), launcher
+
+
+def session_of(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[3])
+
+
+@pytest.mark.integration
+def test_a_warm_job_is_a_process_of_its_own_and_stops_with_its_group(tiny_llama, chat_data, tmp_path):
+    # a bad job: its own exit code and its error in its own log, and the runner forks the next one
+    bad = write_yaml(tmp_path / "bad.yaml", {**job_tree(tiny_llama, chat_data, tmp_path / "bad"), "lora": {"r": -1}})
+    run = launch.run_job(bad, tmp_path, CPU_FLAGS, lambda event: False, launcher="warm")
+    assert run.returncode == 2 and "error: " in run.log_tail and "lora.r" in run.log_tail
+
+    # a long job, pruned at its first train event: SIGTERM to its session ends it, as a launched job
+    out = tmp_path / "long"
+    out.mkdir()
+    job = write_yaml(out / "job.yaml", job_tree(tiny_llama, chat_data, out, num_training_steps=10_000))
+    seen = {}
+
+    def on_event(event):
+        if event["event"] == "train":
+            (p,) = launch._running
+            seen.update(pid=p.pid, session=session_of(p.pid), parent=os.getppid())
+            return True
+        return False
+
+    began = time.monotonic()
+    run = launch.run_job(job, out, CPU_FLAGS, on_event, launcher="warm", stop_grace=5)
+    assert run.stopped and run.returncode == -signal.SIGTERM and time.monotonic() - began < 60
+    assert seen["session"] == seen["pid"] != os.getpid()  # it leads its own session, like a launched job
+    assert not os.path.exists(f"/proc/{seen['pid']}")  # and is gone, reaped by the runner
+    assert "Traceback" not in run.log_tail

@@ -92,3 +92,32 @@ def test_workers_started_together_never_overshoot_the_budget(race_storage, tiny_
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 12
     # the study and its defaults trial were created once, by whichever worker came first
     assert [t.number for t in study.trials if t.user_attrs.get("baseline") == "documented defaults"] == [0]
+
+
+def test_a_trials_end_is_one_database_write(race_storage):
+    # what a trial records when its job ends: one transaction on an RDB storage (one lock and one
+    # fsync for SQLite, one round trip for PostgreSQL), all or nothing
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+
+    from lora_sweep.config import StudySection
+    from lora_sweep.storage import make_storage, set_trial_attrs
+
+    name = f"attrs-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(storage=make_storage(race_storage, StudySection()), study_name=name)
+    backend = getattr(study._storage, "_backend", study._storage)
+    commits = []
+    if isinstance(backend, RDBStorage):
+        sqlalchemy.event.listen(backend.engine, "commit", lambda conn: commits.append(1))
+    trial = study.ask()
+    attrs = {"eval_curve": [[2, 1.5], [4, 1.25]], "steps_run": 4, "wall_time_s": 3.5, "stop_reason": "pruned"}
+    commits.clear()
+    set_trial_attrs(study, trial._trial_id, attrs)
+    assert len(commits) == (1 if isinstance(backend, RDBStorage) else 0)
+    assert load_existing(race_storage, name).trials[0].user_attrs == attrs
+
+    # a finished trial refuses them: nothing of the batch is written
+    study.tell(trial, 1.0)
+    with pytest.raises(RuntimeError, match="has already finished and can not be updated"):
+        set_trial_attrs(study, trial._trial_id, {"late": 1, "eval_curve": []})
+    assert load_existing(race_storage, name).trials[0].user_attrs == attrs

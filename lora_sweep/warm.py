@@ -1,0 +1,248 @@
+"""The warm launcher (`study.launcher: warm`): one runner process per sweep imports torch,
+transformers, peft and lora_sweep's job once, then forks a fresh process for each single-process
+job. A trial skips the interpreter start and the imports (most of its fixed cost) and is still a
+process of its own, in a session of its own, that frees all its memory when it exits.
+
+The runner never touches CUDA or torch's thread pool before it forks: a child starts them itself,
+with its own CUDA_VISIBLE_DEVICES and thread count, as a freshly launched job would.
+
+The runner speaks JSON lines. On its stdin, one request per job: {"id", "module", "argv", "env",
+"cwd", "log"}. On its stdout: {"ready": pid} once imported, {"id", "pid"} when a child leads its own
+session (from then on a signal to its process group reaches it), {"exited": pid, "rc"} when a child
+has ended (rc as subprocess reports it: negative for a signal).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import itertools
+import json
+import os
+import queue
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+START_TIMEOUT_S = 300  # the runner's own imports, on a slow disk
+
+
+# ---------------------------------------------------------------- the runner process
+
+ANSWERS_FD: int = 1
+
+
+def serve() -> int:
+    """The runner's loop; in a forked child it returns that job's exit code instead."""
+    global ANSWERS_FD
+    ANSWERS_FD = os.dup(1)  # answers only: whatever an import prints goes to stderr
+    os.dup2(2, 1)
+    import torch
+
+    import lora_sweep.evaluate  # noqa: F401 (the imports every job does, done once here)
+    import lora_sweep.train  # noqa: F401
+
+    if torch.cuda.is_initialized():  # a child would inherit a CUDA context it cannot use
+        raise RuntimeError("CUDA was initialised while importing; the warm runner cannot fork jobs")
+    answer({"ready": os.getpid()})
+    pending = b""
+    while True:
+        readable, _, _ = select.select([0], [], [], 0.05)
+        if readable:
+            chunk = os.read(0, 1 << 16)
+            if not chunk:  # the sweep closed us, or is gone: its jobs watch it themselves
+                return 0
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                code = fork_job(json.loads(line))
+                if code is not None:  # this is the child, and its job has ended
+                    return code
+        reap()
+
+
+def answer(message: dict[str, Any]) -> None:
+    os.write(ANSWERS_FD, (json.dumps(message) + "\n").encode())
+
+
+def reap() -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        answer({"exited": pid, "rc": os.waitstatus_to_exitcode(status)})
+
+
+def fork_job(request: dict[str, Any]) -> int | None:
+    """Fork the job's process: None in the runner, the job's exit code in the child."""
+    led, lead = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(led)
+        os.close(ANSWERS_FD)
+        os.setsid()
+        os.close(lead)  # tells the runner the session exists
+        return run_job(request)
+    os.close(lead)
+    os.read(led, 1)  # EOF once the child leads its session (or died before)
+    os.close(led)
+    answer({"id": request["id"], "pid": pid})
+    return None
+
+
+def run_job(request: dict[str, Any]) -> int:
+    """In the forked child: become the job (its log, folder, environment, threads) and run it."""
+    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        # the import path `python -m` would give: the job's folder first, then its PYTHONPATH
+        extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+        sys.path[0:1] = [os.getcwd(), *extra]
+        importlib.invalidate_caches()
+        import torch
+
+        # OpenMP read OMP_NUM_THREADS when the runner loaded it: set this job's share now
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        sys.argv = [request["module"], *request["argv"]]
+        return importlib.import_module(request["module"]).main(request["argv"])
+    except SystemExit as exc:  # argparse, or a job that exits itself
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+
+
+# ---------------------------------------------------------------- the sweep's side
+
+class WarmJob:
+    """A forked job, with the part of subprocess.Popen that launch uses: pid, poll, wait, returncode."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+        self.ended = threading.Event()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self.ended.wait(timeout):
+            raise subprocess.TimeoutExpired(f"job {self.pid}", timeout)
+        return self.returncode
+
+    def end(self, returncode: int) -> None:
+        self.returncode = returncode
+        self.ended.set()
+
+
+class Runner:
+    """The runner process and the thread that reads its answers."""
+
+    def __init__(self):
+        self.errors = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", "lora_sweep.warm"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.errors, start_new_session=True)
+        self.ids = itertools.count()
+        self.lock = threading.Lock()
+        self.replies: dict[int, queue.Queue] = {}
+        self.jobs: dict[int, WarmJob] = {}
+        self.ready = threading.Event()
+        threading.Thread(target=self.read, daemon=True, name="warm-runner").start()
+        if not self.ready.wait(START_TIMEOUT_S) or self.proc.poll() is not None:
+            self.close()
+            raise RuntimeError(f"the warm runner did not start: {self.error_tail()}")
+
+    def read(self) -> None:
+        for line in self.proc.stdout:
+            message = json.loads(line)  # only the runner writes here (serve)
+            if "ready" in message:
+                self.ready.set()
+            elif "exited" in message:
+                job = self.jobs.pop(message["exited"], None)
+                if job is not None:
+                    job.end(message["rc"])
+            else:
+                job = self.jobs[message["pid"]] = WarmJob(message["pid"])  # before its exit can be read
+                self.replies.pop(message["id"]).put(job)
+        self.ready.set()
+        self.proc.wait()
+        with self.lock:  # the runner is gone: nobody can report these jobs' ends any more
+            for job in self.jobs.values():
+                try:
+                    os.killpg(job.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                job.end(-signal.SIGKILL)
+            for reply in self.replies.values():
+                reply.put(None)
+            self.jobs.clear()
+            self.replies.clear()
+
+    def start(self, module: str, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> WarmJob:
+        reply: queue.Queue = queue.Queue()
+        with self.lock:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the warm runner exited: {self.error_tail()}")
+            request_id = next(self.ids)
+            self.replies[request_id] = reply
+            request = {"id": request_id, "module": module, "argv": argv, "env": env, "cwd": str(cwd),
+                       "log": str(log)}
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        job = reply.get(timeout=START_TIMEOUT_S)
+        if job is None:
+            raise RuntimeError(f"the warm runner exited: {self.error_tail()}")
+        return job
+
+    def error_tail(self) -> str:
+        self.errors.seek(0)
+        lines = self.errors.read().decode(errors="replace").strip().splitlines()
+        return "\n".join(lines[-20:]) or f"exit code {self.proc.poll()}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # it exits at EOF
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+_runner: Runner | None = None
+_runner_lock = threading.Lock()
+
+
+def start(module: str, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> WarmJob:
+    """Fork `python -m module *argv` from this process's runner (started on first use)."""
+    global _runner
+    with _runner_lock:
+        if _runner is None or _runner.proc.poll() is not None:
+            _runner = Runner()
+            atexit.register(_runner.close)
+        runner = _runner
+    return runner.start(module, argv, env, cwd, log)
+
+
+if __name__ == "__main__":
+    sys.exit(serve())
