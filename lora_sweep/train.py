@@ -48,6 +48,7 @@ from lora_sweep.data import (
     load_samples,
     prepare,
 )
+from lora_sweep import warm
 from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job
 from lora_sweep.evaluate import (
     GenerationMetric,
@@ -85,11 +86,15 @@ class NonFiniteLoss(RuntimeError):
 # ---------------------------------------------------------------- model
 
 
+def load_base_model(path: str, dtype: Any, trust_remote_code: bool) -> Any:
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
 def load_model(config: JobConfig, path: str) -> Any:
-    """The base model with LoRA adapters on `lora.target_modules`."""
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=pick_dtype(config.model.dtype), trust_remote_code=config.model.trust_remote_code
-    )
+    """The base model (the warm runner's, when it loaded it already) with LoRA adapters on
+    `lora.target_modules`."""
+    dtype, trust = pick_dtype(config.model.dtype), config.model.trust_remote_code
+    model = warm.primed(warm.model_key(path, dtype, trust), lambda: load_base_model(path, dtype, trust))
     lora = config.lora
     # LoRA's A matrices start random: seeded, so a job config reruns the same (the Trainer seeds
     # only later, and in-process callers leave the global generator anywhere)
@@ -386,7 +391,8 @@ def run(config: JobConfig) -> dict[str, Any]:
     if config.training.resume_from_checkpoint is not None:
         check_checkpoint(config)
     model_path = find_model(config.model.name_or_path)
-    tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
+    trust = config.model.trust_remote_code
+    tokenizer = warm.primed(warm.tokenizer_key(model_path, trust), lambda: load_tokenizer(model_path, trust))
     tokenized = prepare(config.data, config.training.seed, tokenizer, samples)
 
     out = Path(config.output_dir)

@@ -13,6 +13,7 @@ task on a node of the cluster (cluster.py); the rest of a trial's life is the sa
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import math
@@ -260,8 +261,12 @@ def run_trial(config: StudyConfig, space: Space, study: optuna.Study, trial: opt
         # a job at its last evaluation has spent its steps: pruning it saves nothing
         return evaluation.step < progress.max_steps and trial.should_prune()
 
+    uploader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"upload-{trial.number}")
+    upload: concurrent.futures.Future | None = None
+
     def on_event(event: dict[str, Any]) -> bool:
         """Follow the job: its size, its training steps, each evaluation; True stops it (pruned)."""
+        nonlocal upload
         progress.seen_event = True
         if event["event"] == "start":
             progress.max_steps = event["max_steps"]
@@ -271,6 +276,8 @@ def run_trial(config: StudyConfig, space: Space, study: optuna.Study, trial: opt
             return any([evaluated(EvalEvent.of(e)) for e in event.get("evals", [])])
         elif event["event"] == "eval":
             return evaluated(EvalEvent.of(event))
+        elif event["event"] == "done" and upload is None:  # adapter and predictions are final: upload
+            upload = uploader.submit(upload_trial_artifacts, study, trial, config)  # while the job exits
         return False
 
     began = time.time()
@@ -289,7 +296,8 @@ def run_trial(config: StudyConfig, space: Space, study: optuna.Study, trial: opt
         return outcome(config, trial, run, folder, progress, attrs)
     finally:
         set_trial_attrs(study, trial._trial_id, attrs)
-        upload_trial_artifacts(study, trial, config)
+        with uploader:  # before the trial is finished: artifacts are trial system attrs
+            (upload or uploader.submit(upload_trial_artifacts, study, trial, config)).result()
 
 
 def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder: Path,

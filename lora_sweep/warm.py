@@ -28,6 +28,7 @@ import tempfile
 import threading
 import traceback
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 START_TIMEOUT_S = 300  # the runner's own imports, on a slow disk
@@ -39,10 +40,12 @@ ANSWERS_FD: int = 1
 
 
 def serve() -> int:
-    """The runner's loop; in a forked child it returns that job's exit code instead."""
+    """The runner's loop; a forked child runs its job and exits (leave)."""
     global ANSWERS_FD
     ANSWERS_FD = os.dup(1)  # answers only: whatever an import prints goes to stderr
     os.dup2(2, 1)
+    # if an import asks whether CUDA is there, NVML answers without starting the driver in the runner
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     import torch
 
     import lora_sweep.evaluate  # noqa: F401 (the imports every job does, done once here)
@@ -63,8 +66,22 @@ def serve() -> int:
                 line, pending = pending.split(b"\n", 1)
                 code = fork_job(json.loads(line))
                 if code is not None:  # this is the child, and its job has ended
-                    return code
+                    leave(code)
         reap()
+
+
+def leave(code: int) -> None:
+    """End a forked job as an interpreter would (its threads joined, atexit run: trackers end their
+    runs, logs flush) but without tearing down torch and every module one by one, which takes a
+    second or more and frees nothing that the process's exit does not."""
+    threading._shutdown()  # what the interpreter's exit does first: threading's exit hooks, then the join
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def answer(message: dict[str, Any]) -> None:
@@ -82,8 +99,53 @@ def reap() -> None:
         answer({"exited": pid, "rc": os.waitstatus_to_exitcode(status)})
 
 
+# What the runner loaded for its jobs (a training job's tokenizer and base model), by what loads it:
+# every child forked after it inherits its own copy-on-write copy and changes only that.
+_primed: dict[tuple, Any] = {}
+
+
+def primed(key: tuple, load: Callable[[], Any]) -> Any:
+    """`load()`, or in a job forked by the warm runner what the runner loaded for `key` already.
+    Outside a forked job nothing is primed: a plain call."""
+    found = _primed.get(key)
+    return found if found is not None else load()
+
+
+def tokenizer_key(path: str, trust_remote_code: bool) -> tuple:
+    return ("tokenizer", path, trust_remote_code)
+
+
+def model_key(path: str, dtype: Any, trust_remote_code: bool) -> tuple:
+    return ("model", path, str(dtype), trust_remote_code)
+
+
+def prime(request: dict[str, Any]) -> None:
+    """Load a training job's tokenizer and base model (CPU, no CUDA) once, in the runner, for this
+    job and every later one on the same model. Whatever fails here the job meets and reports itself."""
+    if request["module"] != "lora_sweep.train":
+        return
+    from lora_sweep.config import load_job
+    from lora_sweep.models import find_model, load_tokenizer, pick_dtype
+    from lora_sweep.train import load_base_model
+
+    try:
+        config = load_job(request["argv"][0])
+        path, trust = find_model(config.model.name_or_path), config.model.trust_remote_code
+        dtype = pick_dtype(config.model.dtype)
+    except Exception:  # noqa: BLE001 (the job's own error, in its own log)
+        return
+    for key, load in ((tokenizer_key(path, trust), lambda: load_tokenizer(path, trust)),
+                      (model_key(path, dtype, trust), lambda: load_base_model(path, dtype, trust))):
+        if key not in _primed:
+            try:
+                _primed[key] = load()
+            except Exception:  # noqa: BLE001
+                _primed[key] = None  # not tried again: each job loads it itself and says why it fails
+
+
 def fork_job(request: dict[str, Any]) -> int | None:
     """Fork the job's process: None in the runner, the job's exit code in the child."""
+    prime(request)
     led, lead = os.pipe()
     pid = os.fork()
     if pid == 0:

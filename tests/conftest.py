@@ -101,3 +101,16 @@ def postgres_url():
     yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
     shutil.rmtree(data, ignore_errors=True)
+
+
+# The files that take longest, first: pytest-xdist (--dist loadfile) hands each worker the next file
+# when it is free, so the long ones start early and the short ones fill the end, instead of one
+# worker running a long file alone at the end. Within a file the order stays.
+LONGEST_FIRST = ["test_crash_safety.py", "test_ray.py", "test_sweep.py", "test_workers.py", "test_evaluate.py",
+                 "test_launcher.py", "test_multi_process.py", "test_train.py", "test_tracking.py", "test_bench.py",
+                 "test_models.py", "test_honest.py", "test_report.py", "test_storage_secrets.py", "test_resume.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
