@@ -140,7 +140,8 @@ def run_job(
     log_path = folder / "train.log"
     cmd, launch_env = command(job_path, flags, module, launcher)
     child_env = {**os.environ, **launch_env, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
-    if launcher == "warm" and cmd[1:3] == ["-m", module]:  # a single-process job: forked, no interpreter start
+    # a single-process job, where processes fork (not Windows): forked, no interpreter start
+    if launcher == "warm" and cmd[1:3] == ["-m", module] and hasattr(os, "fork"):
         proc = warm.start(module, cmd[3:], child_env, folder, log_path)
     else:
         with log_path.open("wb") as log:

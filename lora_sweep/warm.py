@@ -18,6 +18,7 @@ import atexit
 import importlib
 import itertools
 import json
+import logging
 import os
 import queue
 import select
@@ -30,6 +31,8 @@ import traceback
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("lora_sweep.warm")
 
 START_TIMEOUT_S = 300  # the runner's own imports, on a slow disk
 
@@ -108,7 +111,10 @@ def primed(key: tuple, load: Callable[[], Any]) -> Any:
     """`load()`, or in a job forked by the warm runner what the runner loaded for `key` already.
     Outside a forked job nothing is primed: a plain call."""
     found = _primed.get(key)
-    return found if found is not None else load()
+    if found is None:
+        return load()
+    log.info("%s %s: the warm runner's copy", key[0], key[1])
+    return found
 
 
 def tokenizer_key(path: str, trust_remote_code: bool) -> tuple:
@@ -307,4 +313,6 @@ def start(module: str, argv: list[str], env: dict[str, str], cwd: Path, log: Pat
 
 
 if __name__ == "__main__":
-    sys.exit(serve())
+    from lora_sweep import warm  # the module the jobs import, not this __main__ copy: they read its _primed
+
+    sys.exit(warm.serve())

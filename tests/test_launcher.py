@@ -53,6 +53,9 @@ def test_every_launcher_trains_the_same_curve(tiny_llama, tmp_path):
         events = read_events(out / "events.jsonl")
         curves[launcher] = ([e["loss"] for e in events if e["event"] == "train"],
                             [e["eval_loss"] for e in events if e["event"] == "eval"])
+    # the warm runner loaded the tokenizer and the base model once; its job used them
+    log = (tmp_path / "warm" / "train.log").read_text()
+    assert f"tokenizer {tiny_llama}: the warm runner's copy" in log and f"model {tiny_llama}: the warm runner's copy" in log
     (train_a, eval_a) = curves["accelerate"]
     assert len(train_a) == 6 and len(eval_a) == 2 and train_a[-1] < train_a[0]
     # same seed, same threads: the same curve (float noise only)
