@@ -306,7 +306,7 @@ def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder
     record on the trial goes into `attrs`."""
     if run.stopped:
         attrs["stop_reason"] = "pruned"
-        raise optuna.TrialPruned(f"pruned at step {progress.curve[-1][0]}")
+        raise optuna.TrialPruned(f"pruned at step {progress.evals[-1].step}")
     errors = [e.get("message", "") for e in run.events if e["event"] == "error"]
     if run.timed_out or run.stalled or run.returncode != 0 or errors or not (folder / "result.json").is_file():
         if run.timed_out:

@@ -134,14 +134,20 @@ def prime(request: dict[str, Any]) -> None:
     from lora_sweep.models import find_model, load_tokenizer, pick_dtype
     from lora_sweep.train import load_base_model
 
+    import torch
+
     try:
         config = load_job(request["argv"][0])
         path, trust = find_model(config.model.name_or_path), config.model.trust_remote_code
-        dtype = pick_dtype(config.model.dtype)
     except Exception:  # noqa: BLE001 (the job's own error, in its own log)
         return
-    for key, load in ((tokenizer_key(path, trust), lambda: load_tokenizer(path, trust)),
-                      (model_key(path, dtype, trust), lambda: load_base_model(path, dtype, trust))):
+    loads = [(tokenizer_key(path, trust), lambda: load_tokenizer(path, trust))]
+    # dtype auto on a GPU asks the GPU whether it has bfloat16, which starts CUDA: there the job loads
+    # its model itself
+    if config.model.dtype != "auto" or not torch.cuda.is_available():
+        dtype = pick_dtype(config.model.dtype)
+        loads.append((model_key(path, dtype, trust), lambda: load_base_model(path, dtype, trust)))
+    for key, load in loads:
         if key not in _primed:
             try:
                 _primed[key] = load()
@@ -152,6 +158,11 @@ def prime(request: dict[str, Any]) -> None:
 def fork_job(request: dict[str, Any]) -> int | None:
     """Fork the job's process: None in the runner, the job's exit code in the child."""
     prime(request)
+    import torch
+
+    if torch.cuda.is_initialized():  # never fork a CUDA context: the job fails and says why
+        answer({"id": request["id"], "error": "CUDA was started in the warm runner; use study.launcher: direct"})
+        return None
     led, lead = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -250,6 +261,8 @@ class Runner:
                 job = self.jobs.pop(message["exited"], None)
                 if job is not None:
                     job.end(message["rc"])
+            elif "error" in message:
+                self.replies.pop(message["id"]).put(message["error"])
             else:
                 job = self.jobs[message["pid"]] = WarmJob(message["pid"])  # before its exit can be read
                 self.replies.pop(message["id"]).put(job)
@@ -281,6 +294,8 @@ class Runner:
         job = reply.get(timeout=START_TIMEOUT_S)
         if job is None:
             raise RuntimeError(f"the warm runner exited: {self.error_tail()}")
+        if isinstance(job, str):
+            raise RuntimeError(job)
         return job
 
     def error_tail(self) -> str:

@@ -152,3 +152,24 @@ def test_multi_objective_study(gen_study, tmp_path):
     best = run_cli(["best", str(config), *moved], cwd=root)
     assert best.returncode == 2 and best.stderr.strip() == (
         f"error: --trial best: a multi-objective study has no single best; pick one of the Pareto front: {front}")
+
+
+def test_a_trial_pruned_on_its_loss_before_any_generation(tiny_llama, tmp_path):
+    # generate_every 2: the first evaluation scores no answers; the pruner hears its eval loss (prune_on)
+    # and stops the trial there, with no metric in its curve yet
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.json", memorization_samples())
+    write_jsonl(data / "test.json", memorization_samples())
+    tree = study_tree(tiny_llama, data, tmp_path / "studies", n_trials=1,
+                      pruner={"type": "threshold", "options": {"lower": 0.0}})  # -eval_loss < 0: prune
+    tree["training"].update(num_training_steps=8, eval_steps=4, save_steps=4)
+    tree["objective"] = {"metric": "token_f1", "max_new_tokens": 4, "generate_every": 2, "baseline": False}
+    proc = run_cli(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
+    (trial,) = load(tmp_path / "studies").trials
+    assert trial.state.name == "PRUNED", proc.stderr[-2000:]
+    evals = [e for e in read_events(Path(trial.user_attrs["trial_dir"]) / "events.jsonl") if e["event"] == "eval"]
+    assert [e["step"] for e in evals] == [4] and "score" not in evals[0]
+    assert trial.intermediate_values == {4: -evals[0]["eval_loss"]}
+    assert trial.user_attrs["stop_reason"] == "pruned" and trial.user_attrs["eval_curve"] == []
+    assert proc.returncode == 0 and "study tiny: 1 pruned" in proc.stdout
