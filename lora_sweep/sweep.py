@@ -296,14 +296,29 @@ class Sweep:
             else:
                 self.failures_in_a_row = 0
             counts = Counter(t.state for t in self.study.get_trials(deepcopy=False))
-            value = ("/".join(f"{v:.4f}" for v in trial.values) if trial.values
-                     else trial.user_attrs.get("error") or error or "-")
+            if trial.state == TrialState.PRUNED and trial.intermediate_values:
+                value = self.pruned_text(trial)
+            else:
+                value = ("/".join(f"{v:.4f}" for v in trial.values) if trial.values
+                         else trial.user_attrs.get("error") or error or "-")
             log.info("trial %d %s  %s  [%d complete, %d pruned, %d failed; best %s]", trial.number,
                      trial.state.name, value, counts[TrialState.COMPLETE], counts[TrialState.PRUNED],
                      counts[TrialState.FAIL], self.best_text())
             if self.failures_in_a_row >= self.config.study.max_failures and self.stop_reason is None:
                 self.stop_reason = (f"{self.failures_in_a_row} trials failed in a row (study.max_failures): "
                                     f"stopping; see the trials' error and log_tail user attrs")
+
+
+    def pruned_text(self, trial: FrozenTrial) -> str:
+        """Where a pruned trial stopped and the value the pruner judged it on (the eval loss itself
+        under prune_on: eval_loss, not the sign-adjusted value optuna keeps as the trial's)."""
+        objective = self.config.objective
+        step = max(trial.intermediate_values)
+        value = trial.intermediate_values[step]
+        if objective.prunes_on == "eval_loss" and objective.direction == "maximize":
+            value = -value
+        name = "eval_loss" if objective.prunes_on == "eval_loss" else objective.metric
+        return f"at step {step}: {name} {value:.4f}"
 
 
 def owner_text(trial: FrozenTrial) -> str:

@@ -4,6 +4,7 @@ best, generate, export (loaded back with PEFT's and transformers' own loaders)."
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -154,7 +155,7 @@ def test_multi_objective_study(gen_study, tmp_path):
         f"error: --trial best: a multi-objective study has no single best; pick one of the Pareto front: {front}")
 
 
-def test_a_trial_pruned_on_its_loss_before_any_generation(tiny_llama, tmp_path):
+def test_a_trial_pruned_on_its_loss_before_any_generation(tiny_llama, tmp_path, caplog):
     # generate_every 2: the first evaluation scores no answers; the pruner hears its eval loss (prune_on)
     # and stops the trial there, with no metric in its curve yet
     data = tmp_path / "data"
@@ -165,7 +166,8 @@ def test_a_trial_pruned_on_its_loss_before_any_generation(tiny_llama, tmp_path):
                       pruner={"type": "threshold", "options": {"lower": 0.0}})  # -eval_loss < 0: prune
     tree["training"].update(num_training_steps=8, eval_steps=4, save_steps=4)
     tree["objective"] = {"metric": "token_f1", "max_new_tokens": 4, "generate_every": 2, "baseline": False}
-    proc = run_cli(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
+    with caplog.at_level(logging.INFO, logger="lora_sweep"):
+        proc = run_cli(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
     (trial,) = load(tmp_path / "studies").trials
     assert trial.state.name == "PRUNED", proc.stderr[-2000:]
     evals = [e for e in read_events(Path(trial.user_attrs["trial_dir"]) / "events.jsonl") if e["event"] == "eval"]
@@ -173,3 +175,5 @@ def test_a_trial_pruned_on_its_loss_before_any_generation(tiny_llama, tmp_path):
     assert trial.intermediate_values == {4: -evals[0]["eval_loss"]}
     assert trial.user_attrs["stop_reason"] == "pruned" and trial.user_attrs["eval_curve"] == []
     assert proc.returncode == 0 and "study tiny: 1 pruned" in proc.stdout
+    # the line says where and on what it stopped: the loss itself, not optuna's negated value
+    assert f"trial 0 PRUNED  at step 4: eval_loss {evals[0]['eval_loss']:.4f}  [0 complete, 1 pruned" in caplog.text
