@@ -171,7 +171,8 @@ def test_a_trial_pruned_on_its_loss_before_any_generation(tiny_llama, tmp_path, 
     (trial,) = load(tmp_path / "studies").trials
     assert trial.state.name == "PRUNED", proc.stderr[-2000:]
     evals = [e for e in read_events(Path(trial.user_attrs["trial_dir"]) / "events.jsonl") if e["event"] == "eval"]
-    assert [e["step"] for e in evals] == [4] and "score" not in evals[0]
+    # (a tiny job may write its next evaluation before the stop reaches it: the pruner never hears it)
+    assert evals[0]["step"] == 4 and "score" not in evals[0]
     assert trial.intermediate_values == {4: -evals[0]["eval_loss"]}
     assert trial.user_attrs["stop_reason"] == "pruned" and trial.user_attrs["eval_curve"] == []
     assert proc.returncode == 0 and "study tiny: 1 pruned" in proc.stdout
