@@ -452,6 +452,8 @@ def run_trials(config: StudyConfig, space: Space, study: optuna.Study,
             worker.join()
     if sweep.error is not None:
         raise sweep.error
+    if finished(study) >= config.study.n_trials:
+        sweep.note = None  # a slot that met the timeout while another ran the last trial: nothing was missed
     if sweep.stop_reason is None and finished(study) < config.study.n_trials and sweep.note is None:
         sweep.stop_reason = f"only {finished(study)} of {config.study.n_trials} trials finished"
     return study, sweep.stop_reason, sweep.note
