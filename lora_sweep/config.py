@@ -276,6 +276,12 @@ class ObjectiveSection(Section):
         return "eval_loss"
 
     @property
+    def pruner_sign(self) -> int:
+        """What the pruner hears is the `prunes_on` value times this: -1 for the eval loss in a study
+        that maximizes (the pruner compares in the study's direction), else 1."""
+        return -1 if self.prunes_on == "eval_loss" and self.direction == "maximize" else 1
+
+    @property
     def key(self) -> str:
         """The field of an `eval` event that holds the metric."""
         return "score" if self.is_generation else self.metric

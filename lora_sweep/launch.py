@@ -141,7 +141,7 @@ def run_job(
     cmd, launch_env = command(job_path, flags, module, launcher)
     child_env = {**os.environ, **launch_env, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
     # a single-process job, where processes fork (not Windows): forked, no interpreter start
-    if launcher == "warm" and cmd[1:3] == ["-m", module] and hasattr(os, "fork"):
+    if launcher == "warm" and single_process(flags) and hasattr(os, "fork"):
         proc = warm.start(module, cmd[3:], child_env, folder, log_path)
     else:
         with log_path.open("wb") as log:

@@ -308,17 +308,13 @@ class Sweep:
                 self.stop_reason = (f"{self.failures_in_a_row} trials failed in a row (study.max_failures): "
                                     f"stopping; see the trials' error and log_tail user attrs")
 
-
     def pruned_text(self, trial: FrozenTrial) -> str:
         """Where a pruned trial stopped and the value the pruner judged it on (the eval loss itself
         under prune_on: eval_loss, not the sign-adjusted value optuna keeps as the trial's)."""
         objective = self.config.objective
         step = max(trial.intermediate_values)
-        value = trial.intermediate_values[step]
-        if objective.prunes_on == "eval_loss" and objective.direction == "maximize":
-            value = -value
         name = "eval_loss" if objective.prunes_on == "eval_loss" else objective.metric
-        return f"at step {step}: {name} {value:.4f}"
+        return f"at step {step}: {name} {objective.pruner_sign * trial.intermediate_values[step]:.4f}"
 
 
 def owner_text(trial: FrozenTrial) -> str:
@@ -452,10 +448,11 @@ def run_trials(config: StudyConfig, space: Space, study: optuna.Study,
             worker.join()
     if sweep.error is not None:
         raise sweep.error
-    if finished(study) >= config.study.n_trials:
+    done = finished(study)
+    if done >= config.study.n_trials:
         sweep.note = None  # a slot that met the timeout while another ran the last trial: nothing was missed
-    if sweep.stop_reason is None and finished(study) < config.study.n_trials and sweep.note is None:
-        sweep.stop_reason = f"only {finished(study)} of {config.study.n_trials} trials finished"
+    elif sweep.stop_reason is None and sweep.note is None:
+        sweep.stop_reason = f"only {done} of {config.study.n_trials} trials finished"
     return study, sweep.stop_reason, sweep.note
 
 

@@ -39,6 +39,7 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
+from lora_sweep import warm
 from lora_sweep.data import (
     Collator,
     RowDataset,
@@ -48,7 +49,6 @@ from lora_sweep.data import (
     load_samples,
     prepare,
 )
-from lora_sweep import warm
 from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job
 from lora_sweep.evaluate import (
     GenerationMetric,

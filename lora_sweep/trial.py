@@ -162,9 +162,7 @@ def pruner_value(objective: ObjectiveSection, evaluation: EvalEvent) -> float | 
     """What an evaluation reports to the pruner: the metric, or under objective.prune_on: eval_loss
     the loss, negated when the study maximizes (the pruner compares in the study's direction)."""
     value = evaluation.value(objective.prunes_on)
-    if value is not None and objective.prunes_on == "eval_loss" and objective.direction == "maximize":
-        return -value
-    return value
+    return None if value is None else objective.pruner_sign * value
 
 
 def resume_point(config: StudyConfig, trial: optuna.Trial) -> Path | None:

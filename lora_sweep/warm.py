@@ -28,8 +28,8 @@ import sys
 import tempfile
 import threading
 import traceback
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("lora_sweep.warm")
