@@ -174,7 +174,10 @@ def run_job(
                 run.stalled = silent
                 stop(proc, stop_grace)
                 break
-            time.sleep(POLL_S)
+            try:
+                proc.wait(POLL_S)  # back at once when the job exits: a trial's end is not a poll late
+            except subprocess.TimeoutExpired:
+                pass
     finally:
         if proc.poll() is None:  # the sweep itself is being interrupted
             stop(proc, stop_grace)
