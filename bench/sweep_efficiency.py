@@ -15,7 +15,13 @@ training steps at the end of the trial where its best-so-far first reaches R. Ra
 steps / random steps per seed; the median over seeds is the figure. The plot (best-so-far vs
 cumulative steps) is saved next to the results as sweep_efficiency.html.
 
-    python bench/sweep_efficiency.py                            # 3 seeds x 8 trials x 20 steps (long)
+The pruning signal: random search prunes nothing, so its trials show what the demo's pruner
+(`make_pruner` of the demo config, on what the demo reports: eval_loss under objective.prune_on)
+would have stopped. It is replayed on each random sweep's complete trials in number order, and
+the script prints how many of the trials that ended in the top half by the metric it would have
+stopped.
+
+    python bench/sweep_efficiency.py                            # 3 seeds x 24 trials x 20 steps (long)
     python bench/sweep_efficiency.py --seeds 0,1 --trials 6 --steps 10 --jobs 2
     python bench/sweep_efficiency.py --resume --workdir studies/bench-sweeps   # go on after an interruption
     python bench/sweep_efficiency.py --smoke --results /tmp/r.md
@@ -23,6 +29,7 @@ cumulative steps) is saved next to the results as sweep_efficiency.html.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import shutil
@@ -31,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import benchlib as B
+from optuna.trial import TrialState
 
 TARGET, STRETCH = 0.5, 1 / 3
+DEMO_BEST = 0.6  # issue 12: the demo's best json_fields in its budget, in 4 of 5 sampler seeds
 ARMS = {
     "random": ["study.pruner={type: none, options: {}}"],  # sampler set per seed below
     "demo": [],
@@ -48,28 +57,71 @@ def trial_steps(trial: Any) -> int:
     return max(steps, default=int(trial.user_attrs.get("steps_run", 0)))
 
 
-def curve(study: Any, maximize: bool) -> list[dict[str, Any]]:
-    """One point per trial in number order: cumulative steps and best-so-far after it."""
-    from optuna.trial import TrialState
+def curve(study: Any, maximize: bool, by: str = "number", started: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """One point per finished trial, in number order (`by="number"`) or in the order trials ended
+    (`by="time"`): cumulative steps, seconds since `started` (default: the first trial's start) and
+    best-so-far after it."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    started = started or min((t.datetime_start for t in trials if t.datetime_start), default=None)
 
+    def ended(trial: Any) -> dt.datetime | None:
+        return trial.datetime_complete or trial.datetime_start
+
+    order = (lambda t: t.number) if by == "number" else (lambda t: (ended(t) or dt.datetime.max, t.number))
     points, total, best = [], 0, None
-    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if trial.state == TrialState.RUNNING or trial.state == TrialState.WAITING:
-            continue
+    for trial in sorted(trials, key=order):
         total += trial_steps(trial)
         if trial.state == TrialState.COMPLETE and trial.value is not None:
             if best is None or (trial.value > best if maximize else trial.value < best):
                 best = trial.value
-        points.append({"number": trial.number, "state": trial.state.name, "steps": total, "best": best})
+        seconds = (ended(trial) - started).total_seconds() if started and ended(trial) else None
+        points.append({"number": trial.number, "state": trial.state.name, "steps": total, "seconds": seconds,
+                       "best": best})
     return points
 
 
-def steps_to_reach(points: list[dict[str, Any]], target: float, maximize: bool) -> float:
-    """Cumulative steps when best-so-far first reaches `target`; inf if it never does."""
+def best_within(points: list[dict[str, Any]], trials: int) -> float | None:
+    """Best-so-far after the trials numbered below `trials` (points in number order)."""
+    return next((p["best"] for p in reversed(points) if p["number"] < trials), None)
+
+
+def steps_to_reach(points: list[dict[str, Any]], target: float, maximize: bool, key: str = "steps") -> float:
+    """Cumulative steps (or another point's `key`, such as seconds) when best-so-far first reaches
+    `target`; inf if it never does."""
     for p in points:
         if p["best"] is not None and (p["best"] >= target - 1e-12 if maximize else p["best"] <= target + 1e-12):
-            return p["steps"]
+            return p[key]
     return math.inf
+
+
+def pruning_check(study: Any, pruner: Any) -> dict[str, int]:
+    """Replay `pruner` on an unpruned sweep's complete trials in number order (each trial meets the
+    earlier ones as finished): the trials it would have stopped at an evaluation before their last,
+    and how many of them ended in the top half by the objective (at least as good as the
+    len // 2-th best value)."""
+    import optuna
+    from optuna.trial import create_trial
+
+    trials = sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
+                     and t.value is not None), key=lambda t: t.number)
+    if not trials:
+        return {"trials": 0, "stopped": 0, "top": 0, "top_stopped": 0}
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    replay, stopped = optuna.create_study(direction=study.direction), set()
+    for trial in trials:
+        steps = sorted(trial.intermediate_values)
+        for step in steps[:-1]:  # a trial's last evaluation ends it: nothing left to prune
+            seen = {s: v for s, v in trial.intermediate_values.items() if s <= step}
+            probe = create_trial(state=TrialState.RUNNING, params=trial.params, distributions=trial.distributions,
+                                 intermediate_values=seen)
+            if pruner.prune(replay, probe):
+                stopped.add(trial.number)
+                break
+        replay.add_trial(trial)
+    ranked = sorted((t.value for t in trials), reverse=maximize)
+    bar = ranked[max(1, len(ranked) // 2) - 1]
+    top = {t.number for t in trials if (t.value >= bar if maximize else t.value <= bar)}
+    return {"trials": len(trials), "stopped": len(stopped), "top": len(top), "top_stopped": len(top & stopped)}
 
 
 def arm_overrides(arm: str, seed: int) -> list[str]:
@@ -99,9 +151,14 @@ def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> di
     if stopped:
         raise SystemExit(f"sweep {name} stopped: {stopped}")
     maximize = config.objective.direction == "maximize"
-    return {"arm": arm, "seed": seed, "points": curve(study, maximize), "maximize": maximize,
-            "metric": config.objective.metric, "steps_per_trial": config.training.num_training_steps,
-            "settings": settings(config)}
+    result = {"arm": arm, "seed": seed, "points": curve(study, maximize), "timeline": curve(study, maximize, by="time"),
+              "maximize": maximize, "metric": config.objective.metric,
+              "steps_per_trial": config.training.num_training_steps, "settings": settings(config)}
+    if arm == "random":  # its trials all ran to the end: what would the demo's pruner have stopped?
+        from lora_sweep.sweep import make_pruner
+
+        result["pruning"] = pruning_check(study, make_pruner(B.load_demo()))
+    return result
 
 
 def settings(config: Any) -> str:
@@ -113,23 +170,28 @@ def settings(config: Any) -> str:
     return f"{sampler}{startup} + {p.type} pruner, eval every {config.training.eval_steps}"
 
 
-def plot(results: dict[tuple[str, int], dict[str, Any]], path: Path, metric: str, inline: bool) -> None:
-    """Best-so-far vs cumulative training steps, one line per arm and seed."""
+AXES = {"steps": ("points", "cumulative training steps", 1), "minutes": ("timeline", "wall time (minutes)", 60)}
+
+
+def plot(results: dict[tuple[str, int], dict[str, Any]], path: Path, title: str, metric: str, inline: bool,
+         x: str = "steps") -> None:
+    """Best-so-far against cumulative training steps (`x="steps"`) or wall time (`x="minutes"`), one
+    line per arm and seed."""
     import plotly.graph_objects as go
 
-    colours = {"random": "#7f7f7f", "demo": "#1f77b4"}
+    series, x_title, per = AXES[x]
+    colours = {"random": "#7f7f7f", "demo": "#1f77b4", "hf": "#d62728"}
     dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
     fig = go.Figure()
     for (arm, seed), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        pts = [p for p in r["points"] if p["best"] is not None]
+        pts = [p for p in r[series] if p["best"] is not None]
+        xs = [p["steps"] if x == "steps" else p["seconds"] / per for p in pts]
         fig.add_trace(go.Scatter(
-            x=[p["steps"] for p in pts], y=[p["best"] for p in pts], mode="lines+markers", line_shape="hv",
+            x=xs, y=[p["best"] for p in pts], mode="lines+markers", line_shape="hv",
             name=f"{arm} (seed {seed})", line={"color": colours[arm], "dash": dashes[seed % len(dashes)]},
             text=[f"trial {p['number']} {p['state'].lower()}" for p in pts],
-            hovertemplate="%{text}<br>%{x} steps<br>best %{y:.4f}<extra>" + f"{arm} s{seed}</extra>"))
-    fig.update_layout(title=f"Best {metric} so far vs cumulative training steps: demo sampler + pruner vs random",
-                      xaxis_title="cumulative training steps", yaxis_title=f"best {metric} so far",
-                      template="plotly_white")
+            hovertemplate="%{text}<br>%{x:.3g} " + x + "<br>best %{y:.4f}<extra>" + f"{arm} s{seed}</extra>"))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=f"best {metric} so far", template="plotly_white")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs=True if inline else "cdn")
 
@@ -137,7 +199,7 @@ def plot(results: dict[tuple[str, int], dict[str, Any]], path: Path, metric: str
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = B.parser(__doc__)
     p.add_argument("--seeds", default="0,1,2", help="sampler seeds, comma-separated (default: %(default)s)")
-    p.add_argument("--trials", type=int, default=8, help="finished trials per sweep (default: the demo's, 8)")
+    p.add_argument("--trials", type=int, default=24, help="finished trials per sweep (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="training steps per trial (default: the demo's, 20)")
     p.add_argument("--jobs", type=int, default=1, help="sweeps run at once (steps, not time, are measured; default 1)")
     p.add_argument("--resume", action="store_true", help="keep the sweeps already in --workdir and finish them")
@@ -183,10 +245,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(B.table(["seed", "R (random best)", "random steps to R", "demo best", "demo steps to R", "ratio",
                    "random total steps", "demo total steps", "demo pruned"], rows))
     print(f"median ratio demo/random steps to R: {B.num(ratio)} (target <= {TARGET:g}, stretch <= 1/3)")
+    checks = [results[("random", seed)]["pruning"] for seed in seeds]
+    pruning = {k: sum(c[k] for c in checks) for k in checks[0]}
+    per_seed = ", ".join(f"s{seed} {c['top_stopped']}/{c['top']}" for seed, c in zip(seeds, checks))
+    print(f"the demo's pruner on random search's unpruned trials ({results[('demo', seeds[0])]['settings']}): "
+          f"it would have stopped {pruning['stopped']} of {pruning['trials']} complete trials, "
+          f"{pruning['top_stopped']} of the {pruning['top']} that ended in the top half by {metric} "
+          f"(per seed: {per_seed})")
+    budget = B.load_demo().study.n_trials
+    at_budget = [best_within(results[("demo", seed)]["points"], budget) for seed in seeds]
+    print(f"the demo's own budget, its first {budget} trials: best {metric} "
+          + ", ".join(f"s{seed} {B.num(b)}" for seed, b in zip(seeds, at_budget))
+          + f"; >= {DEMO_BEST:g} in {sum(b is not None and b >= DEMO_BEST for b in at_budget)} of {len(seeds)} seeds")
     plot_path = args.plot or Path(args.results).parent / "sweep_efficiency.html"
-    plot(results, plot_path, metric, args.plotlyjs == "inline")
+    plot(results, plot_path, f"Best {metric} so far vs cumulative training steps: demo sampler + pruner vs random",
+         metric, args.plotlyjs == "inline")
     print(f"plot: {plot_path}")
     figures = "; ".join(f"s{r[0]}: R {B.num(r[1])} random {B.num(r[2])} demo {B.num(r[4])} steps" for r in rows)
+    figures += f"; demo best in its first {budget} trials: " + ", ".join(B.num(b) for b in at_budget)
+    figures += (f"; demo pruner replayed on random's trials: stops {pruning['stopped']}/{pruning['trials']}, "
+                f"{pruning['top_stopped']}/{pruning['top']} of the top half")
     setup = (f"{B.model_label(args)} demo ({results[('demo', seeds[0])]['settings']}), seeds "
              f"{','.join(map(str, seeds))}, {args.trials} trials x {steps} steps")
     row = B.conclude("3 sweep efficiency", args, setup, figures, ratio, "demo/random steps to R, median",

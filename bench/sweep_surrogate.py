@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 import statistics
 from typing import Any
 
@@ -49,6 +50,10 @@ PROBE = {  # learning rate -> json_fields at PROBE_STEPS
     9.0e-3: (0.1875, 0.484375, 0.4375, 0.6875),
 }
 FADE = 0.4  # in log learning rate below the lowest probe: 1e-3 -> 6.7e-4 goes to 0
+LOSS_STEPS = (10, 20)
+# log effective learning rate -> eval_loss at LOSS_STEPS: bench 3's random sweeps (`--fit`)
+LOSS = {-8.0: (1.4, 1.3), -6.0: (0.3, 0.15)}
+LOSS_NOISE = 0.03
 
 
 def multiplier(kind: str, warmup: int, k: int, total: int) -> float:
@@ -59,11 +64,24 @@ def multiplier(kind: str, warmup: int, k: int, total: int) -> float:
     return max(0.0, 1 - progress) if kind.startswith("linear") else 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def score(params: dict[str, Any], step: int, total: int) -> float:
-    """The surrogate's noiseless json_fields at `step`."""
+def effective_rate(params: dict[str, Any], step: int, total: int) -> float:
+    """log of the trial's effective learning rate by `step`: its peak rate times the share of the
+    warmup-0 linear schedule's area its own schedule has covered (-inf before any learning)."""
     area = sum(multiplier(params["lr_scheduler_type"], params["num_warmup_steps"], k, total) for k in range(step))
     probe_area = sum(multiplier("linear", 0, k, total) for k in range(step))
-    x = math.log(params["learning_rate"] * area / probe_area) if area > 0 else -math.inf
+    return math.log(params["learning_rate"] * area / probe_area) if area > 0 else -math.inf
+
+
+def eval_loss(params: dict[str, Any], step: int, total: int) -> float:
+    """The surrogate's noiseless eval_loss at `step` (one of LOSS_STEPS)."""
+    x = effective_rate(params, step, total)
+    xs, losses = list(LOSS), [row[LOSS_STEPS.index(step)] for row in LOSS.values()]
+    return float(np.interp(x, xs, losses))  # flat beyond the fitted range
+
+
+def score(params: dict[str, Any], step: int, total: int) -> float:
+    """The surrogate's noiseless json_fields at `step`."""
+    x = effective_rate(params, step, total)
     xs = [math.log(lr) for lr in PROBE]
     column = [float(np.interp(step, (0, *PROBE_STEPS), (0.0, *scores))) for scores in PROBE.values()]
     if x < xs[0]:
@@ -71,13 +89,17 @@ def score(params: dict[str, Any], step: int, total: int) -> float:
     return float(np.interp(x, xs, column))
 
 
-def simulate(config: Any, seed: int, noise: float) -> list[dict[str, Any]]:
-    """One sweep of config.study.n_trials trials on the surrogate; bench 3's curve points."""
+def simulate(config: Any, seed: int, noise: float, loss_noise: float) -> list[dict[str, Any]]:
+    """One sweep of config.study.n_trials trials on the surrogate; bench 3's curve points. What each
+    evaluation reports to the pruner is what a real trial reports (objective.prune_on): the metric
+    where it is scored (every generate_every-th evaluation and the last), or the eval loss times
+    the objective's pruner sign at every evaluation."""
     import optuna
 
     from lora_sweep import space as S
     from lora_sweep.sweep import make_pruner, make_sampler
 
+    objective = config.objective
     space = S.build_space(config)
     study = optuna.create_study(direction="maximize", sampler=make_sampler(config, space),
                                 pruner=make_pruner(config))
@@ -86,16 +108,28 @@ def simulate(config: Any, seed: int, noise: float) -> list[dict[str, Any]]:
         study.enqueue_trial(defaults)
     rng = np.random.default_rng(seed)
     total, every = config.training.num_training_steps, config.training.eval_steps
+    evals = list(range(every, total + 1, every))
+    on_loss = objective.prunes_on == "eval_loss"
+    if on_loss and any(step not in LOSS_STEPS for step in evals):
+        raise SystemExit(f"the loss was fitted at steps {LOSS_STEPS}: evaluate there (training.eval_steps)")
     points, spent, best = [], 0, None
     for number in range(config.study.n_trials):
         trial = study.ask(space.distributions)
         params = {**defaults, **trial.params}
-        offset, value, steps = rng.normal(0, noise), None, total
-        for step in range(every, total + 1, every):
-            clean = score(params, step, total)
-            v = float(np.clip(round((clean + offset * (clean > 0.05) + rng.normal(0, noise / 2)) * 64) / 64, 0, 1))
-            trial.report(v, step)
-            value = v if value is None else max(value, v)  # a trial's value: its best evaluation
+        offset, loss_offset, value, steps = rng.normal(0, noise), rng.normal(0, loss_noise), None, total
+        for i, step in enumerate(evals, 1):
+            metric = None
+            if i % objective.generate_every == 0 or step == total:
+                clean = score(params, step, total)
+                metric = float(np.clip(round((clean + offset * (clean > 0.05) + rng.normal(0, noise / 2)) * 64) / 64,
+                                       0, 1))
+                value = metric if value is None else max(value, metric)  # a trial's value: its best evaluation
+            heard = metric
+            if on_loss:
+                heard = objective.pruner_sign * (eval_loss(params, step, total) + loss_offset
+                                                 + rng.normal(0, loss_noise / 2))
+            if heard is not None:
+                trial.report(heard, step)
             if step < total and trial.should_prune():  # the sweep never prunes at the last evaluation
                 steps = step
                 break
@@ -108,6 +142,43 @@ def simulate(config: Any, seed: int, noise: float) -> list[dict[str, Any]]:
     return points
 
 
+def fit(folder: Path) -> None:
+    """Print LOSS and the loss noise fitted to bench 3's random sweeps in `folder` (their trials are
+    never pruned and report the eval loss at every evaluation): the median eval_loss of the trials
+    in each 0.5-wide bin of effective learning rate, and the residual sd around that curve."""
+    import glob
+
+    import optuna
+
+    from lora_sweep import space as S
+
+    config = B.load_demo()
+    sign, defaults = config.objective.pruner_sign, S.default_params(config, S.build_space(config))[0]
+    points: dict[int, list[tuple[float, float]]] = {step: [] for step in LOSS_STEPS}
+    for db in sorted(glob.glob(str(folder / "random-s*.db"))):
+        study = optuna.load_study(study_name=Path(db).stem, storage=f"sqlite:///{db}")
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            params = {**defaults, **trial.params}
+            for step in LOSS_STEPS:
+                if step in trial.intermediate_values:
+                    points[step].append((effective_rate(params, step, LOSS_STEPS[-1]),
+                                         trial.intermediate_values[step] / sign))
+    if not points[LOSS_STEPS[0]]:
+        raise SystemExit(f"no random-s*.db sweep with eval losses in {folder}")
+    edges = np.arange(math.floor(min(x for x, _ in points[LOSS_STEPS[0]]) * 2) / 2,
+                      max(x for x, _ in points[LOSS_STEPS[0]]) + 0.5, 0.5)
+    table = {}
+    for lo in edges:
+        row = [statistics.median([loss for x, loss in points[step] if lo <= x < lo + 0.5] or [math.nan])
+               for step in LOSS_STEPS]
+        if not any(math.isnan(v) for v in row):
+            table[round(float(lo) + 0.25, 2)] = tuple(round(v, 3) for v in row)
+    residuals = [loss - float(np.interp(x, list(table), [r[i] for r in table.values()]))
+                 for i, step in enumerate(LOSS_STEPS) for x, loss in points[step]]
+    print(f"{len(points[LOSS_STEPS[0]])} trials; LOSS = {table}")
+    print(f"residual sd {statistics.pstdev(residuals):.3f} (--loss-noise)")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import optuna
 
@@ -116,16 +187,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "study.sampler / study.pruner ones are the contender's")
     p.add_argument("--seeds", type=int, default=60, help="sampler seeds 0..N-1 (default: %(default)s)")
     p.add_argument("--noise", type=float, default=0.07, help="sd of a trial's offset (default: %(default)s)")
+    p.add_argument("--loss-noise", type=float, default=LOSS_NOISE,
+                   help="sd of a trial's eval-loss offset (default: %(default)s, fitted)")
+    p.add_argument("--fit", type=Path, default=None, metavar="DIR",
+                   help="print LOSS fitted to bench 3's random sweeps in DIR (its workdir's sweeps/) and exit")
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if args.fit is not None:
+        fit(args.fit)
+        return {}
     shared = [o for o in args.overrides if not o.startswith(("study.sampler", "study.pruner"))]
     contender = B.load_demo(args.overrides)
     if contender.training.num_training_steps != PROBE_STEPS[-1]:
         raise SystemExit(f"the probe was recorded for {PROBE_STEPS[-1]} training steps a trial")
     ratios, bests = [], []
     for seed in range(args.seeds):
-        rnd = simulate(B.load_demo([*shared, *arm_overrides("random", seed)]), seed, args.noise)
-        demo = simulate(B.load_demo([*args.overrides, *arm_overrides("demo", seed)]), seed, args.noise)
+        rnd = simulate(B.load_demo([*shared, *arm_overrides("random", seed)]), seed, args.noise, args.loss_noise)
+        demo = simulate(B.load_demo([*args.overrides, *arm_overrides("demo", seed)]), seed, args.noise,
+                        args.loss_noise)
         target = rnd[-1]["best"]
         bests.append(target)
         ratios.append(steps_to_reach(demo, target, True) / steps_to_reach(rnd, target, True))

@@ -19,6 +19,7 @@ import benchlib  # noqa: E402
 import data_pipeline  # noqa: E402
 import generation  # noqa: E402
 import job_throughput  # noqa: E402
+import peer_search  # noqa: E402
 import sweep_efficiency  # noqa: E402
 import sweep_surrogate  # noqa: E402
 import trial_cost  # noqa: E402
@@ -116,6 +117,7 @@ def test_curve_counts_every_trial_s_steps_and_only_complete_values(tmp_path):
     assert [p["steps"] for p in points] == [20, 30, 37, 40, 60]  # trial 2: its last train event, not the attr
     assert [p["best"] for p in points] == [0.3, 0.3, 0.3, 0.3, 0.5]
     assert sweep_efficiency.steps_to_reach(points, 0.5, maximize=True) == 60
+    assert [sweep_efficiency.best_within(points, n) for n in (0, 1, 4, 5, 9)] == [None, 0.3, 0.3, 0.5, 0.5]
 
 
 @pytest.mark.integration
@@ -159,6 +161,34 @@ def test_sweep_efficiency(tmp_path, capsys):
         assert [(p["number"], p["state"], p["steps"]) for p in points] == [(0, "COMPLETE", 2)]
     (row,) = out["rows"]
     assert row[2] == row[4] == 2 and row[5] == out["ratio"] == 1  # both ran the enqueued defaults first
+    assert "would have stopped 0 of 1 complete trials" in printed  # the pruner's start-up trials
+
+    # bench 7 on the same work folder: bench 3's sweeps are reused, the Trainer's own search runs
+    peer = peer_search.main(["--smoke", "--results", str(tmp_path / "PEER.md"), "--workdir", str(tmp_path / "work")])
+    (row,) = table_rows(tmp_path / "PEER.md")
+    assert row["bench"] == "7 peer search" and row["setup"].startswith("smoke, ")
+    for arm in ("random", "demo"):
+        assert peer["results"][(arm, 0)]["points"] == out["results"][(arm, 0)]["points"]  # not run again
+    (hf,) = peer["results"][("hf", 0)]["timeline"]
+    assert (hf["number"], hf["state"], hf["steps"]) == (0, "COMPLETE", 2) and hf["seconds"] > 0
+    assert [r[0] for r in peer["rows"]] == ["random", "demo", "hf"]
+    assert "hf (seed 0)" in peer["plot"].read_text(encoding="utf-8")
+
+
+def test_pruning_check_replays_the_pruner_on_complete_trials():
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    study = optuna.create_study(direction="maximize")
+    # what the demo reports under prune_on eval_loss: minus the loss, at steps 10 and 20
+    for loss, value in [(1.0, 0.5), (1.2, 0.2), (1.5, 0.6), (0.9, 0.1)]:
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=value, params={"x": 0.5},
+                                     distributions={"x": FloatDistribution(0, 1)},
+                                     intermediate_values={10: -loss, 20: -loss + 0.1}))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    # trial 2's loss at step 10 is worse than the median of trials 0 and 1: stopped, though it ended best
+    assert sweep_efficiency.pruning_check(study, pruner) == {"trials": 4, "stopped": 1, "top": 2, "top_stopped": 1}
 
 
 def test_sweep_surrogate_model_and_replay(capsys):
@@ -175,6 +205,30 @@ def test_sweep_surrogate_model_and_replay(capsys):
     with pytest.raises(SystemExit, match="^the probe was recorded for 20 training steps a trial$"):
         sweep_surrogate.main(["--seeds", "1", "training.num_training_steps=30", "training.save_steps=30",
                               "training.eval_steps=10"])
+    with pytest.raises(SystemExit, match=r"^the loss was fitted at steps \(10, 20\): evaluate there"):
+        sweep_surrogate.main(["--seeds", "1", "training.eval_steps=5", "training.save_steps=5"])
+
+
+def test_sweep_surrogate_fits_the_loss_to_random_sweeps(tmp_path, capsys):
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import TrialState, create_trial
+
+    study = optuna.create_study(study_name="random-s0", storage=f"sqlite:///{tmp_path / 'random-s0.db'}",
+                                direction="maximize")
+    space = {"learning_rate": FloatDistribution(1e-4, 1e-2, log=True), "num_warmup_steps": IntDistribution(0, 10),
+             "lr_scheduler_type": CategoricalDistribution(["linear_with_warmup", "cosine_with_warmup"])}
+    for x, losses in [(-6.75, (0.6, 0.3)), (-5.75, (0.3, 0.15))]:  # warmup 0, linear: the effective rate is lr
+        lr = math.exp(x)  # the middle of a bin of the fit: the curve goes through its point
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, distributions=space,
+                                     params={"learning_rate": lr, "num_warmup_steps": 0,
+                                             "lr_scheduler_type": "linear_with_warmup"},
+                                     intermediate_values={10: -losses[0], 20: -losses[1]}))
+    assert sweep_surrogate.main(["--fit", str(tmp_path)]) == {}
+    printed = capsys.readouterr().out
+    assert printed == "2 trials; LOSS = {-6.75: (0.6, 0.3), -5.75: (0.3, 0.15)}\nresidual sd 0.000 (--loss-noise)\n"
+    with pytest.raises(SystemExit, match="^no random-s\\*.db sweep with eval losses in "):
+        sweep_surrogate.main(["--fit", str(tmp_path / "none")])
 
 
 @pytest.mark.integration
