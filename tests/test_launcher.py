@@ -4,6 +4,7 @@ under `accelerate launch`; multi-process jobs keep the launcher."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -94,3 +95,20 @@ def test_a_warm_job_is_a_process_of_its_own_and_stops_with_its_group(tiny_llama,
     assert seen["session"] == seen["pid"] != os.getpid()  # it leads its own session, like a launched job
     assert not os.path.exists(f"/proc/{seen['pid']}")  # and is gone, reaped by the runner
     assert "Traceback" not in run.log_tail
+
+
+@pytest.mark.integration
+def test_a_warm_job_starts_with_the_runner_s_objects_frozen(tmp_path):
+    # a job module of its own, found in the job's folder as `python -m` would find it
+    (tmp_path / "gc_probe.py").write_text(
+        "import gc, json\n"
+        "def main(argv):\n"
+        "    open('probe.json', 'w').write(json.dumps({'frozen': gc.get_freeze_count(), 'argv': argv}))\n"
+        "    return 3\n")
+    run = launch.run_job(tmp_path / "job.yaml", tmp_path, CPU_FLAGS, lambda event: False, module="gc_probe",
+                         launcher="warm")
+    assert run.returncode == 3, run.log_tail
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert probe["argv"] == [str(tmp_path / "job.yaml")]
+    # torch, transformers and peft, imported once by the runner: the child's collections skip them
+    assert probe["frozen"] > 100_000
