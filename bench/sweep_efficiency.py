@@ -97,8 +97,8 @@ def steps_to_reach(points: list[dict[str, Any]], target: float, maximize: bool, 
 def pruning_check(study: Any, pruner: Any) -> dict[str, int]:
     """Replay `pruner` on an unpruned sweep's complete trials in number order (each trial meets the
     earlier ones as finished): the trials it would have stopped at an evaluation before their last,
-    and how many of them ended in the top half by the objective (at least as good as the
-    len // 2-th best value)."""
+    and how many of them ended in the top half by the objective (the len // 2 best values, ties
+    broken by the last value reported: the signed eval loss under prune_on: eval_loss)."""
     import optuna
     from optuna.trial import create_trial
 
@@ -118,9 +118,11 @@ def pruning_check(study: Any, pruner: Any) -> dict[str, int]:
                 stopped.add(trial.number)
                 break
         replay.add_trial(trial)
-    ranked = sorted((t.value for t in trials), reverse=maximize)
-    bar = ranked[max(1, len(ranked) // 2) - 1]
-    top = {t.number for t in trials if (t.value >= bar if maximize else t.value <= bar)}
+    # ranked as the sweep ranks evaluations: by the value, ties broken by the last thing it reported
+    # (the loss, signed for the study's direction, under prune_on: eval_loss)
+    ranked = sorted(trials, key=lambda t: (t.value, t.intermediate_values.get(max(t.intermediate_values, default=0),
+                                                                              0.0)), reverse=maximize)
+    top = {t.number for t in ranked[:max(1, len(ranked) // 2)]}
     return {"trials": len(trials), "stopped": len(stopped), "top": len(top), "top_stopped": len(top & stopped)}
 
 

@@ -20,11 +20,19 @@ surrogate instead of a training job:
   16 prompts x 4 fields alone has a sampling sd of about 0.06 near 0.5) for trials that learned
   something, a smaller one per evaluation; rounded to the metric's 1/64 steps.
 
+* what the pruner hears is what a real trial reports (objective.prune_on): under the demo's
+  default, eval_loss at every evaluation, signed for the study's direction, and the metric only
+  where it is generated (every generate_every-th evaluation and the last). LOSS: the median
+  eval_loss at steps 10 and 20 of bench 3's unpruned random-search trials in bins of effective
+  learning rate (`--fit DIR` prints it from the sweeps in DIR), interpolated, plus a per-trial
+  offset (sd --loss-noise, the fit's residual sd) and half of it per evaluation.
+
 Other parameters (betas, epsilon, weight decay, dropout) only act through the noise. It is a
 model for choosing settings, not a measurement: only bench 3 (`sweep_efficiency.py`) measures.
 
     python bench/sweep_surrogate.py                                  # the demo as it is, 60 seeds
-    python bench/sweep_surrogate.py training.eval_steps=5 'study.pruner={type: percentile, options: {percentile: 25}}'
+    python bench/sweep_surrogate.py objective.prune_on=metric objective.generate_every=1   # the metric, as before
+    python bench/sweep_surrogate.py --fit studies/bench-sweeps24/sweeps  # re-fit LOSS to bench 3's random sweeps
 """
 
 from __future__ import annotations
@@ -214,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "random_best": statistics.median(bests)}
     s, pr = contender.study.sampler, contender.study.pruner
     print(f"contender: sampler {s.type} {s.options}, pruner {pr.type} {pr.options}, "
-          f"evaluated every {contender.training.eval_steps} steps; {args.seeds} seeds, noise {args.noise}")
+          f"on {contender.objective.prunes_on}, evaluated every {contender.training.eval_steps} steps; "
+          f"{args.seeds} seeds, {contender.study.n_trials} trials, noise {args.noise}, loss noise {args.loss_noise}")
     print(B.table(["median ratio", f"seeds <= {TARGET:g}", "seeds never reaching R",
                    f"3-seed medians <= {TARGET:g}", "random best (median)"],
                   [[out["median"], out["share_met"], f"{out['never']}/{args.seeds}", out["triples_met"],

@@ -190,6 +190,16 @@ def test_pruning_check_replays_the_pruner_on_complete_trials():
     # trial 2's loss at step 10 is worse than the median of trials 0 and 1: stopped, though it ended best
     assert sweep_efficiency.pruning_check(study, pruner) == {"trials": 4, "stopped": 1, "top": 2, "top_stopped": 1}
 
+    # ties on the metric (most of a random sweep scores 0) are broken by the last loss, as a trial's evaluations
+    tied = optuna.create_study(direction="maximize")
+    for loss in (0.5, 1.5, 1.4, 1.6):
+        tied.add_trial(create_trial(state=TrialState.COMPLETE, value=0.0, params={"x": 0.5},
+                                    distributions={"x": FloatDistribution(0, 1)},
+                                    intermediate_values={10: -loss, 20: -loss}))
+    # the top half: trials 0 and 2 (the lowest losses); stopped: trial 2 (1.4 against the median 1.0 of trials
+    # 0 and 1) and trial 3 (1.6 against 1.4)
+    assert sweep_efficiency.pruning_check(tied, pruner) == {"trials": 4, "stopped": 2, "top": 2, "top_stopped": 1}
+
 
 def test_sweep_surrogate_model_and_replay(capsys):
     probed = {"learning_rate": 4e-3, "lr_scheduler_type": "linear_with_warmup", "num_warmup_steps": 0}
