@@ -16,10 +16,10 @@ finished trials), steps per trial and metric (json_fields, by generation):
 
 The demo and random sweeps are bench 3's: point --workdir at its work folder to reuse them (they
 are run there first when missing). Each arm's best-so-far is taken in the order its trials ended
-and plotted against wall time since its start (a sweep's first trial's start; hf: the Trainer's
-creation, the first model load included) in peer_search.html. L = the lowest of the three arms'
+and plotted against wall time since its first trial's start in peer_search.html. L = the lowest of the three arms'
 final bests (every arm reaches it); the row gives the minutes each arm took to reach L, and the
-ratio demo / hf. Wall time depends on the machine's load: run it on a quiet machine.
+ratio demo / hf. Wall time depends on the machine's load: run it on a quiet machine. A finished
+hf study in --workdir (hf-s<seed>.db) is read back, not run again (delete it to re-run).
 
     python bench/peer_search.py --seed 0 --trials 24 --workdir studies/bench-sweeps24
     python bench/peer_search.py --smoke --results /tmp/r.md
@@ -27,7 +27,6 @@ ratio demo / hf. Wall time depends on the machine's load: run it on a quiet mach
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 from pathlib import Path
@@ -40,9 +39,23 @@ ARMS = ("random", "demo", "hf")
 log = logging.getLogger("peer_search")
 
 
-def hf_search(config: Any, seed: int, trials: int, work: Path) -> tuple[Any, dt.datetime]:
-    """Run the Trainer's own optuna search on the demo task; its study (in work/hf-s<seed>.db) and
-    the time the Trainer was created."""
+def hf_search(config: Any, seed: int, trials: int, work: Path) -> Any:
+    """The Trainer's own optuna search on the demo task: its study in work/hf-s<seed>.db, read back
+    when it finished `trials` trials already, else run afresh."""
+    import optuna
+
+    storage, study_name = f"sqlite:///{work / f'hf-s{seed}.db'}", f"hf-s{seed}"
+    if (work / f"hf-s{seed}.db").is_file():
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        if sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) >= trials:
+            return study
+        (work / f"hf-s{seed}.db").unlink()
+    run_hf_search(config, seed, trials, work, storage, study_name)
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def run_hf_search(config: Any, seed: int, trials: int, work: Path, storage: str, study_name: str) -> None:
+    """`Trainer.hyperparameter_search(backend="optuna")` as a transformers user writes it."""
     import optuna
     from transformers import PrinterCallback
 
@@ -98,9 +111,6 @@ def hf_search(config: Any, seed: int, trials: int, work: Path) -> tuple[Any, dt.
                 trial.set_user_attr("steps_run", step)  # bench 3's curve counts a trial's steps from it
             super()._report_to_hp_search(trial, step, metrics)
 
-    storage, study_name = f"sqlite:///{work / f'hf-s{seed}.db'}", f"hf-s{seed}"
-    (work / f"hf-s{seed}.db").unlink(missing_ok=True)
-    started = dt.datetime.now()
     trainer = Search(model_init=lambda trial: train.load_model(job(trial), path), args=base_args,
                      train_dataset=RowDataset(tokenized.train), eval_dataset=RowDataset(tokenized.test),
                      data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
@@ -110,7 +120,6 @@ def hf_search(config: Any, seed: int, trials: int, work: Path) -> tuple[Any, dt.
         hp_space=hp_space, compute_objective=lambda metrics: metrics[name], n_trials=trials,
         direction=config.objective.direction, backend="optuna", storage=storage, study_name=study_name,
         sampler=make_sampler(config, space), pruner=make_pruner(config))
-    return optuna.load_study(study_name=study_name, storage=storage), started
 
 
 def minutes_to(points: list[dict[str, Any]], level: float, maximize: bool) -> float:
@@ -142,9 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         overrides += B.smoke_overrides(model) if args.smoke else ([f"model.name_or_path={model}"] if model else [])
         config = B.load_demo(overrides)
         maximize = config.objective.direction == "maximize"
-        study, started = hf_search(config, args.seed, args.trials, work)
-        results[("hf", args.seed)] = {"timeline": curve(study, maximize, by="time", started=started),
-                                      "points": curve(study, maximize)}
+        study = hf_search(config, args.seed, args.trials, work)
+        results[("hf", args.seed)] = {"timeline": curve(study, maximize, by="time"), "points": curve(study, maximize)}
 
     finals = {arm: results[(arm, args.seed)]["timeline"][-1]["best"] for arm in ARMS}
     reached = [b for b in finals.values() if b is not None]

@@ -57,12 +57,11 @@ def trial_steps(trial: Any) -> int:
     return max(steps, default=int(trial.user_attrs.get("steps_run", 0)))
 
 
-def curve(study: Any, maximize: bool, by: str = "number", started: dt.datetime | None = None) -> list[dict[str, Any]]:
+def curve(study: Any, maximize: bool, by: str = "number") -> list[dict[str, Any]]:
     """One point per finished trial, in number order (`by="number"`) or in the order trials ended
-    (`by="time"`): cumulative steps, seconds since `started` (default: the first trial's start) and
-    best-so-far after it."""
+    (`by="time"`): cumulative steps, seconds since the first trial's start and best-so-far after it."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    started = started or min((t.datetime_start for t in trials if t.datetime_start), default=None)
+    started = min((t.datetime_start for t in trials if t.datetime_start), default=None)
 
     def ended(trial: Any) -> dt.datetime | None:
         return trial.datetime_complete or trial.datetime_start

@@ -173,6 +173,9 @@ def test_sweep_efficiency(tmp_path, capsys):
     assert (hf["number"], hf["state"], hf["steps"]) == (0, "COMPLETE", 2) and hf["seconds"] > 0
     assert [r[0] for r in peer["rows"]] == ["random", "demo", "hf"]
     assert "hf (seed 0)" in peer["plot"].read_text(encoding="utf-8")
+    # its finished search is read back, not run again: the same trials at the same times
+    again = peer_search.main(["--smoke", "--results", str(tmp_path / "PEER.md"), "--workdir", str(tmp_path / "work")])
+    assert again["results"][("hf", 0)]["timeline"] == peer["results"][("hf", 0)]["timeline"]
 
 
 def test_pruning_check_replays_the_pruner_on_complete_trials():
