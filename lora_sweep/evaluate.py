@@ -129,6 +129,19 @@ class GenerationMetric:
         self.scorer = scorer
         self.prompts = prompts(data, seed, test_samples, generation_system_prompt(data))
 
+    def cut_warning(self, tokenizer: Any) -> str | None:
+        """The line to warn with when objective.max_new_tokens is shorter than reference answers of
+        the scored samples: a greedy answer as long as its reference is cut off (None otherwise)."""
+        lengths = [len(tokenizer(p.reference, add_special_tokens=False).input_ids)
+                   for p in self.prompts if p.reference]
+        limit = self.objective.max_new_tokens
+        cut = sum(n > limit for n in lengths)
+        if not cut:
+            return None
+        return (f"objective.max_new_tokens ({limit}) is shorter than {cut} of the {len(lengths)} reference answers "
+                f"scored (the longest: {max(lengths)} tokens): an answer as long as its reference is cut off before "
+                f"it ends; {max(lengths)} would fit them all")
+
     def __call__(self, model: Any, tokenizer: Any) -> tuple[float, list[dict[str, Any]]]:
         """Mean score and per-sample records (input, reference, prediction, score)."""
         answers = generate(model, tokenizer, [p.messages for p in self.prompts], self.objective.max_new_tokens,

@@ -328,16 +328,21 @@ def owner_text(trial: FrozenTrial) -> str:
 def prepare_data(config: StudyConfig) -> None:
     """Check the data and tokenize it once into the study's cache, before any trial starts."""
     from lora_sweep import data
-    from lora_sweep.evaluate import check_scorer
+    from lora_sweep.evaluate import GenerationMetric, check_scorer
     from lora_sweep.models import find_model, load_tokenizer
 
     samples = data.load_samples(config.data)
-    check_scorer(config.objective, samples[1])
+    scorer = check_scorer(config.objective, samples[1])
     section = config.data.model_copy(update={"cache_dir": str(StudyFolder(config.folder.resolve()).cache)})
     tokenizer = load_tokenizer(find_model(config.model.name_or_path), config.model.trust_remote_code)
     tokenized = data.prepare(section, config.training.seed, tokenizer, samples)
     log.info("data: %d train rows, %d test rows of up to %d / %d tokens", len(tokenized.train),
              len(tokenized.test), config.data.train_seqlen, config.data.test_seqlen)
+    if scorer is not None:  # said once here; each trial's job says it in its events too
+        warning = GenerationMetric(config.objective, config.data, config.training.seed, samples[1],
+                                   scorer).cut_warning(tokenizer)
+        if warning:
+            log.warning(warning)
 
 
 def start_study(config: StudyConfig, space: Space, sampler: optuna.samplers.BaseSampler,

@@ -178,3 +178,10 @@ def test_a_trial_pruned_on_its_loss_before_any_generation(tiny_llama, tmp_path, 
     assert proc.returncode == 0 and "study tiny: 1 pruned" in proc.stdout
     # the line says where and on what it stopped: the loss itself, not optuna's negated value
     assert f"trial 0 PRUNED  at step 4: eval_loss {evals[0]['eval_loss']:.4f}  [0 complete, 1 pruned" in caplog.text
+    # max_new_tokens 4 cuts off every 5-token answer of the memorization set: the sweep says so once, the job too
+    cut = ("objective.max_new_tokens (4) is shorter than 8 of the 8 reference answers scored (the longest: 5 "
+           "tokens): an answer as long as its reference is cut off before it ends; 5 would fit them all")
+    assert caplog.text.count(cut) == 1
+    warnings = [e["message"] for e in read_events(Path(trial.user_attrs["trial_dir"]) / "events.jsonl")
+                if e["event"] == "warning"]
+    assert warnings == [cut]

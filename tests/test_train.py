@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-from helpers import REPO, job_tree, run_module, write_yaml
+from helpers import REPO, chat, job_tree, memorization_samples, run_module, write_jsonl, write_yaml
 from lora_sweep import data as D
 from lora_sweep import train as T
 from lora_sweep.config import validate_job
@@ -154,3 +154,31 @@ def test_flat_lora_yaml_on_phi3_through_accelerate_launch(tiny_phi3, chat_data, 
     ran = (out / "config.yaml").read_text()
     assert "system_prompt: Answer briefly." in ran and "num_warmup_steps: 400" in ran  # every default written
     assert len(list((tmp_path / "cache/tokenized").glob("*.pt"))) == 1
+
+
+LONG = "The whale likes a deep, dark and very old blue."
+
+
+def test_a_max_new_tokens_shorter_than_the_answers_is_named_with_what_would_fit(tiny_llama, chat_data, tmp_path):
+    from lora_sweep.evaluate import GenerationMetric, check_scorer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+
+    def warning(max_new_tokens: int) -> str | None:
+        tree = {**job_tree(tiny_llama, chat_data, tmp_path / "job"),
+                "objective": {"metric": "token_f1", "max_new_tokens": max_new_tokens}}
+        job = validate_job(tree)
+        samples = D.load_samples(job.data)
+        metric = GenerationMetric(job.objective, job.data, job.training.seed, samples[1],
+                                  check_scorer(job.objective, samples[1]))
+        return metric.cut_warning(tokenizer)
+
+    assert warning(4) == ("objective.max_new_tokens (4) is shorter than 8 of the 8 reference answers scored (the "
+                          "longest: 5 tokens): an answer as long as its reference is cut off before it ends; 5 would "
+                          "fit them all")
+    assert warning(5) is None  # every answer of the memorization set is 5 tokens
+    write_jsonl(chat_data / "test.json", [*memorization_samples(), chat("colour of the whale?", LONG)])
+    longest = len(tokenizer(LONG, add_special_tokens=False).input_ids)
+    assert longest > 5 and warning(5) == (
+        f"objective.max_new_tokens (5) is shorter than 1 of the 9 reference answers scored (the longest: {longest} "
+        f"tokens): an answer as long as its reference is cut off before it ends; {longest} would fit them all")
