@@ -4,6 +4,7 @@ runs build a model and train, generate or launch jobs: integration tests."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -20,6 +21,7 @@ import data_pipeline  # noqa: E402
 import generation  # noqa: E402
 import job_throughput  # noqa: E402
 import peer_search  # noqa: E402
+import rescore  # noqa: E402
 import sweep_efficiency  # noqa: E402
 import sweep_surrogate  # noqa: E402
 import trial_cost  # noqa: E402
@@ -176,6 +178,16 @@ def test_sweep_efficiency(tmp_path, capsys):
     # its finished search is read back, not run again: the same trials at the same times
     again = peer_search.main(["--smoke", "--results", str(tmp_path / "PEER.md"), "--workdir", str(tmp_path / "work")])
     assert again["results"][("hf", 0)]["timeline"] == peer["results"][("hf", 0)]["timeline"]
+
+    # re-scoring the demo sweep's kept adapter with other objective settings, without training
+    capsys.readouterr()
+    (row,) = rescore.main(["--sweeps", str(tmp_path / "work" / "sweeps"), "--study", "demo-s0", "--out",
+                           str(tmp_path / "rescored"), "objective.max_new_tokens=2"])
+    (trial,) = [p for p in out["results"][("demo", 0)]["points"]]
+    assert row[:2] == (0, trial["best"]) and 0 <= row[2] <= 1
+    scored = json.loads((tmp_path / "rescored/demo-s0/0/rescored.json").read_text())
+    assert scored["score"] == row[2]
+    assert "with objective.max_new_tokens=2" in capsys.readouterr().out
 
 
 def test_pruning_check_replays_the_pruner_on_complete_trials():
