@@ -114,18 +114,21 @@ def breakdown(trial: Any, previous_end: float | None) -> dict[str, float] | None
 
 
 def analyse(study: Any) -> list[dict[str, float]]:
-    """The breakdown of each completed trial, in order; the previous trial's end starts the next."""
+    """The breakdown of each completed trial, in order. A trial's wall time starts at the last end of
+    another trial before its own start (the end that freed its slot: with trials in parallel, not
+    the end of the trial started before it), else at its own start."""
     from optuna.trial import TrialState
 
-    out, previous_end = [], None
-    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.datetime_start or datetime.max):
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.datetime_start or datetime.max)
+    ends = sorted(stamp(t.datetime_complete) for t in trials if t.datetime_complete is not None)
+    out = []
+    for trial in trials:
         if trial.state == TrialState.COMPLETE:
-            parts = breakdown(trial, previous_end)
+            own = stamp(trial.datetime_start)
+            parts = breakdown(trial, max((e for e in ends if e <= own), default=None))
             if parts is not None:
                 parts["number"] = trial.number
                 out.append(parts)
-        if trial.datetime_complete is not None:
-            previous_end = stamp(trial.datetime_complete)
     return out
 
 
@@ -166,7 +169,8 @@ def report(trials: list[dict[str, float]], setup: str) -> tuple[float, float]:
     walls = [t["wall"] for t in trials]
     rows += [["= fixed cost"] + fixed + [B.median(fixed)], ["= training + evaluations"] + useful + [B.median(useful)],
              ["= trial wall time"] + walls + [B.median(walls)]]
-    print(f"\nseconds per completed trial ({setup}); wall = previous trial's end (first: own start) -> trial complete")
+    print(f"\nseconds per completed trial ({setup}); wall = the last other trial's end before its start (else its "
+          f"own start) -> trial complete")
     print(B.table(["part"] + [f"trial {t['number']}" for t in trials] + ["median"], rows))
     return B.median(fixed), B.median([f / w for f, w in zip(fixed, walls)])
 
