@@ -59,9 +59,12 @@ PROBE = {  # learning rate -> json_fields at PROBE_STEPS
 }
 FADE = 0.4  # in log learning rate below the lowest probe: 1e-3 -> 6.7e-4 goes to 0
 LOSS_STEPS = (10, 20)
-# log effective learning rate -> eval_loss at LOSS_STEPS: bench 3's random sweeps (`--fit`)
-LOSS = {-8.0: (1.4, 1.3), -6.0: (0.3, 0.15)}
-LOSS_NOISE = 0.03
+# log effective learning rate -> eval_loss at LOSS_STEPS: `--fit` on bench 3's random sweeps of seeds 0
+# and 1 (48 unpruned trials, 24 x 20 steps each, 2026-11-29)
+LOSS = {-9.25: (1.501, 1.446), -8.75: (1.438, 1.316), -8.25: (1.308, 1.173), -7.75: (1.102, 0.917),
+        -7.25: (0.817, 0.663), -6.75: (0.494, 0.279), -6.25: (0.331, 0.226), -5.75: (0.273, 0.14),
+        -5.25: (0.205, 0.109), -4.75: (0.175, 0.124)}
+LOSS_NOISE = 0.035
 
 
 def multiplier(kind: str, warmup: int, k: int, total: int) -> float:
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "random_best": statistics.median(bests)}
     s, pr = contender.study.sampler, contender.study.pruner
     print(f"contender: sampler {s.type} {s.options}, pruner {pr.type} {pr.options}, "
-          f"on {contender.objective.prunes_on}, evaluated every {contender.training.eval_steps} steps; "
+          f"on {'eval_loss' if contender.objective.prunes_on == 'eval_loss' else 'the metric'}, evaluated every {contender.training.eval_steps} steps; "
           f"{args.seeds} seeds, {contender.study.n_trials} trials, noise {args.noise}, loss noise {args.loss_noise}")
     print(B.table(["median ratio", f"seeds <= {TARGET:g}", "seeds never reaching R",
                    f"3-seed medians <= {TARGET:g}", "random best (median)"],
