@@ -51,8 +51,9 @@ SHRINK = {
     "checkpoint saves": "Trainer checkpoints (adapter, optimizer, scheduler, RNG) at every save_steps and at "
                         "the end: a sweep keeps the best adapter apart, so it could skip them",
     "end of job (result)": "assembling and writing result.json",
-    "exit + parent bookkeeping": "the job's exit (an interpreter's, or a forked child's), the parent's 0.2 s "
-                                 "polling, reading the result, the trial's one DB write, the artifact upload",
+    "exit + parent bookkeeping": "the job's exit (an interpreter's, or a forked child's), the parent seeing it "
+                                 "(it waits on the process), reading the result, the trial's one DB write, the "
+                                 "artifact upload",
     "other": "gaps before warning events, rounding of the timestamps",
 }
 
