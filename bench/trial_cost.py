@@ -143,6 +143,7 @@ def run_study(args: Any, work: Path, launcher: str, once: dict[str, float]) -> t
     (work / f"{name}.db").unlink(missing_ok=True)
     overrides = [f"study.dir={work}", f"study.name={name}", f"study.n_trials={args.trials}",
                  f"study.launcher={launcher}", "study.timeout=null", "study.pruner={type: none, options: {}}",
+                 "study.parallel=1",  # one trial at a time: the demo's two at once would share the runner's start
                  f"objective.baseline={str(args.baseline).lower()}", *B.budget_overrides(args.steps)]
     if args.smoke:
         overrides += B.smoke_overrides(B.model_path(args, work))
