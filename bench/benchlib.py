@@ -160,6 +160,14 @@ def smoke_overrides(model: str) -> list[str]:
             "objective.max_new_tokens=4", *budget_overrides(2)]
 
 
+def model_overrides(smoke: bool, model: str | None) -> list[str]:
+    """The demo config's model for a run: the tiny model with the smoke settings, the --model folder,
+    or (None) the demo's own."""
+    if smoke:
+        return smoke_overrides(model)
+    return [f"model.name_or_path={model}"] if model else []
+
+
 def sweep_logging() -> None:
     """The sweep's progress lines on stderr, as `python -m lora_sweep run` prints them."""
     import logging

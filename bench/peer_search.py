@@ -44,12 +44,13 @@ def hf_search(config: Any, seed: int, trials: int, work: Path) -> Any:
     when it finished `trials` trials already, else run afresh."""
     import optuna
 
-    storage, study_name = f"sqlite:///{work / f'hf-s{seed}.db'}", f"hf-s{seed}"
-    if (work / f"hf-s{seed}.db").is_file():
+    db, study_name = work / f"hf-s{seed}.db", f"hf-s{seed}"
+    storage = f"sqlite:///{db}"
+    if db.is_file():
         study = optuna.load_study(study_name=study_name, storage=storage)
         if sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) >= trials:
             return study
-        (work / f"hf-s{seed}.db").unlink()
+        db.unlink()
     run_hf_search(config, seed, trials, work, storage, study_name)
     return optuna.load_study(study_name=study_name, storage=storage)
 
@@ -146,10 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = B.model_path(args, work) if (args.smoke or args.model) else None
         for arm in ("random", "demo"):
             results[(arm, args.seed)] = run_arm(arm, args.seed, args, work, model)
-        overrides = [f"study.dir={work / 'sweeps'}", f"study.sampler.seed={args.seed}",
-                     *B.budget_overrides(args.steps)]
-        overrides += B.smoke_overrides(model) if args.smoke else ([f"model.name_or_path={model}"] if model else [])
-        config = B.load_demo(overrides)
+        config = B.load_demo([f"study.dir={work / 'sweeps'}", f"study.sampler.seed={args.seed}",
+                              *B.budget_overrides(args.steps), *B.model_overrides(args.smoke, model)])
         maximize = config.objective.direction == "maximize"
         study = hf_search(config, args.seed, args.trials, work)
         results[("hf", args.seed)] = {"timeline": curve(study, maximize, by="time"), "points": curve(study, maximize)}

@@ -143,10 +143,7 @@ def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> di
         (folder / f"{name}.db").unlink(missing_ok=True)
     overrides = [f"study.dir={folder}", f"study.name={name}", f"study.n_trials={args.trials}", "study.timeout=null",
                  "objective.baseline=false", *B.budget_overrides(args.steps), *arm_overrides(arm, seed)]
-    if args.smoke:
-        overrides += B.smoke_overrides(model)
-    elif model:
-        overrides.append(f"model.name_or_path={model}")
+    overrides += B.model_overrides(args.smoke, model)
     config = B.load_demo(overrides)
     study, stopped, _ = run_sweep(config)
     if stopped:

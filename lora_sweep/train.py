@@ -438,13 +438,13 @@ def check_checkpoint(config: JobConfig) -> None:
         raise ConfigError([f"{key}: {problem}"])
 
 
-def announce(config: JobConfig, tokenized: Tokenized, events: EventLog, warnings: list[str | None],
-             **fields: Any) -> None:
-    """The `start` event with the data's figures; a `warning` event (and log line) for each of
-    `warnings` (a clamped warmup, answers max_new_tokens cuts off) and for answers the seqlen cuts
-    away."""
+def announce(config: JobConfig, tokenized: Tokenized, events: EventLog, warmup_warning: str | None,
+             metric: GenerationMetric | None, tokenizer: Any, **fields: Any) -> None:
+    """The `start` event with the data's figures; a `warning` event (and log line) for a clamped
+    warmup, for answers the metric's max_new_tokens cuts off and for answers the seqlen cuts away."""
     events.emit("start", **fields, data=tokenized.stats)
-    for warning in (*warnings, answer_warning(tokenized.stats, config.data)):
+    cut = metric.cut_warning(tokenizer) if metric is not None else None
+    for warning in (warmup_warning, cut, answer_warning(tokenized.stats, config.data)):
         if warning:
             log.warning(warning)
             events.emit("warning", message=warning)
@@ -466,8 +466,7 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: Tokenized
     resume = config.training.resume_from_checkpoint
     if resume is not None:  # read before this job's `start` joins the events of a folder it may share
         reporter.resume(Path(resume), main_process=events.enabled)
-    announce(config, tokenized, events, [warning, metric and metric.cut_warning(tokenizer)], max_steps=max_steps,
-             warmup_steps=warmup,
+    announce(config, tokenized, events, warning, metric, tokenizer, max_steps=max_steps, warmup_steps=warmup,
              trainable_parameters=model.get_nb_trainable_parameters()[0])
     if resume is not None:
         events.emit("resume", **reporter.resumed)
@@ -529,7 +528,7 @@ def evaluate_adapter(config: JobConfig, tokenized: Tokenized, events: EventLog, 
     data_ready = time.time()
     model, tokenizer = load_for_inference(config.model, config.model.adapter_path)
     model_ready = time.time()
-    announce(config, tokenized, events, [metric and metric.cut_warning(tokenizer)], max_steps=0, warmup_steps=0,
+    announce(config, tokenized, events, None, metric, tokenizer, max_steps=0, warmup_steps=0,
              adapter=config.model.adapter_path)
     reporter = Reporter(config, events, 0, tokenizer, metric)
     loss = eval_loss(model, tokenized.test, config.data.test_batch_size, tokenizer.pad_token_id)
