@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import benchlib  # noqa: E402
 import data_pipeline  # noqa: E402
+import demo_seeds  # noqa: E402
 import generation  # noqa: E402
 import job_throughput  # noqa: E402
 import peer_search  # noqa: E402
@@ -151,6 +152,21 @@ def test_trial_cost(tmp_path, capsys):
 
 
 @pytest.mark.integration
+def test_demo_seeds(tmp_path, capsys):
+    out, printed, results = smoke(demo_seeds, tmp_path, capsys)  # seed 0, 1 trial of the tiny model
+    (r,) = out["results"]
+    assert (r["seed"], r["n_trials"], r["complete"] + r["pruned"]) == (0, 1, 1)
+    assert r["best"] < demo_seeds.DEMO_BEST and r["passed"] is False  # a random tiny model writes no JSON
+    assert out["ratio"] == 0 and "0 of 1 seeds passed (all 1 trials within 10 minutes, best json_fields >= 0.6)" in printed
+    (row,) = table_rows(results)
+    assert row["bench"] == "8 demo seeds" and row["met"] == "no" and row["setup"].startswith("smoke, ")
+    assert (tmp_path / "work" / "demo-s0.log").read_text().count("best: trial") == 1  # the demo's own summary
+    # a finished seed is read back from its record, not run again
+    again = demo_seeds.main(["--smoke", "--results", str(results), "--workdir", str(tmp_path / "work")])
+    assert again["results"] == out["results"]
+
+
+@pytest.mark.integration
 def test_sweep_efficiency(tmp_path, capsys):
     out, printed, results = smoke(sweep_efficiency, tmp_path, capsys)  # 1 seed, 1 trial per arm, both at once
     row = check(printed, results, "3 sweep efficiency")
@@ -188,6 +204,20 @@ def test_sweep_efficiency(tmp_path, capsys):
     scored = json.loads((tmp_path / "rescored/demo-s0/0/rescored.json").read_text())
     assert scored["score"] == row[2]
     assert "with objective.max_new_tokens=2" in capsys.readouterr().out
+    # ... into a copy of the study that bench 3 reads back as the arm's sweep
+    into = tmp_path / "work48" / "sweeps"
+    rescore.main(["--sweeps", str(tmp_path / "work" / "sweeps"), "--study", "demo-s0", "--out",
+                  str(tmp_path / "rescored"), "--into", str(into), "objective.max_new_tokens=2"])
+    import optuna
+
+    copy = optuna.load_study(study_name="demo-s0", storage=f"sqlite:///{into / 'demo-s0.db'}")
+    (trial,) = copy.get_trials()
+    assert trial.value == row[2] and copy.user_attrs["rescored"] == "objective.max_new_tokens=2"
+    assert trial.user_attrs["predictions_path"] == str(tmp_path / "rescored/demo-s0/0/rescored_predictions.jsonl")
+    assert sweep_efficiency.curve(copy, True)[0]["best"] == row[2]
+    with pytest.raises(SystemExit, match="demo-s0.db exists: nothing re-scored"):
+        rescore.main(["--sweeps", str(tmp_path / "work" / "sweeps"), "--study", "demo-s0", "--into", str(into),
+                      "objective.max_new_tokens=2"])
 
 
 def test_pruning_check_replays_the_pruner_on_complete_trials():
