@@ -34,6 +34,7 @@ def run_seed(seed: int, work: Path, extra: list[str]) -> dict[str, Any]:
     """One demo run (or its record from an earlier run in the same --workdir): what it reached."""
     import optuna
 
+    from lora_sweep.holdout import defaults_trial
     from lora_sweep.storage import best_trial
 
     record = work / f"demo-s{seed}.json"
@@ -52,15 +53,13 @@ def run_seed(seed: int, work: Path, extra: list[str]) -> dict[str, Any]:
         raise SystemExit(f"seed {seed}: the demo exited with {done.returncode}; see {work / f'demo-s{seed}.log'}")
     study = optuna.load_study(study_name=config.study.name, storage=config.storage_url)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    defaults = [t.value for t in study.get_trials(deepcopy=False)
-                if t.user_attrs.get("baseline") == "documented defaults" and t.value is not None]
-    best = best_trial(study)
+    best, defaults = best_trial(study), defaults_trial(study)
     result = {
         "seed": seed, "wall_s": wall, "load": load, "n_trials": config.study.n_trials,
         "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
         "best": best.value, "best_trial": best.number,
         "base": study.user_attrs.get("baseline", {}).get(config.objective.key),
-        "defaults": defaults[0] if defaults else None,
+        "defaults": defaults.value if defaults else None,
     }
     result["passed"] = (result["complete"] + result["pruned"] >= result["n_trials"] and wall <= WALL_S
                         and result["best"] >= DEMO_BEST)
