@@ -92,6 +92,12 @@ def model_path(args: argparse.Namespace, work: Path) -> str:
     return resolve_model(args.model or EMBEDDED)
 
 
+def demo_model(args: argparse.Namespace, work: Path) -> str | None:
+    """The model folder a run of the demo config is pointed at (see `model_overrides`): the tiny
+    model with --smoke, the --model folder, or None for the demo's own."""
+    return model_path(args, work) if (args.smoke or args.model) else None
+
+
 def model_label(args: argparse.Namespace) -> str:
     if args.model == "tiny" or (args.smoke and not args.model):
         return "tiny-llama"

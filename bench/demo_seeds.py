@@ -71,15 +71,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = B.parser(__doc__)
     p.add_argument("--seeds", default="0,1,2,3,4", help="sampler seeds, comma-separated (default: %(default)s)")
     args = p.parse_args(argv)
-    extra: list[str] = []
     if args.smoke:
         args.seeds = "0"
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     B.quiet()
     with B.workdir(args.workdir) as work:
-        if args.smoke or args.model:
-            extra = B.model_overrides(args.smoke, B.model_path(args, work))
-            extra += ["study.n_trials=1"] if args.smoke else []
+        extra = B.model_overrides(args.smoke, B.demo_model(args, work)) + (["study.n_trials=1"] if args.smoke else [])
         results = []
         for seed in seeds:
             results.append(run_seed(seed, work, extra))

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     B.sweep_logging()
     results: dict[tuple[str, int], dict[str, Any]] = {}
     with B.workdir(args.workdir) as work:
-        model = B.model_path(args, work) if (args.smoke or args.model) else None
+        model = B.demo_model(args, work)
         for arm in ("random", "demo"):
             results[(arm, args.seed)] = run_arm(arm, args.seed, args, work, model)
         config = B.load_demo([f"study.dir={work / 'sweeps'}", f"study.sampler.seed={args.seed}",

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     B.quiet()
     B.sweep_logging()
     with B.workdir(args.workdir) as work:
-        model = B.model_path(args, work) if (args.smoke or args.model) else None
+        model = B.demo_model(args, work)
         jobs = [(arm, seed) for seed in seeds for arm in ARMS]
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             done = list(pool.map(lambda job: run_arm(*job, args, work, model), jobs))

@@ -145,7 +145,7 @@ def run_study(args: Any, work: Path, launcher: str, once: dict[str, float]) -> t
                  f"study.launcher={launcher}", "study.timeout=null", "study.pruner={type: none, options: {}}",
                  "study.parallel=1",  # one trial at a time: the demo's two at once would share the runner's start
                  f"objective.baseline={str(args.baseline).lower()}", *B.budget_overrides(args.steps)]
-    overrides += B.model_overrides(args.smoke, B.model_path(args, work) if (args.smoke or args.model) else None)
+    overrides += B.model_overrides(args.smoke, B.demo_model(args, work))
     config = B.load_demo(overrides)
     began = time.time()
     study, stopped, _ = run_sweep(config)
