@@ -27,6 +27,8 @@ from typing import Any
 
 import benchlib as B
 
+NAME = "rescored"  # the evaluation's files: rescored.json, rescored_predictions.jsonl
+
 
 def main(argv: list[str] | None = None) -> list[tuple[int, float, float]]:
     import optuna
@@ -54,9 +56,9 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float, float]]:
             continue
         folder = Path(trial.user_attrs["trial_dir"])
         job = load_job(folder / "job.yaml", [*args.overrides, f"output_dir={args.out / args.study / str(trial.number)}"])
-        result: dict[str, Any] = evaluate_model(job, folder / "adapter", "eval", "rescored")
+        result: dict[str, Any] = evaluate_model(job, folder / "adapter", "eval", NAME)
         rows.append((trial.number, trial.value, result["score"]))
-        predictions[trial.number] = str((Path(job.output_dir) / output_names("rescored")[1]).resolve())
+        predictions[trial.number] = str((Path(job.output_dir) / output_names(NAME)[1]).resolve())
     if not rows:
         raise SystemExit(f"{args.study}: no complete trial to re-score")
     print(B.table(["trial", f"{study.metric_names[0] if study.metric_names else 'value'}", "re-scored"], rows))
