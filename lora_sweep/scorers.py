@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import math
 import numbers
@@ -16,6 +17,7 @@ import os
 import re
 import string
 import threading
+import traceback
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
@@ -293,6 +295,13 @@ def check_scorer(spec: str, regex: str | None, sample: dict, timeout: float | No
     return scorer
 
 
+def raised_at(fn: Callable[..., Any], exc: BaseException) -> str:
+    """Where in the scorer's own file `exc` was raised (its last frame there), as `file, line N`."""
+    file = getattr(getattr(fn, "__code__", None), "co_filename", None) or inspect.getsourcefile(fn) or "?"
+    lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == file]
+    return f"{file}, line {lines[-1]}" if lines else file
+
+
 def _checked(fn: Callable[..., Any], name: str) -> Scorer:
     """Wrap a user scorer so a bad return value fails with a clear message."""
 
@@ -302,6 +311,11 @@ def _checked(fn: Callable[..., Any], name: str) -> Scorer:
             value = fn(prediction, reference, sample)
         except SystemExit as exc:  # not an Exception: it would end the job, or lora_sweep, without a word
             raise ScorerError(f"scorer {name} called sys.exit({exc.code!r})") from None
+        except ScorerError:
+            raise
+        except Exception as exc:  # the user's code: anything can come out of it; the traceback stays chained
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise ScorerError(f"scorer {name} raised {text} ({raised_at(fn, exc)})") from exc
         # bool is an int subclass, but True/False usually means a forgotten float().
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if ok:

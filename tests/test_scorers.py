@@ -13,6 +13,7 @@ import pytest
 from lora_sweep.scorers import (
     BUILTIN_SCORERS,
     ScorerError,
+    check_scorer,
     contains,
     exact_match,
     json_fields,
@@ -344,9 +345,15 @@ def test_python_scorer_bad_return(function: str, shown: str) -> None:
 
 
 @pytest.mark.usefixtures("user_modules")
-def test_python_scorer_exceptions_propagate() -> None:
-    with pytest.raises(RuntimeError, match="user bug"):
+def test_python_scorer_exceptions_name_the_scorer_and_its_file(tmp_path: Path) -> None:
+    file = tmp_path / "user_scorers_mod.py"
+    line = USER_MODULE.splitlines().index('    raise RuntimeError("user bug")') + 1
+    message = f"scorer python:user_scorers_mod:boom raised RuntimeError: user bug ({file}, line {line})"
+    with raises_exactly(ScorerError, message) as caught:
         load_scorer("python:user_scorers_mod:boom")("p", "r", SAMPLE)
+    assert isinstance(caught.value.__cause__, RuntimeError)  # the user's traceback stays chained
+    with raises_exactly(ScorerError, message):  # the check before a sweep says the same
+        check_scorer("python:user_scorers_mod:boom", None, SAMPLE)
 
 
 @pytest.mark.usefixtures("user_modules")
