@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import numpy as np
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -61,12 +62,14 @@ JOIN_POLL_S = 0.2  # how often the main thread looks whether the slots are done 
 # ---------------------------------------------------------------- optuna pieces from the config
 
 
-def make_sampler(config: StudyConfig, space: Space) -> optuna.samplers.BaseSampler:
-    """The study's sampler; a ConfigError names a bad option."""
+def make_sampler(config: StudyConfig, space: Space, draw: int | None = None) -> optuna.samplers.BaseSampler:
+    """The study's sampler; a ConfigError names a bad option. `draw` (the study's trial count when
+    a trial is asked for) gives it the seed of that draw: see `draw_seed`."""
     s = config.study.sampler
+    seed = draw_seed(s.seed, draw) if draw is not None and s.type != "qmc" else s.seed
     with optuna_options("sampler", s.type):
         if s.type == "tpe":
-            return optuna.samplers.TPESampler(seed=s.seed, **s.options)
+            return optuna.samplers.TPESampler(seed=seed, **s.options)
         if s.type == "grid":
             grid = {}
             for name, dist in space.distributions.items():
@@ -77,10 +80,20 @@ def make_sampler(config: StudyConfig, space: Space) -> optuna.samplers.BaseSampl
                     grid[name] = [dist.low + i * dist.step for i in range(n + 1)]
                 else:
                     raise ConfigError([f"search_space.{name}: the grid sampler needs a step or categorical choices"])
-            return optuna.samplers.GridSampler(grid, seed=s.seed, **s.options)
+            return optuna.samplers.GridSampler(grid, seed=seed, **s.options)
         cls = {"random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler,
                "gp": optuna.samplers.GPSampler, "qmc": optuna.samplers.QMCSampler}[s.type]
-        return cls(seed=s.seed, **s.options)
+        return cls(seed=seed, **s.options)
+
+
+def draw_seed(seed: int | None, draw: int) -> int | None:
+    """The sampler seed for the study's `draw`-th trial: every worker and slot of a study shares
+    study.sampler.seed, and samplers seeded alike draw alike, so each trial gets its own stream,
+    mixed from the study seed and its position. One worker with one seed still repeats its sweep.
+    (QMC keeps the study seed: its points are one scrambled sequence, indexed through the storage.)"""
+    if seed is None:  # unseeded: each sampler draws from fresh OS entropy
+        return None
+    return int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
 
 
 PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
@@ -209,6 +222,8 @@ class Sweep:
             need = self.needs_trial()
             if need is not True:
                 return need
+            # under the claim the trial count is the same for every worker: the draw's own seed
+            self.study.sampler = make_sampler(self.config, self.space, len(self.study.get_trials(deepcopy=False)))
             with warnings.catch_warnings():  # heartbeats are recorded by `heartbeat` below, as optimize does
                 warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
                 trial = self.study.ask()

@@ -4,6 +4,7 @@ PostgreSQL binaries (`.ci/run` installs them); without them the test is skipped.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -12,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import REPO, run_module, study_tree, write_yaml
+from helpers import REPO, load, run_module, study_tree, write_yaml
 from lora_sweep.storage import load_existing
 
 pytestmark = pytest.mark.integration  # worker processes, a PostgreSQL server
@@ -45,7 +46,7 @@ def test_workers_join_a_postgresql_study(postgres_url, tiny_llama, chat_data, tm
 # trials. A pause between the count and the creation stands for a slow sampler (GP, CMA-ES or
 # TPE on a long history take seconds there), which widens the race.
 QUICK_WORKER = """
-import os, sys, time
+import os, sys, threading, time
 from pathlib import Path
 from lora_sweep import space as S
 from lora_sweep.config import load_study
@@ -68,7 +69,12 @@ ready = Path(sys.argv[2])  # start together: once every worker has opened the st
 deadline = time.time() + 60  # a worker that crashed never comes
 while len(list(ready.iterdir())) < int(sys.argv[3]) and time.time() < deadline:
     time.sleep(0.01)
-Quick(config, space, study).work(None, None)
+quick = Quick(config, space, study)
+slots = [threading.Thread(target=quick.work, args=(None, None)) for _ in range(config.study.parallel)]
+for slot in slots:
+    slot.start()
+for slot in slots:
+    slot.join()
 """
 
 
@@ -92,6 +98,39 @@ def test_workers_started_together_never_overshoot_the_budget(race_storage, tiny_
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 12
     # the study and its defaults trial were created once, by whichever worker came first
     assert [t.number for t in study.trials if t.user_attrs.get("baseline") == "documented defaults"] == [0]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_workers_sharing_a_seed_never_draw_the_same_params(race_storage, sampler, tiny_llama, chat_data, tmp_path):
+    # two workers of two slots each, one study seed (the demo and the deploy recipes set one):
+    # each draw has its own stream, so no two trials share their params
+    name = f"seeds-{uuid.uuid4().hex[:8]}"
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=6, name=name, storage=race_storage,
+                      parallel=2, sampler={"type": sampler, "seed": 0})
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    (tmp_path / "ready").mkdir()
+    workers = [subprocess.Popen([sys.executable, "-c", QUICK_WORKER, str(config), str(tmp_path / "ready"), "2"],
+                                cwd=REPO, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [w.communicate(timeout=120)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(errors)[-3000:]
+    trials = load_existing(race_storage, name).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    drawn = [json.dumps(t.params, sort_keys=True) for t in trials]
+    assert len(set(drawn)) == 6, drawn
+
+
+def test_one_worker_repeats_its_sweep_from_the_same_seed(tiny_llama, chat_data, tmp_path):
+    params = []
+    for run in ("a", "b"):
+        tree = study_tree(tiny_llama, chat_data, tmp_path / run, n_trials=4, sampler={"type": "tpe", "seed": 7})
+        config = write_yaml(tmp_path / f"{run}.yaml", tree)
+        (tmp_path / run / "ready").mkdir(parents=True)
+        worker = subprocess.run([sys.executable, "-c", QUICK_WORKER, str(config), str(tmp_path / run / "ready"), "1"],
+                                cwd=REPO, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert worker.returncode == 0, worker.stderr[-3000:]
+        params.append([t.params for t in load(tmp_path / run).trials])
+    assert len(params[0]) == 4 and params[0] == params[1]
+    assert len({json.dumps(p, sort_keys=True) for p in params[0]}) == 4
 
 
 def test_a_trials_end_is_one_database_write(race_storage):
