@@ -598,7 +598,7 @@ class SamplerSection(Section):
     type: Literal["tpe", "random", "cmaes", "gp", "qmc", "grid"] = Field(
         "tpe", description="Optuna sampler, with optuna's defaults (tpe: multivariate for one objective in optuna 5)."
     )
-    seed: int | None = Field(0, description="Sampler seed, for a repeatable sequence of trials.")
+    seed: int | None = Field(0, description="Sampler seed, for a repeatable sequence of trials: each trial draws from its own stream, mixed from this seed and the trial's number, so workers and slots sharing a seed never draw alike (qmc keeps one scrambled sequence).")
     options: dict[str, Any] = Field({}, description="Extra keyword arguments of the optuna sampler.")
 
 
