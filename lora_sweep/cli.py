@@ -22,7 +22,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study or job YAML and its data files, every problem at once."""
     from lora_sweep.config import apply_overrides, creation_problem, is_study, load_job, load_study, read_yaml
-    from lora_sweep.data import read_samples
+    from lora_sweep.data import read_files
 
     tree = apply_overrides(read_yaml(args.config), args.overrides)
     study = is_study(tree)
@@ -34,11 +34,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         config = None
     counts, sides = [], []
     if config is not None:
-        for path in (config.data.train_file, config.data.test_file):
-            samples, found = read_samples(path)
-            problems += found
-            counts.append(len(samples))
-            sides.append(samples)
+        *sides, _, found = read_files(config.data)  # train.json, test.json; every problem, as `run` has them
+        problems += found
+        counts, samples = [len(side) for side in sides], sides[1]
         if not problems and config.objective.is_generation:
             from lora_sweep.scorers import ScorerError, check_scorer
 

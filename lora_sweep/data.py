@@ -21,14 +21,17 @@ every end-of-turn, and the model would never learn to stop.
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import json
 import logging
 import os
 import random
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import torch
 
@@ -88,64 +91,149 @@ BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
     (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
+# Bytes a line (one sample) may have. Far above any sample a seqlen keeps (a 128k-token context is about
+# 0.5 MB of text), so a longer line is a mistake: refused before it is parsed, and read without being held
+# (a 10 MB line cost `validate` 2 GB and 20 s to parse and tokenize).
+MAX_SAMPLE_BYTES = 1 << 20
+BLOCK = 1 << 18  # bytes read at a time
+LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-def text_lines(path: Path) -> list[tuple[int, str, str | None]]:
-    """The file's lines as (line number, text, why it cannot be decoded or None).
+class Unreadable(ValueError):
+    """A data file that cannot be read as text at all: one problem for the whole file, at `line` when
+    it is known."""
 
-    UTF-8 with or without a byte-order mark, or UTF-16/32 with one; lines end in LF, CRLF or CR.
-    """
-    raw = path.read_bytes()
+    def __init__(self, problem: str, line: int | None = None):
+        super().__init__(problem)
+        self.line = line
+
+    def where(self, path: Path) -> str:
+        """The problem as `file: ...` or `file:line: ...`."""
+        return f"{path}{'' if self.line is None else f':{self.line}'}: {self}"
+
+
+def split_lines(blocks: Iterable[bytes], limit: int = MAX_SAMPLE_BYTES) -> Iterator[tuple[bytes | None, int]]:
+    """The lines of a stream of blocks (ended by LF, CRLF or CR), without their ends, with their sizes in
+    bytes: (line, size), or (None, size) for a line longer than `limit`, which is skipped, never held
+    (at most `limit` and a block are)."""
+    pending, skipped = bytearray(), 0  # the current line's start; bytes of it dropped for being too long
+    for block in blocks:
+        pending += block
+        start = 0
+        for end in LINE_END.finditer(pending):
+            if end.end() == len(pending) and end.group() == b"\r":
+                break  # a CR at the block's end may be the start of a CRLF
+            size = skipped + end.start() - start
+            yield (bytes(pending[start : end.start()]) if not skipped and size <= limit else None), size
+            start, skipped = end.end(), 0
+        del pending[:start]
+        if len(pending) > limit + 1:  # too long: counted, not kept (but a CR held back, for a CRLF)
+            keep = 1 if pending.endswith(b"\r") else 0
+            skipped += len(pending) - keep
+            del pending[: len(pending) - keep]
+    if pending.endswith(b"\r"):
+        del pending[-1:]  # the last line's end
+    size = skipped + len(pending)
+    if size:
+        yield (bytes(pending) if not skipped and size <= limit else None), size
+
+
+def looks_utf16(head: bytes) -> bool:
+    """True when every other byte of the file's start is zero: UTF-16 (of mostly ASCII text, as JSON
+    is), which a UTF-8 JSON file never holds (a zero byte is not valid JSON)."""
+    even, odd = head[0::2], head[1::2]
+    zeros = sorted([even.count(0), odd.count(0)])
+    return len(head) >= 4 and zeros[1] >= len(odd) // 2 and zeros[0] <= zeros[1] // 10
+
+
+def utf8_blocks(file: BinaryIO) -> Iterator[bytes]:
+    """The file's text as UTF-8, a block at a time: UTF-8 with or without a byte-order mark as it is,
+    UTF-16/32 with one decoded (whole: such files are rare and small). Raises Unreadable for UTF-16
+    without a mark, or text that is not what its mark says."""
+    head = file.read(BLOCK)
     skipped, encoding = 0, "utf-8"
     for bom, name in BOMS:
-        if raw.startswith(bom):
+        if head.startswith(bom):
             skipped, encoding = len(bom), name
             break
-    raw = raw[skipped:]
-    if encoding != "utf-8":  # decoded whole, then read through the same UTF-8 path as any file
+    if encoding == "utf-8":
+        if not skipped and looks_utf16(head[:4096]):
+            raise Unreadable("UTF-16 without a byte-order mark: save as UTF-8")
+        yield head[skipped:]
+        while block := file.read(BLOCK):
+            yield block
+        return
+    raw = head[skipped:] + file.read()
+    try:
+        yield raw.decode(encoding).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].decode(encoding, errors="replace").count("\n") + 1
+        raise Unreadable(f"not {encoding.upper()} ({exc.reason} at byte {skipped + exc.start})", line) from None
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """The file's lines as (line number, text, why it cannot be read or None), read a block at a time.
+
+    UTF-8 with or without a byte-order mark, or UTF-16/32 with one; lines end in LF, CRLF or CR; a line
+    longer than MAX_SAMPLE_BYTES is a problem, not read. Raises OSError when the file cannot be opened
+    and Unreadable when it is not text of a known encoding.
+    """
+    with path.open("rb") as file:
+        for number, (line, size) in enumerate(split_lines(utf8_blocks(file)), start=1):
+            if line is None:
+                yield number, "", (f"a sample of {size:,} bytes, longer than the limit of {MAX_SAMPLE_BYTES:,} "
+                                   f"(1 MiB): shorten or split it")
+                continue
+            try:
+                yield number, line.decode("utf-8"), None
+            except UnicodeDecodeError as exc:
+                column = len(line[: exc.start].decode("utf-8")) + 1  # in characters, as an editor counts
+                yield number, "", f"not UTF-8 (byte 0x{line[exc.start]:02x} at column {column})"
+
+
+def link_loop(path: Path) -> Path | None:
+    """The symbolic link on the way to `path` that leads back to itself (the first one), or None."""
+    for part in [*reversed(path.parents), path]:
         try:
-            raw = raw.decode(encoding).encode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].decode(encoding, errors="replace").count("\n") + 1
-            return [(line, "", f"not {encoding.upper()} ({exc.reason} at byte {skipped + exc.start})")]
-    lines = []
-    for number, line in enumerate(raw.splitlines(), start=1):  # splits on LF, CRLF and CR only
-        try:
-            lines.append((number, line.decode("utf-8"), None))
-        except UnicodeDecodeError as exc:
-            column = len(line[: exc.start].decode("utf-8")) + 1  # in characters, as an editor counts
-            lines.append((number, "", f"not UTF-8 (byte 0x{line[exc.start]:02x} at column {column})"))
-    return lines
+            part.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return part
+    return None
 
 
 def read_samples(path: str | Path) -> tuple[list[Sample], list[str]]:
     """Parse a JSON-lines chat file; return the samples and every problem as `file:line: ...`."""
     path = Path(path)
+    loop = link_loop(path)
+    if loop is not None:
+        return [], [f"{path}: {loop} is a symbolic link loop (it leads back to itself): point it at the data"]
     if path.is_dir():
         return [], [f"{path}: is a directory, not a data file (data.dataset takes the folder holding "
                     f"train.json and test.json)"]
     if not path.is_file():
         return [], [f"{path}: no such file"]
+    samples, problems = [], []
     try:
-        lines = text_lines(path)
+        for number, line, unreadable in text_lines(path):
+            if unreadable:
+                problems.append(f"{path}:{number}: {unreadable}")
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            found = check_sample(obj)
+            problems += [f"{path}:{number}: {p}" for p in found]
+            if not found:
+                samples.append(obj)
     except OSError as exc:
         return [], [f"{path}: cannot be read ({exc.strerror})"]
-    samples, problems = [], []
-    for number, line, undecodable in lines:
-        if undecodable:
-            problems.append(f"{path}:{number}: {undecodable}")
-            continue
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        found = check_sample(obj)
-        problems += [f"{path}:{number}: {p}" for p in found]
-        if not found:
-            samples.append(obj)
+    except Unreadable as exc:
+        return [], [exc.where(path)]
     if not samples and not problems:
         problems.append(f"{path}: has no samples")
     return samples, problems
@@ -162,12 +250,10 @@ def eval_set(data: DataSection, split: Split = "eval") -> str:
     return "validation" if split == "eval" and data.has_validation else "test"
 
 
-def load_samples(data: DataSection, split: Split = "eval") -> tuple[list[Sample], list[Sample]]:
-    """(train, evaluated) samples: train.json less the validation split, and the validation set when
-    one is configured and `split` is "eval" (what every job evaluates), else test.json.
-
-    Every file is read and checked either way; one ConfigError holds every problem of all of them.
-    """
+def read_files(data: DataSection) -> tuple[list[Sample], list[Sample], list[Sample] | None, list[str]]:
+    """The samples of train.json, test.json and data.validation_file (None without one), each file
+    read and checked, and every problem of them all, data.validation_split's too: what `validate`
+    reports and what `load_samples` refuses."""
     train, train_problems = read_samples(data.train_file)
     test, test_problems = read_samples(data.test_file)
     problems = capped(train_problems) + capped(test_problems)
@@ -176,10 +262,21 @@ def load_samples(data: DataSection, split: Split = "eval") -> tuple[list[Sample]
         validation, validation_problems = read_samples(data.validation_file)
         problems += [f"data.validation_file: {p}" for p in capped(validation_problems)]
     if not problems and data.validation_split is not None:
-        train, validation, problem = hold_out(train, data.validation_split, Path(data.train_file).name)
-        problems += [problem] if problem else []
+        problems += filter(None, [hold_out(train, data.validation_split, Path(data.train_file).name)[2]])
+    return train, test, validation, problems
+
+
+def load_samples(data: DataSection, split: Split = "eval") -> tuple[list[Sample], list[Sample]]:
+    """(train, evaluated) samples: train.json less the validation split, and the validation set when
+    one is configured and `split` is "eval" (what every job evaluates), else test.json.
+
+    Every file is read and checked either way; one ConfigError holds every problem of all of them.
+    """
+    train, test, validation, problems = read_files(data)
     if problems:
         raise ConfigError(problems, "data")
+    if data.validation_split is not None:
+        train, validation, _ = hold_out(train, data.validation_split, Path(data.train_file).name)
     return train, validation if eval_set(data, split) == "validation" else test
 
 
@@ -246,7 +343,8 @@ def segments(tokenizer: Any, messages: list[dict], template: str) -> list[tuple[
         if message["role"] != "assistant":
             continue
         before = render(tokenizer, messages[:i], template, generation_prompt=True) if i else ""
-        after = render(tokenizer, messages[: i + 1], template, generation_prompt=False)
+        last = i == len(messages) - 1  # then the conversation with it is the whole one: not rendered again
+        after = full if last else render(tokenizer, messages[: i + 1], template, generation_prompt=False)
         if not full.startswith(before) or len(before) < pos:
             raise ValueError(
                 "the chat template does not render conversations incrementally, so answers "
@@ -468,7 +566,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    with Path(path).open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()  # read in blocks, not whole
 
 
 def cache_path(data: DataSection, seed: int, tokenizer: Any, split: Split = "eval") -> Path:

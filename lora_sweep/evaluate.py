@@ -37,6 +37,7 @@ from lora_sweep.data import (
     RowDataset,
     Rows,
     Split,
+    Unreadable,
     capped,
     chat_template,
     check_bounded,
@@ -218,17 +219,20 @@ def read_compare(section: CompareSection, data: DataSection) -> list[Prompt]:
     of generation. Every problem at once, as `file:line: ...`, in one ConfigError."""
     path, system_prompt = Path(section.file), generation_system_prompt(data)
     prompts_, problems = [], []
-    for number, line, undecodable in text_lines(path):
-        problem = undecodable
-        if not problem and line.strip():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problem = f"not valid JSON ({exc.msg} at column {exc.colno})"
-            else:
-                prompt, problem = compare_prompt(obj, system_prompt)
-                prompts_ += [prompt] if prompt else []
-        problems += [f"{path}:{number}: {problem}"] if problem else []
+    try:
+        for number, line, unreadable in text_lines(path):
+            problem = unreadable
+            if not problem and line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    problem = f"not valid JSON ({exc.msg} at column {exc.colno})"
+                else:
+                    prompt, problem = compare_prompt(obj, system_prompt)
+                    prompts_ += [prompt] if prompt else []
+            problems += [f"{path}:{number}: {problem}"] if problem else []
+    except Unreadable as exc:
+        raise ConfigError([exc.where(path)], "compare.file") from None
     if not prompts_ and not problems:
         problems.append(f"{path}: has no prompts")
     if problems:

@@ -58,6 +58,29 @@ def test_every_bad_line_reported_with_file_and_line(tmp_path):
     ]
 
 
+def test_a_symbolic_link_loop_is_called_a_loop(tmp_path):
+    loop = tmp_path / "train.json"
+    loop.symlink_to(loop)
+    assert D.read_samples(loop) == ([], [f"{loop}: {loop} is a symbolic link loop (it leads back to itself): "
+                                         f"point it at the data"])
+    folder = tmp_path / "data"  # a folder on the way: data -> data2 -> data
+    folder.symlink_to(tmp_path / "data2")
+    (tmp_path / "data2").symlink_to(folder)
+    assert D.read_samples(folder / "test.json")[1] == [
+        f"{folder / 'test.json'}: {folder} is a symbolic link loop (it leads back to itself): point it at the data"]
+    assert D.read_samples(tmp_path / "missing.json")[1] == [f"{tmp_path / 'missing.json'}: no such file"]
+
+
+def test_lines_are_split_in_blocks_as_one_read_would_split_them():
+    # LF, CRLF and CR; a CRLF cut by a block boundary is one line end, not two
+    text = b"a\r\nbb\rccc\n\r\ndddd\r"
+    for size in range(1, len(text) + 1):
+        blocks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert list(D.split_lines(blocks)) == [(b"a", 1), (b"bb", 2), (b"ccc", 3), (b"", 0), (b"dddd", 4)]
+        # a line over the limit is its size alone, however the blocks cut it
+        assert list(D.split_lines(blocks, limit=3)) == [(b"a", 1), (b"bb", 2), (b"ccc", 3), (b"", 0), (None, 4)]
+
+
 def test_problems_are_capped_and_both_files_reported(tmp_path):
     train = tmp_path / "train.json"
     train.write_text("nope\n" * 25)

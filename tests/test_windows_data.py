@@ -52,6 +52,24 @@ def test_utf16_problems_keep_their_line_numbers(tmp_path):
     assert problems == [f"{path}:3: not valid JSON (Expecting property name enclosed in double quotes at column 2)"]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_bom_is_one_line_for_the_file(tmp_path, encoding):
+    # what a program that writes "UTF-16" without a mark saves: a zero byte beside each ASCII character
+    path = write(tmp_path / "train.json", "\r\n".join(lines(SAMPLES)) + "\r\n", encoding)
+    assert path.read_bytes()[:4] in (b'{\x00"\x00', b'\x00{\x00"')
+    assert D.read_samples(path) == ([], [f"{path}: UTF-16 without a byte-order mark: save as UTF-8"])
+
+
+def test_utf16_without_bom_in_a_compare_file_is_one_line(tmp_path):
+    from lora_sweep.config import CompareSection
+    from lora_sweep.evaluate import read_compare
+
+    path = write(tmp_path / "compare.jsonl", '{"query": "hi"}\n{"query": "and?"}\n', "utf-16-le")
+    with pytest.raises(ConfigError) as err:
+        read_compare(CompareSection(file=str(path)), DataSection(train_file="t", test_file="t"))
+    assert str(err.value) == f"compare.file: {path}: UTF-16 without a byte-order mark: save as UTF-8"
+
+
 def test_cut_off_utf16_is_one_clear_line(tmp_path):
     path = tmp_path / "train.json"
     good = codecs.BOM_UTF16_LE + "\r\n".join(lines(SAMPLES)).encode("utf-16-le")

@@ -1,0 +1,115 @@
+"""Data and scorers a user gets wrong, through the real commands: `validate` names the problem in
+one line, and `run` refuses with the same line before anything is written (no study folder, no
+tokenized cache). Each case is a file written here byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import chat, memorization_samples, run_cli, study_tree, write_jsonl, write_yaml
+
+
+def lines(samples: list[dict]) -> str:
+    return "".join(json.dumps(s) + "\n" for s in samples)
+
+
+def utf16_without_bom(folder: Path) -> str:
+    (folder / "train.json").write_bytes(lines(memorization_samples()).encode("utf-16-le"))
+    return f"{folder / 'train.json'}: UTF-16 without a byte-order mark: save as UTF-8"
+
+
+def one_long_line(folder: Path) -> str:
+    big = json.dumps(chat("x " * 1_000_000, "The cat likes red."))  # 2 MB on one line
+    (folder / "train.json").write_text(lines(memorization_samples()) + big + "\n", encoding="utf-8")
+    size = len(big.encode())
+    return (f"{folder / 'train.json'}:9: a sample of {size:,} bytes, longer than the limit of 1,048,576 (1 MiB): "
+            f"shorten or split it")
+
+
+def dataset_is_a_link_loop(folder: Path) -> str:
+    loop = folder.parent / "loop"
+    os.symlink(loop, loop)  # data.dataset -> loop -> loop ...
+    return "\n".join(f"  - {loop / name}: {loop} is a symbolic link loop (it leads back to itself): point it at the "
+                     f"data" for name in ("train.json", "test.json"))
+
+
+def split_too_big(folder: Path) -> str:
+    return ("data.validation_split (50) must be below the number of train.json samples (8): at least one must be "
+            "left to train on")
+
+
+CASES = {"utf16_without_bom": utf16_without_bom, "one_long_line": one_long_line,
+         "dataset_is_a_link_loop": dataset_is_a_link_loop, "split_too_big": split_too_big}
+
+
+@pytest.fixture
+def study(tiny_llama, tmp_path) -> tuple[Path, dict]:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "train.json", memorization_samples())
+    write_jsonl(folder / "test.json", memorization_samples())
+    tree = study_tree(tiny_llama, folder, tmp_path / "studies")
+    tree["data"]["cache_dir"] = str(tmp_path / "cache")
+    return folder, tree
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_validate_and_run_refuse_bad_data_in_the_same_words_writing_nothing(study, tmp_path, case):
+    folder, tree = study
+    problem = CASES[case](folder)
+    if case == "dataset_is_a_link_loop":
+        tree["data"]["dataset"] = str(tmp_path / "loop")
+    if case == "split_too_big":
+        tree["data"]["validation_split"] = 50
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    many = problem.startswith("  - ")
+    validated = run_cli(["validate", str(config)], cwd=tmp_path)
+    assert (validated.returncode, validated.stdout) == (2, "")
+    assert validated.stderr == (f"error: {config}: 2 problems:\n{problem}\n" if many else
+                                f"error: {config}: {problem}\n")
+    ran = run_cli(["run", str(config)], cwd=tmp_path)
+    assert ran.returncode == 2
+    assert ran.stderr.splitlines()[-1 if not many else -3:] == (
+        ["error: data: 2 problems:", *problem.splitlines()] if many else [f"error: data: {problem}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["data", "study.yaml"] + (
+        ["loop"] if case == "dataset_is_a_link_loop" else []))  # no studies/, no cache/
+
+
+def test_a_long_line_is_refused_in_bounded_memory_before_it_is_parsed(tmp_path):
+    path = tmp_path / "train.json"
+    big = json.dumps(chat("x " * 5_000_000, "The cat likes red."))  # 10 MB on one line
+    path.write_text(lines(memorization_samples()[:2]) + big + "\n" + lines(memorization_samples()[2:]),
+                    encoding="utf-8")
+    # measured in a child process: this one's allocations (the test's own 10 MB string) stay out
+    code = ("import sys, tracemalloc; from lora_sweep import data as D; tracemalloc.start(); "
+            "samples, problems = D.read_samples(sys.argv[1]); "
+            "print(len(samples), tracemalloc.get_traced_memory()[1]); print(*problems, sep='\\n')")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    head, *problems = done.stdout.splitlines()
+    kept, peak = map(int, head.split())
+    assert kept == 8  # every other line is read
+    assert problems == [f"{path}:3: a sample of {len(big.encode()):,} bytes, longer than the limit of 1,048,576 "
+                        f"(1 MiB): shorten or split it"]
+    assert peak < 4 * 2**20  # bytes: a few blocks of the file, never the whole line (10 MB)
+
+
+def test_a_scorer_that_raises_is_named_with_its_file(study, tmp_path, monkeypatch):
+    _, tree = study
+    scorer = tmp_path / "boom_scorer.py"
+    scorer.write_text("def score(prediction, reference, sample):\n    raise KeyError('topic')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "boom_scorer", raising=False)
+    tree["objective"] = {"metric": "python:boom_scorer:score", "baseline": False}
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    problem = f"objective.metric: scorer python:boom_scorer:score raised KeyError: 'topic' ({scorer}, line 2)"
+    validated = run_cli(["validate", str(config)], cwd=tmp_path)
+    assert (validated.returncode, validated.stderr) == (2, f"error: {config}: {problem}\n")
+    ran = run_cli(["run", str(config)], cwd=tmp_path)
+    assert ran.returncode == 2 and ran.stderr.splitlines()[-1] == f"error: {problem}"
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "cache").exists()
