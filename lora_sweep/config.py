@@ -733,11 +733,25 @@ STANDARD_SPACE: dict[str, dict[str, Any]] = {
 
 @dataclass
 class Space:
-    """Searched parameters (name -> optuna distribution), fixed ones, and each name's config path."""
+    """Searched parameters (name -> optuna distribution), fixed ones, and each name's config path;
+    once fitted to the run (`space.fit_to_run`), the run's length in steps and what was narrowed."""
 
     distributions: dict[str, BaseDistribution] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
+    run_steps: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_steps(config: Any, train_rows: int, world_size: int) -> int:
+    """Optimizer steps of the run: num_training_steps, or epochs over the rows. `config` is a job's
+    or a study's (both have `training` and `data`): the job runs this, the study's space is fitted to it."""
+    t = config.training
+    if t.num_training_steps is not None:
+        return t.num_training_steps
+    batches = math.ceil(train_rows / (config.data.train_batch_size * world_size))
+    per_epoch = max(1, batches // t.gradient_accumulation_steps)
+    return max(1, math.ceil(t.epochs * per_epoch))
 
 
 def param_path(name: str) -> str | None:

@@ -49,7 +49,7 @@ from lora_sweep.data import (
     load_samples,
     prepare,
 )
-from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job
+from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job, plan_steps
 from lora_sweep.evaluate import (
     GenerationMetric,
     Prompt,
@@ -110,16 +110,6 @@ def load_model(config: JobConfig, path: str) -> Any:
 
 
 # ---------------------------------------------------------------- schedule
-
-
-def plan_steps(config: JobConfig, train_rows: int, world_size: int) -> int:
-    """Optimizer steps of the run: num_training_steps, or epochs over the rows."""
-    t = config.training
-    if t.num_training_steps is not None:
-        return t.num_training_steps
-    batches = math.ceil(train_rows / (config.data.train_batch_size * world_size))
-    per_epoch = max(1, batches // t.gradient_accumulation_steps)
-    return max(1, math.ceil(t.epochs * per_epoch))
 
 
 def warmup_steps(config: JobConfig, max_steps: int) -> tuple[int, str | None]:
