@@ -31,8 +31,9 @@ import benchlib as B
 TARGET = 0.97
 
 
-def ours(model: str, args: Any, work: Path, run: int) -> dict[str, float]:
-    """One run of lora_sweep.train.run; figures from its events and result.json."""
+def ours(model: str, args: Any, work: Path, run: int, **training: Any) -> dict[str, float]:
+    """One run of lora_sweep.train.run; figures from its events and result.json. `training`: more
+    training settings (e.g. gradient_checkpointing=True)."""
     from lora_sweep.config import validate_job
     from lora_sweep.events import read_events
     from lora_sweep.train import run as run_job
@@ -47,7 +48,7 @@ def ours(model: str, args: Any, work: Path, run: int) -> dict[str, float]:
                  "test_nsamples": 8, "cache_dir": str(work / "cache")},
         "training": {"num_training_steps": args.steps, "evaluation_strategy": "no", "eval_steps": args.steps,
                      "save_steps": 10**9, "learning_rate": 2e-4, "lr_scheduler_type": "linear", "seed": 42,
-                     "logging_steps": 1},
+                     "logging_steps": 1, **training},
         "output_dir": str(out),
     })
     result = run_job(config)
@@ -61,6 +62,22 @@ def ours(model: str, args: Any, work: Path, run: int) -> dict[str, float]:
         "reported_tps": result["train_tokens_per_s"],
         "first_loss": steps[0]["loss"],
     }
+
+
+def packed_rows(model: str, args: Any, work: Path) -> Any:
+    """The packed rows ours trains on (--samples demo samples in rows of --seqlen), from its own
+    pipeline; this also warms its cache."""
+    from lora_sweep import data as D
+    from lora_sweep.config import DataSection
+    from lora_sweep.models import load_tokenizer
+
+    data = DataSection(dataset=str(B.DEMO_DATA), varied_seqlen=False, train_seqlen=args.seqlen,
+                       test_seqlen=args.seqlen, train_nsamples=args.samples, test_nsamples=8,
+                       cache_dir=str(work / "cache"))
+    rows = D.prepare(data, 42, load_tokenizer(model)).train
+    if len(rows) < args.batch * args.steps:
+        print(f"note: {len(rows)} rows for {args.batch * args.steps} row-steps: the data repeats (epochs > 1)")
+    return rows
 
 
 def plain(model: str, args: Any, work: Path, run: int, rows: Any, steps: int | None = None) -> dict[str, float]:
@@ -119,20 +136,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.steps, args.batch, args.seqlen, args.samples, args.pairs = 4, 2, 32, 24, 2
 
-    from lora_sweep import data as D
-    from lora_sweep.config import DataSection
-    from lora_sweep.models import load_tokenizer
-
     B.quiet()
     with B.workdir(args.workdir) as work:
         model = B.model_path(args, work)
-        # the packed rows ours trains on, from its own pipeline (this also warms its cache)
-        data = DataSection(dataset=str(B.DEMO_DATA), varied_seqlen=False, train_seqlen=args.seqlen,
-                           test_seqlen=args.seqlen, train_nsamples=args.samples, test_nsamples=8,
-                           cache_dir=str(work / "cache"))
-        rows = D.prepare(data, 42, load_tokenizer(model)).train
-        if len(rows) < args.batch * args.steps:
-            print(f"note: {len(rows)} rows for {args.batch * args.steps} row-steps: the data repeats (epochs > 1)")
+        rows = packed_rows(model, args, work)
         if not args.smoke:
             plain(model, args, work, -1, rows, steps=3)  # untimed: the process's first training warms up
         runs: dict[str, list[dict[str, float]]] = {"ours": [], "plain": []}
