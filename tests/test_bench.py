@@ -17,6 +17,7 @@ from helpers import REPO
 sys.path.insert(0, str(REPO / "bench"))
 
 import benchlib  # noqa: E402
+import big_inputs  # noqa: E402
 import data_pipeline  # noqa: E402
 import demo_seeds  # noqa: E402
 import generation  # noqa: E402
@@ -293,6 +294,14 @@ def test_data_pipeline(tmp_path, capsys):
     assert out["packed_share"] == 1.0  # packed training rows hold no padding at all
     assert 0 < out["varied_share"] <= 1 and out["build_s"] > 0
     assert row["met"] == "yes"
+
+
+@pytest.mark.integration
+def test_big_inputs(tmp_path, capsys):
+    out, printed, results = smoke(big_inputs, tmp_path, capsys)
+    check(printed, results, "9 big inputs")
+    assert set(out["seconds"]) == {"clean", "long"} and out["read_s"] > 0
+    assert "and one line of 2 MB" in printed  # the smoke run's long line: refused (exit 2), as asserted inside
 
 
 @pytest.mark.integration
