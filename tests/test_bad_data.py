@@ -5,80 +5,74 @@ tokenized cache). Each case is a file written here byte for byte."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import chat, memorization_samples, run_cli, study_tree, write_jsonl, write_yaml
+from helpers import chat, memorization_samples, run_cli, study_tree, write_yaml
+from lora_sweep.config import ConfigError
 
 
 def lines(samples: list[dict]) -> str:
     return "".join(json.dumps(s) + "\n" for s in samples)
 
 
-def utf16_without_bom(folder: Path) -> str:
+# Each case spoils the memorization set in `folder` (or the study `tree`) and returns the problems
+# `validate` and `run` must both report.
+
+
+def utf16_without_bom(folder: Path, tree: dict) -> list[str]:
     (folder / "train.json").write_bytes(lines(memorization_samples()).encode("utf-16-le"))
-    return f"{folder / 'train.json'}: UTF-16 without a byte-order mark: save as UTF-8"
+    return [f"{folder / 'train.json'}: UTF-16 without a byte-order mark: save as UTF-8"]
 
 
-def one_long_line(folder: Path) -> str:
+def one_long_line(folder: Path, tree: dict) -> list[str]:
     big = json.dumps(chat("x " * 1_000_000, "The cat likes red."))  # 2 MB on one line
     (folder / "train.json").write_text(lines(memorization_samples()) + big + "\n", encoding="utf-8")
-    size = len(big.encode())
-    return (f"{folder / 'train.json'}:9: a sample of {size:,} bytes, longer than the limit of 1,048,576 (1 MiB): "
-            f"shorten or split it")
+    return [f"{folder / 'train.json'}:9: a sample of {len(big.encode()):,} bytes, longer than the limit of "
+            f"1,048,576 (1 MiB): shorten or split it"]
 
 
-def dataset_is_a_link_loop(folder: Path) -> str:
+def dataset_is_a_link_loop(folder: Path, tree: dict) -> list[str]:
     loop = folder.parent / "loop"
-    os.symlink(loop, loop)  # data.dataset -> loop -> loop ...
-    return "\n".join(f"  - {loop / name}: {loop} is a symbolic link loop (it leads back to itself): point it at the "
-                     f"data" for name in ("train.json", "test.json"))
+    loop.symlink_to(loop)  # data.dataset -> loop -> loop ...
+    tree["data"]["dataset"] = str(loop)
+    return [f"{loop / name}: {loop} is a symbolic link loop (it leads back to itself): point it at the data"
+            for name in ("train.json", "test.json")]
 
 
-def split_too_big(folder: Path) -> str:
-    return ("data.validation_split (50) must be below the number of train.json samples (8): at least one must be "
-            "left to train on")
+def split_too_big(folder: Path, tree: dict) -> list[str]:
+    tree["data"]["validation_split"] = 50
+    return ["data.validation_split (50) must be below the number of train.json samples (8): at least one must be "
+            "left to train on"]
 
 
-CASES = {"utf16_without_bom": utf16_without_bom, "one_long_line": one_long_line,
-         "dataset_is_a_link_loop": dataset_is_a_link_loop, "split_too_big": split_too_big}
+CASES = {case.__name__: case for case in (utf16_without_bom, one_long_line, dataset_is_a_link_loop, split_too_big)}
 
 
 @pytest.fixture
-def study(tiny_llama, tmp_path) -> tuple[Path, dict]:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    write_jsonl(folder / "train.json", memorization_samples())
-    write_jsonl(folder / "test.json", memorization_samples())
-    tree = study_tree(tiny_llama, folder, tmp_path / "studies")
+def study(tiny_llama, chat_data, tmp_path) -> tuple[Path, dict]:
+    """The memorization set in tmp_path/data and a study tree on it, its cache in tmp_path/cache."""
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies")
     tree["data"]["cache_dir"] = str(tmp_path / "cache")
-    return folder, tree
+    return chat_data, tree
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_validate_and_run_refuse_bad_data_in_the_same_words_writing_nothing(study, tmp_path, case):
     folder, tree = study
-    problem = CASES[case](folder)
-    if case == "dataset_is_a_link_loop":
-        tree["data"]["dataset"] = str(tmp_path / "loop")
-    if case == "split_too_big":
-        tree["data"]["validation_split"] = 50
+    problems = CASES[case](folder, tree)
     config = write_yaml(tmp_path / "study.yaml", tree)
-    many = problem.startswith("  - ")
+    before = sorted(tmp_path.iterdir())
     validated = run_cli(["validate", str(config)], cwd=tmp_path)
     assert (validated.returncode, validated.stdout) == (2, "")
-    assert validated.stderr == (f"error: {config}: 2 problems:\n{problem}\n" if many else
-                                f"error: {config}: {problem}\n")
+    assert validated.stderr == f"error: {ConfigError(problems, str(config))}\n"
     ran = run_cli(["run", str(config)], cwd=tmp_path)
     assert ran.returncode == 2
-    assert ran.stderr.splitlines()[-1 if not many else -3:] == (
-        ["error: data: 2 problems:", *problem.splitlines()] if many else [f"error: data: {problem}"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["data", "study.yaml"] + (
-        ["loop"] if case == "dataset_is_a_link_loop" else []))  # no studies/, no cache/
+    assert ran.stderr.endswith(f"error: {ConfigError(problems, 'data')}\n")
+    assert sorted(tmp_path.iterdir()) == before  # no studies/, no cache/
 
 
 def test_a_long_line_is_refused_in_bounded_memory_before_it_is_parsed(tmp_path):
