@@ -42,6 +42,7 @@ import yaml
 
 from lora_sweep import launch
 from lora_sweep.config import ConfigError, StudyConfig
+from lora_sweep.events import LauncherLost
 
 log = logging.getLogger("lora_sweep.cluster")
 
@@ -54,7 +55,7 @@ NODE_DIR_ENV = "LORA_SWEEP_NODE_DIR"
 CANCEL_WAIT_S = 30.0  # a cancelled task has this long (plus study.stop_grace) to stop its job
 
 
-class NodeLost(RuntimeError):
+class NodeLost(LauncherLost):
     """The node (or the Ray worker) running a trial died: the trial fails and its params run again."""
 
 

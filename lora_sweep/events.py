@@ -24,6 +24,11 @@ log = logging.getLogger("lora_sweep.events")
 PARENT_PID_ENV = "LORA_SWEEP_PARENT_PID"
 
 
+class LauncherLost(RuntimeError):
+    """What ran a job died under it (the warm runner, a Ray node), not the job: the trial fails, its
+    params run again (from its last checkpoint) and the failure does not count as the trial's."""
+
+
 class EventLog:
     """Appends events to a file; `enabled=False` (non-main DDP ranks) writes nothing."""
 

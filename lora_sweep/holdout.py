@@ -34,6 +34,7 @@ log = logging.getLogger("lora_sweep.holdout")
 TEST_ATTR = "test_scores"  # study user attr: {"best"|"defaults"|"base": {...}}
 BOOTSTRAP_ATTR = "bootstrap"  # study user attr: {"best - defaults"|"best - base": {...}}
 DEFAULTS = "documented defaults"  # the `baseline` user attr of the defaults trial
+BASE_ERROR_ATTR = "baseline_error"  # study user attr: why the base model has no evaluation
 
 
 def defaults_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -97,9 +98,11 @@ def intervals(scored: dict[str, dict[str, Any]], seed: int = 0) -> dict[str, dic
     return out
 
 
-def honest_scores(config: StudyConfig, space: Space, study: optuna.Study, slot: list[int] | None) -> None:
+def honest_scores(config: StudyConfig, space: Space, study: optuna.Study, slot: list[int] | None,
+                  may_launch: bool = True) -> None:
     """After the sweep: the winner, the defaults trial and the base model on test.json (with a
-    validation set), and the bootstrap intervals; recorded as study user attrs."""
+    validation set), and the bootstrap intervals; recorded as study user attrs. `may_launch=False`
+    (an interrupted sweep): only what needs no job (the trials' own predictions on test.json)."""
     try:
         best = best_trial(study)
     except ValueError:
@@ -108,6 +111,9 @@ def honest_scores(config: StudyConfig, space: Space, study: optuna.Study, slot: 
         return  # scored when the study finished: a re-run of a finished study does not redo it
     defaults = defaults_trial(study)
     scored: dict[str, dict[str, Any]] = {}
+    if config.data.has_validation and not may_launch:
+        log.info("the winner is not scored on test.json: the sweep was interrupted (`run` again scores it)")
+        return
     if config.data.has_validation:
         log.info("scoring the best trial, the defaults trial and the base model on test.json (once each)")
         chosen = {"best": best, "defaults": defaults}

@@ -98,6 +98,7 @@ class JobRun:
     timed_out: bool = False
     stalled: float = 0.0  # seconds the job was silent when it was stopped as hung (0: it was not)
     skipped_lines: int = 0  # lines of its events file that were not events
+    lost: str | None = None  # what ran the job died under it (the warm runner): why; the job did nothing wrong
     events: list[dict[str, Any]] = field(default_factory=list)
     log_tail: str = ""
 
@@ -185,6 +186,7 @@ def run_job(
             _running.discard(proc)
     run.events += reader.new()  # what the job wrote after it was told to stop
     run.returncode = proc.returncode
+    run.lost = getattr(proc, "lost", None)
     run.skipped_lines = reader.skipped
     run.log_tail = tail(log_path)
     return run

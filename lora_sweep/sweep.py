@@ -31,7 +31,8 @@ from optuna.trial import FrozenTrial, TrialState
 from lora_sweep import cluster, launch
 from lora_sweep.config import ConfigError, StudyConfig, load_study
 from lora_sweep.dashboard import write_study_note
-from lora_sweep.holdout import honest_lines, honest_scores
+from lora_sweep.events import LauncherLost
+from lora_sweep.holdout import BASE_ERROR_ATTR, DEFAULTS, honest_lines, honest_scores
 from lora_sweep.space import Space, build_space, default_params, describe, suggest
 from lora_sweep.storage import (
     OWNER_ATTR,
@@ -56,6 +57,7 @@ log = logging.getLogger("lora_sweep.sweep")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
+MAX_LOST_IN_A_ROW = 3  # trials in a row whose warm runner or Ray node died under them: the sweep stops
 JOIN_POLL_S = 0.2  # how often the main thread looks whether the slots are done (or a signal came)
 
 
@@ -180,6 +182,7 @@ class Sweep:
     space: Space
     study: optuna.Study
     failures_in_a_row: int = 0
+    lost_in_a_row: int = 0  # trials whose launcher died under them (warm runner, Ray node), in a row
     stop_reason: str | None = None  # why the sweep stopped before its budget; None: it did not
     interrupted: str | None = None  # the signal that stopped it
     note: str | None = None  # why fewer than n_trials finished although nothing failed
@@ -272,7 +275,7 @@ class Sweep:
                 values = run_trial(self.config, self.space, self.study, trial, params, slot, self.best_text)
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
-            except cluster.NodeLost as exc:  # not the trial's fault: its params run again elsewhere
+            except LauncherLost as exc:  # a lost node or warm runner, not the trial: its params run again
                 state, error, requeue = TrialState.FAIL, str(exc), str(exc)
             except TrialFailed as exc:
                 state, error = TrialState.FAIL, str(exc)
@@ -288,7 +291,7 @@ class Sweep:
         else:
             self.study.tell(trial, values, state=state)
         finished_trial = self.study.get_trials(deepcopy=False)[trial.number]
-        self.after_trial(finished_trial, error)
+        self.after_trial(finished_trial, error, lost=requeue is not None and not self.interrupted)
         for tracker in self.trackers:  # the trial's value and state in the team's tracker
             tracker(self.study, finished_trial)
 
@@ -303,13 +306,18 @@ class Sweep:
             return "none yet"
         return f"{best.value:.4f} (trial {best.number})"
 
-    def after_trial(self, trial: FrozenTrial, error: str | None) -> None:
-        """One line per finished trial; stop after max_failures failures in a row."""
+    def after_trial(self, trial: FrozenTrial, error: str | None, lost: bool = False) -> None:
+        """One line per finished trial; stop after max_failures failures in a row. A trial whose
+        launcher was lost (`lost`: its params run again) is not the trial's failure; MAX_LOST_IN_A_ROW
+        of them in a row stop the sweep (a runner or a node that keeps dying)."""
         with self.lock:
-            if trial.state == TrialState.FAIL:
+            if lost:
+                self.lost_in_a_row += 1
+            elif trial.state == TrialState.FAIL:
                 self.failures_in_a_row += 1
+                self.lost_in_a_row = 0
             else:
-                self.failures_in_a_row = 0
+                self.failures_in_a_row = self.lost_in_a_row = 0
             counts = Counter(t.state for t in self.study.get_trials(deepcopy=False))
             if trial.state == TrialState.PRUNED and trial.intermediate_values:
                 value = self.pruned_text(trial)
@@ -322,6 +330,8 @@ class Sweep:
             if self.failures_in_a_row >= self.config.study.max_failures and self.stop_reason is None:
                 self.stop_reason = (f"{self.failures_in_a_row} trials failed in a row (study.max_failures): "
                                     f"stopping; see the trials' error and log_tail user attrs")
+            if self.lost_in_a_row >= MAX_LOST_IN_A_ROW and self.stop_reason is None:
+                self.stop_reason = f"{self.lost_in_a_row} trials in a row lost what ran their job: stopping; the last: {error}"
 
     def pruned_text(self, trial: FrozenTrial) -> str:
         """Where a pruned trial stopped and the value the pruner judged it on (the eval loss itself
@@ -340,8 +350,9 @@ def owner_text(trial: FrozenTrial) -> str:
 # ---------------------------------------------------------------- the sweep
 
 
-def prepare_data(config: StudyConfig) -> None:
-    """Check the data and tokenize it once into the study's cache, before any trial starts."""
+def prepare_data(config: StudyConfig) -> int:
+    """Check the data and tokenize it once into the study's cache, before any trial starts; the
+    training rows (the run's length follows from them)."""
     from lora_sweep import data
     from lora_sweep.evaluate import GenerationMetric, check_scorer
     from lora_sweep.models import find_model, load_tokenizer
@@ -385,7 +396,7 @@ def setup_study(config: StudyConfig, space: Space, study: optuna.Study) -> None:
         study.set_metric_names([config.objective.metric, *([config.objective.also] if config.objective.also else [])])
     if config.study.enqueue_defaults:
         params, notes = default_params(config, space)
-        study.enqueue_trial(params, user_attrs={"baseline": "documented defaults"})
+        study.enqueue_trial(params, user_attrs={"baseline": DEFAULTS})
         study.set_user_attr("defaults_notes", notes)
         for note in notes:
             log.info("defaults trial: %s", note)
@@ -422,10 +433,12 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     study = start_study(config, space, sampler, pruner)
     with cluster.executor(config):  # study.executor: ray: connected to Ray while trials run
         study, stopped, note = run_trials(config, space, study, deadline)
-        done = not join_only and stopped is None and finished(study) >= config.study.n_trials
-        if done and not config.objective.also:  # a multi-objective study has a front, not one winner
+        # the honest comparison of what the sweep has, also when it ended early (timeout, max_failures,
+        # Ctrl+C); a multi-objective study has a front, not one winner
+        if not join_only and not config.objective.also:
             try:  # the winner on test.json when a validation set chose it; bootstrap intervals
-                honest_scores(config, space, study, device_groups(config)[0])
+                interrupted = stopped is not None and stopped.startswith("interrupted")
+                honest_scores(config, space, study, device_groups(config)[0], may_launch=not interrupted)
             except TrialFailed as exc:
                 log.warning("%s; the study's own figures stand", exc)
     return study, stopped, note
@@ -437,10 +450,7 @@ def run_trials(config: StudyConfig, space: Space, study: optuna.Study,
     sweep = Sweep(config, space, study)
     slots = device_groups(config)
     if config.objective.baseline and "baseline" not in study.user_attrs:
-        try:
-            study.set_user_attr("baseline", run_base_model(config, space, slots[0]))
-        except TrialFailed as exc:
-            log.warning("%s; the sweep goes on without a baseline", exc)
+        evaluate_base_model(config, space, study, slots[0])
     write_study_note(study, config)  # the dashboard's note: objective, space, baseline, config
     if "baseline" in study.user_attrs:
         base = study.user_attrs["baseline"]
@@ -474,6 +484,24 @@ def run_trials(config: StudyConfig, space: Space, study: optuna.Study,
     elif sweep.stop_reason is None and sweep.note is None:
         sweep.stop_reason = f"only {done} of {config.study.n_trials} trials finished"
     return study, sweep.stop_reason, sweep.note
+
+
+def evaluate_base_model(config: StudyConfig, space: Space, study: optuna.Study, slot: list[int] | None) -> None:
+    """The base model's evaluation, recorded on the study; once more if what ran it died (a warm
+    runner killed under it). When it fails, why is recorded too: the summary says it."""
+    for attempt in (1, 2):
+        try:
+            study.set_user_attr("baseline", run_base_model(config, space, slot))
+            return
+        except LauncherLost as exc:
+            reason = str(exc)
+            if attempt == 1:
+                log.warning("%s; evaluating it again", reason)
+        except TrialFailed as exc:
+            reason = str(exc)
+            break
+    study.set_user_attr(BASE_ERROR_ATTR, reason)
+    log.warning("%s; the sweep goes on without a baseline (`run` again evaluates it)", reason)
 
 
 class Caught(threading.Event):
@@ -513,13 +541,12 @@ def summary(config: StudyConfig, study: optuna.Study, config_path: str) -> str:
         [best_trial(study)] if any(t.state == TrialState.COMPLETE for t in trials) else [])
     if not winners:
         return "\n".join(lines + ["no trial completed"])
-    base = study.user_attrs.get("baseline", {})
-    base_value = base.get(config.objective.key)
-    if base_value is not None:
-        lines.append(f"base model: {metric} {base_value:.4f}")
-    defaults = [t for t in trials if t.user_attrs.get("baseline") == "documented defaults" and t.values]
-    if defaults:
-        lines.append(f"documented defaults (trial {defaults[0].number}): {metric} {defaults[0].values[0]:.4f}")
+    base = study.user_attrs.get("baseline")
+    if base is not None and base.get(config.objective.key) is not None:
+        lines.append(f"base model: {metric} {base[config.objective.key]:.4f}")
+    elif base is None and config.objective.baseline:  # never silently missing: say why
+        lines.append(f"base model: not evaluated: {study.user_attrs.get(BASE_ERROR_ATTR, 'see the log')}")
+    lines += defaults_lines(config, trials)
     for best in winners:
         lines += [
             f"best: trial {best.number}, {metric} {best.values[0]:.4f}"
@@ -535,6 +562,34 @@ def summary(config: StudyConfig, study: optuna.Study, config_path: str) -> str:
     return "\n".join(lines)
 
 
+def defaults_lines(config: StudyConfig, trials: list[FrozenTrial]) -> list[str]:
+    """The summary's line on the documented-defaults trial: its value, or why it has none."""
+    tried = [t for t in trials if t.user_attrs.get("baseline") == DEFAULTS]
+    done = next((t for t in tried if t.state == TrialState.COMPLETE), None)
+    head = "documented defaults"
+    if done is not None:
+        return [f"{head} (trial {done.number}): {config.objective.metric} {done.values[0]:.4f}"]
+    if not tried:
+        return [f"{head}: not run (study.enqueue_defaults is false)"] if not config.study.enqueue_defaults else []
+    last = tried[-1]
+    if last.state == TrialState.PRUNED:
+        return [f"{head} (trial {last.number}): pruned at step {max(last.intermediate_values, default=0)}, no value"]
+    if last.state == TrialState.WAITING:
+        return [f"{head}: queued (trial {last.number}) but not run before the sweep stopped: `run` again runs it"]
+    if last.state == TrialState.FAIL:
+        return [f"{head} (trial {last.number}): failed: {last.user_attrs.get('error', 'no value')}"]
+    return [f"{head} (trial {last.number}): still running in another worker"]
+
+
+def exit_code(stopped: str) -> int:
+    """128 + the signal's number for an interrupted sweep (130 Ctrl+C, 143 SIGTERM: what shells and
+    schedulers expect), 1 for any other early stop."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if stopped.startswith(f"interrupted by {sig.name}"):
+            return 128 + sig
+    return 1
+
+
 def main(config_path: str, overrides: list[str], join_only: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what its INFO lines say
@@ -545,5 +600,5 @@ def main(config_path: str, overrides: list[str], join_only: bool = False) -> int
         print(f"note: {note}: {finished(study)} of {config.study.n_trials} trials finished", file=sys.stderr)
     if stopped:
         print(f"error: {stopped}", file=sys.stderr)
-        return 130 if stopped.startswith("interrupted") else 1
+        return exit_code(stopped)
     return 0

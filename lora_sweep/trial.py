@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from lora_sweep import cluster, launch
 from lora_sweep.config import JobConfig, ObjectiveSection, StudyConfig, dump_yaml, format_errors
 from lora_sweep.dashboard import upload_trial_artifacts
-from lora_sweep.events import EvalEvent, JobResult, best_eval, last_checkpoint
+from lora_sweep.events import EvalEvent, JobResult, LauncherLost, best_eval, last_checkpoint
 from lora_sweep.space import Space, apply
 from lora_sweep.tracking import absolute
 from lora_sweep.storage import RESUMES_ATTR, StudyFolder, set_trial_attrs
@@ -302,6 +302,9 @@ def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder
             progress: Progress, attrs: dict[str, Any]) -> float | tuple[float, float]:
     """The trial's value, or TrialPruned / TrialFailed with what the job left behind; what to
     record on the trial goes into `attrs`."""
+    if run.lost:  # not the job's doing: the sweep queues its params again
+        attrs.update(error=run.lost, log_tail=run.log_tail, stop_reason="error")
+        raise LauncherLost(run.lost)
     if run.stopped:
         attrs["stop_reason"] = "pruned"
         raise optuna.TrialPruned(f"pruned at step {progress.evals[-1].step}")
@@ -345,6 +348,8 @@ def run_base_model(config: StudyConfig, space: Space, slot: list[int] | None) ->
     dump_yaml(job_config(config, space, {}, folder), folder / "job.yaml")
     log.info("evaluating the base model (once per study)")
     run = start_job(config, folder, slot, lambda event: False, module="lora_sweep.evaluate")
+    if run.lost:
+        raise LauncherLost(f"the base-model evaluation stopped: {run.lost}")
     if run.returncode != 0 or not (folder / "baseline.json").is_file():
         raise TrialFailed(f"the base-model evaluation {signal_text(run.returncode, run.log_tail)}; see {folder / 'train.log'}")
     return json.loads((folder / "baseline.json").read_text())

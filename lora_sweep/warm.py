@@ -33,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lora_sweep.events import LauncherLost
+
 log = logging.getLogger("lora_sweep.warm")
 
 START_TIMEOUT_S = 300  # the runner's own imports, on a slow disk
@@ -225,6 +227,7 @@ class WarmJob:
     def __init__(self, pid: int):
         self.pid = pid
         self.returncode: int | None = None
+        self.lost: str | None = None  # why it was stopped: the runner died under it (not the job's fault)
         self.ended = threading.Event()
 
     def poll(self) -> int | None:
@@ -279,6 +282,7 @@ class Runner:
                     os.killpg(job.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                job.lost = f"{self.died()} mid-trial; a fresh runner starts for the next job"
                 job.end(-signal.SIGKILL)
             for reply in self.replies.values():
                 reply.put(None)
@@ -298,10 +302,19 @@ class Runner:
             self.proc.stdin.flush()
         job = reply.get(timeout=START_TIMEOUT_S)
         if job is None:
-            raise RuntimeError(f"the warm runner exited: {self.error_tail()}")
+            raise LauncherLost(f"{self.died()} while it started the job: {self.error_tail()}")
         if isinstance(job, str):
             raise RuntimeError(job)
         return job
+
+    def died(self) -> str:
+        """`the warm runner (pid N) was killed by SIGKILL` (or `exited with code N`)."""
+        rc = self.proc.returncode
+        try:
+            how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
+        except ValueError:
+            how = f"was killed by signal {-rc}"
+        return f"the warm runner (pid {self.proc.pid}) {how}"
 
     def error_tail(self) -> str:
         self.errors.seek(0)

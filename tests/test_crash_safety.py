@@ -155,7 +155,7 @@ def test_rerun_straight_after_sigterm_and_after_a_kill(tiny_llama, chat_data, tm
     wait_for_training(trials / "0", sweep)
     sweep.send_signal(signal.SIGTERM)
     out, err = sweep.communicate(timeout=60)
-    assert sweep.returncode == 130, err[-2000:]
+    assert sweep.returncode == 143, err[-2000:]  # 128 + SIGTERM, as Slurm and Kubernetes expect
     assert "error: interrupted by SIGTERM" in err
     assert no_jobs_left(trials / "0")
     study = open_study(url)
@@ -276,3 +276,48 @@ def test_export_onto_an_existing_file_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: --out {out}: a file of that name exists; give a new folder"
     assert out.read_text() == "mine"
+
+
+def warm_runners(parent: int) -> list[int]:
+    """The warm runner processes (`python -m lora_sweep.warm`) started by process `parent`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            ppid = int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                            if line.startswith("PPid:")))
+        except (OSError, StopIteration):
+            continue
+        if b"lora_sweep.warm" in cmdline and ppid == parent:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.integration
+def test_a_dying_warm_runner_is_not_the_trials_fault(tiny_llama, chat_data, tmp_path):
+    # kill -9 of the warm runner while the defaults trial trains: that trial fails as the runner's
+    # fault, its params run again from its checkpoint on a fresh runner, and it costs no max_failures
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=2, launcher="warm", max_failures=1,
+                      stop_grace=2)
+    tree["training"].update(num_training_steps=40)
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    trials = tmp_path / "studies/tiny/trials"
+    sweep = start_sweep(config, tmp_path)
+    wait_for_training(trials / "0", sweep, kind="checkpoint")
+    runner = warm_runners(sweep.pid)
+    assert len(runner) == 1
+    os.kill(runner[0], signal.SIGKILL)
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, err[-3000:]
+    died = f"the warm runner (pid {runner[0]}) was killed by SIGKILL mid-trial; a fresh runner starts for the next job"
+    assert f"trial 0 failed: {died}; its params run again" in err
+    study = load_existing(f"sqlite:///{tmp_path}/studies/tiny.db", "tiny")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["error"] == died
+    rerun = study.trials[1]
+    assert rerun.params == study.trials[0].params and rerun.user_attrs["baseline"] == "documented defaults"
+    assert rerun.user_attrs["resumes"] == {"trial": 0, "dir": str(trials / "0")}
+    checkpoint = yaml.safe_load((trials / "1" / "job.yaml").read_text())["training"]["resume_from_checkpoint"]
+    assert checkpoint.startswith(str(trials / "0" / "checkpoints" / "checkpoint-"))
+    assert f"documented defaults (trial 1): eval_loss {rerun.value:.4f}" in out
+    assert warm_runners(sweep.pid) == []  # the sweep is gone, and so is its fresh runner

@@ -95,3 +95,26 @@ def test_training_steps_are_shown_between_evaluations(honest):
     lines = re.findall(r"trial 0  step (\d)/8  loss \d+\.\d{4}(  [\d.]+ steps/s  ETA \d+ s)?", proc.stderr)
     assert [int(step) for step, _ in lines] == list(range(1, 9))
     assert all(rate for step, rate in lines if step != "1")
+
+
+def test_a_sweep_stopped_early_still_prints_its_honest_comparison(tiny_llama, tmp_path):
+    # the defaults trial completes, the next fails and study.max_failures stops the sweep: the
+    # summary still compares what it has (best vs the base model, paired over test.json's answers)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.json", memorization_samples())
+    write_jsonl(data / "test.json", memorization_samples())
+    tree = study_tree(tiny_llama, data, tmp_path / "studies", n_trials=4, max_failures=1, base_space="none",
+                      sampler={"type": "random", "seed": 3})  # seed 3 draws the missing module for trial 1
+    tree["training"].update(learning_rate=0.03, num_training_steps=4, eval_steps=4, save_steps=4)
+    tree["data"].update(test_nsamples=4)
+    tree["search_space"] = {"target_modules": {"type": "categorical", "choices": ["all-linear", ["nope_proj"]]}}
+    tree["objective"] = {"metric": "token_f1", "max_new_tokens": 6, "generation_batch_size": 4}
+    proc = run_module(["run", str(write_yaml(tmp_path / "study.yaml", tree))], cwd=tmp_path)
+    assert proc.returncode == 1 and "1 trials failed in a row (study.max_failures)" in proc.stderr, proc.stderr[-3000:]
+    study = load(tmp_path / "studies")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+    ci = study.user_attrs["bootstrap"]["best - base"]
+    assert ci["n"] == 4
+    assert (f"best - base: {ci['mean']:+.4f} (95 % paired bootstrap interval {ci['low']:+.4f} .. "
+            f"{ci['high']:+.4f}, 4 prompts:") in proc.stdout

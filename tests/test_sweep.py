@@ -282,3 +282,31 @@ def test_resume_after_the_sweep_is_killed(tiny_llama, chat_data, tmp_path):
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 1 and len(trials) == 2
     assert trials[1].params == trials[0].params  # the interrupted parameters ran again
+
+
+def test_the_summary_never_leaves_the_defaults_or_the_base_model_silently_out():
+    from lora_sweep.sweep import summary
+
+    config = StudyConfig.model_validate({"data": {"dataset": "d"}, "study": {"name": "s"}})
+    x = FloatDistribution(0, 1)
+
+    def study_with(defaults_state: TrialState, base_error: str | None) -> optuna.Study:
+        study = optuna.create_study(study_name="s")
+        if base_error:
+            study.set_user_attr("baseline_error", base_error)
+        defaults = optuna.trial.create_trial(params={"x": 0.5}, distributions={"x": x}, state=defaults_state,
+                                             value=None if defaults_state != TrialState.COMPLETE else 2.0,
+                                             intermediate_values={4: 3.0} if defaults_state == TrialState.PRUNED else {},
+                                             user_attrs={"baseline": "documented defaults", "error": "job exited with code 1"})
+        study.add_trial(defaults)
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions={"x": x}, value=1.0))
+        return study
+
+    lines = summary(config, study_with(TrialState.PRUNED, "the base-model evaluation exited with code 1"), "s.yaml")
+    assert "base model: not evaluated: the base-model evaluation exited with code 1" in lines
+    assert "documented defaults (trial 0): pruned at step 4, no value" in lines
+    lines = summary(config, study_with(TrialState.FAIL, None), "s.yaml")
+    assert "base model: not evaluated: see the log" in lines
+    assert "documented defaults (trial 0): failed: job exited with code 1" in lines
+    lines = summary(config, study_with(TrialState.COMPLETE, None), "s.yaml")
+    assert "documented defaults (trial 0): eval_loss 2.0000" in lines
