@@ -46,7 +46,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 problems.append(f"objective.metric: {exc}")
     extra = ""
     if not problems and study:
-        from lora_sweep.space import build_space
+        from lora_sweep.space import build_space, fit_to_run, past_the_run
         from lora_sweep.sweep import make_pruner, make_sampler
 
         # loading refuses a study.dir under a file; a sweep must also be allowed to write there
@@ -58,36 +58,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
             except ConfigError as exc:
                 problems += exc.problems
         extra = f", {len(space.distributions)} parameters searched over {config.study.n_trials} trials"
-    warning = None
+    warning, rows = None, None
     if not problems:
         try:  # the answers the seqlens cut away: needs the tokenizer (not the weights); writes no cache
-            warning = answer_check(config, *sides)
+            warning, rows = answer_check(config, *sides)
         except ConfigError as exc:
             problems += exc.problems
     if problems:
         raise ConfigError(problems, args.config)
     if warning:
         print(warning, file=sys.stderr)
+    for line in past_the_run(fit_to_run(config, space, rows)) if study else []:  # a range past the run: kept
+        print(f"warning: {line}", file=sys.stderr)
     kind = "study" if study else "job"
     print(f"{args.config}: valid {kind} config ({counts[0]} train and {counts[1]} test samples{extra})")
     return 0
 
 
-def answer_check(config: Any, train: list[dict], test: list[dict]) -> str | None:
+def answer_check(config: Any, train: list[dict], test: list[dict]) -> tuple[str | None, int | None]:
     """Tokenize the data in memory as a job would (sampled, system prompt applied) and return the
-    warning about answers the seqlens cut away, or None. A hub model that is not here yet (a GPU
-    sweep validated offline) only skips the count, with a note; a missing folder is a problem."""
+    warning about answers the seqlens cut away, or None, and the training rows (None: not counted).
+    A hub model that is not here yet (a GPU sweep validated offline) only skips the count, with a
+    note; a missing folder is a problem."""
     from lora_sweep import data
     from lora_sweep.models import find_model, in_hub_cache, is_hub_id, load_tokenizer
 
     name = config.model.name_or_path
     if is_hub_id(name) and not in_hub_cache(name):  # validate never downloads, nor waits on the network
         return (f"note: answers cut away by the seqlens not counted: model.name_or_path {name!r} is not in the "
-                f"Hugging Face cache yet")
+                f"Hugging Face cache yet"), None
     tokenizer = load_tokenizer(find_model(name), config.model.trust_remote_code)
     tokenized = data.tokenize(config.data, config.training.seed, tokenizer, train, test)
     warning = data.answer_warning(tokenized.stats, config.data)
-    return f"warning: {warning}" if warning else None
+    return f"warning: {warning}" if warning else None, len(tokenized.train)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

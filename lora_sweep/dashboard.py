@@ -69,7 +69,7 @@ def study_note(study: optuna.Study, config: StudyConfig | None = None) -> str:
     sweep recorded in the study's user attrs comes first, `config` fills in what is missing."""
     import yaml
 
-    from lora_sweep.space import build_space, describe
+    from lora_sweep.space import RUN_ATTR, build_space, describe
 
     attrs = study.user_attrs
     tree = shown_config(attrs.get("config") or (config.model_dump(mode="json") if config else None))
@@ -79,6 +79,8 @@ def study_note(study: optuna.Study, config: StudyConfig | None = None) -> str:
     lines = [f"**Objective**: {metric} ({directions})", ""]
     if space:
         lines += ["**Search space**", "", *(f"- `{name}`: {text}" for name, text in space.items()), ""]
+    fitted = (attrs.get(RUN_ATTR) or {}).get("notes") or []  # ranges fitted to the run's length
+    lines += [*(f"- search space: {note}" for note in fitted), *([""] if fitted else [])]
     baseline = attrs.get("baseline")
     if isinstance(baseline, dict):
         parts = [f"{k} {baseline[k]:.4g}" for k in ("eval_loss", "perplexity")

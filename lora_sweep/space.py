@@ -12,6 +12,10 @@ maps names to their place in the job config; there is no per-parameter code.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
+import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -26,15 +30,40 @@ from lora_sweep.config import (  # the space's names and checks are part of the 
     build_space,
     get_path,
     param_path,
+    plan_steps,
     set_path,
     to_config_value,
 )
+from lora_sweep.events import read_events
+
+from lora_sweep.config import DataSection, TrainingSection
 
 if TYPE_CHECKING:
     from lora_sweep.config import StudyConfig
 
 __all__ = ["LIST_VALUED", "SEARCHABLE", "STANDARD_SPACE", "Space", "apply", "build_space", "default_params",
-           "describe", "param_path", "suggest"]
+           "describe", "fit_to_run", "param_path", "past_the_run", "ran", "suggest", "trial_ran"]
+
+log = logging.getLogger("lora_sweep.space")
+
+# Job settings counted in optimizer steps that a run of N steps uses only up to N: a warmup past the
+# run is clamped to it, an evaluation or checkpoint interval past it falls only at the run's end.
+# Every value from N up is one and the same run; what that means, per setting:
+RUN_BOUNDED = {
+    "training.num_warmup_steps": "one and the same schedule (the learning rate rises for the whole run)",
+    "training.eval_steps": "one and the same run (evaluated only at its end)",
+    "training.save_steps": "one and the same run (no checkpoint before its end)",
+}
+# Settings the run's length follows from besides the training rows; the longest run a space allows
+# takes the most steps and epochs and the smallest batches.
+LONGEST = {"training.num_training_steps": max, "training.epochs": max, "data.train_batch_size": min,
+           "training.gradient_accumulation_steps": min}
+# data settings that leave the training rows as they are; any other searched data setting (and the
+# seed that samples the data) makes each trial's rows its own, not countable before the trials
+SAME_ROWS = {"data.train_batch_size", "data.test_batch_size", "data.test_seqlen", "data.test_nsamples",
+             "data.inference_system_prompt", "data.cache_dir"}
+RUN_ATTR = "run"  # study user attr: {"steps": the longest trial's steps or None, "notes": [...]}
+
 
 def apply(tree: dict[str, Any], space: Space, params: dict[str, Any]) -> dict[str, Any]:
     """A copy of the job tree with the fixed values and a trial's params in their places."""
@@ -93,3 +122,130 @@ def describe(space: Space) -> dict[str, str]:
     lines = {name: repr(dist) for name, dist in space.distributions.items()}
     lines.update({name: f"fixed {value!r}" for name, value in space.fixed.items()})
     return lines
+
+
+# ---------------------------------------------------------------- the space and the run's length
+
+
+def run_steps(config: StudyConfig, space: Space, train_rows: int | None) -> tuple[int | None, str | None]:
+    """The longest run a trial of the space can have, in optimizer steps (train.plan_steps' count,
+    with the searched length settings at their longest), or None and why it is not known before the
+    trials. `train_rows`: the tokenized training rows of the study's data (None: not counted)."""
+    tree = apply(config.job_tree(), space, {})
+    searched = {space.paths[name]: dist for name, dist in space.distributions.items()}
+    for path, pick in LONGEST.items():
+        dist = searched.get(path)
+        if dist is not None:
+            values = ([v for v in dist.choices if isinstance(v, (int, float))]
+                      if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high])
+            set_path(tree, path, pick(values))
+    own_rows = sorted(p for p in searched if (p.startswith("data.") and p not in SAME_ROWS) or p == "training.seed")
+    job = _Sections(training=TrainingSection.model_construct(**tree["training"]),
+                    data=DataSection.model_construct(**tree["data"]))
+    if job.training.num_training_steps is None:
+        if own_rows:
+            return None, f"each trial's training rows depend on {', '.join(own_rows)}, which is searched"
+        if train_rows is None:
+            return None, "the training rows are not counted yet"
+    return plan_steps(job, train_rows or 0, config.study.gpus_per_trial), None
+
+
+@dataclasses.dataclass
+class _Sections:
+    training: Any
+    data: Any
+
+
+def fit_to_run(config: StudyConfig, space: Space, train_rows: int | None) -> Space:
+    """The space fitted to the run's length: a step-counted setting (RUN_BOUNDED) whose range the
+    user did not write is searched over low .. the longest run, not the documented range past it,
+    with a note saying so. A range the user wrote stays as written (`past_the_run` warns)."""
+    steps, why = run_steps(config, space, train_rows)
+    fitted = dataclasses.replace(space, distributions=dict(space.distributions), run_steps=steps, notes=[])
+    own = {param_path(name) for name in config.search_space}
+    for name, dist in space.distributions.items():
+        path = space.paths[name]
+        if path not in RUN_BOUNDED or path in own or not isinstance(dist, IntDistribution):
+            continue
+        if steps is None:
+            fitted.notes.append(f"{name} keeps its documented range {dist.low}..{dist.high}: the run's length is "
+                                f"not known before the trials ({why})")
+        elif dist.high > steps >= dist.low:
+            high = dist.low + (steps - dist.low) // dist.step * dist.step
+            fitted.distributions[name] = IntDistribution(dist.low, high, log=dist.log, step=dist.step)
+            fitted.notes.append(f"{name} searched over {dist.low}..{high}, not the documented {dist.low}..{dist.high}: "
+                                f"the trials run {steps} steps, and every value from {steps} up is {RUN_BOUNDED[path]}")
+    return fitted
+
+
+def same_run_share(dist: IntDistribution, steps: int) -> float:
+    """The share of an int range the sampler draws from that runs as `steps` (values >= steps)."""
+    first = max(dist.low, steps)
+    if first > dist.high:
+        return 0.0
+    if dist.log:  # optuna draws a log int uniformly in log(low - 0.5) .. log(high + 0.5)
+        return math.log((dist.high + 0.5) / (first - 0.5)) / math.log((dist.high + 0.5) / (dist.low - 0.5))
+    first = dist.low + math.ceil((first - dist.low) / dist.step) * dist.step
+    return ((dist.high - first) // dist.step + 1) / ((dist.high - dist.low) // dist.step + 1)
+
+
+def past_the_run(space: Space) -> list[str]:
+    """A warning per step-counted range (RUN_BOUNDED) that reaches past the fitted space's run:
+    how much of it is one and the same run. Such a range is kept as written."""
+    steps, lines = space.run_steps, []
+    for name, dist in space.distributions.items():
+        path = space.paths[name]
+        if steps is None or path not in RUN_BOUNDED:
+            continue
+        if isinstance(dist, IntDistribution) and dist.high > steps:
+            lines.append(f"search_space.{name}: {dist.low}..{dist.high} reaches past the run's {steps} steps: "
+                         f"{same_run_share(dist, steps):.1%} of it (every value from {max(dist.low, steps)} up) is "
+                         f"{RUN_BOUNDED[path]}; {dist.low}..{steps} covers what can differ")
+        elif isinstance(dist, CategoricalDistribution):
+            past = [c for c in dist.choices if isinstance(c, int) and c >= steps]
+            if len(past) > 1:
+                lines.append(f"search_space.{name}: {len(past)} of its {len(dist.choices)} choices "
+                             f"({', '.join(map(str, past))}) reach the run's {steps} steps: they are "
+                             f"{RUN_BOUNDED[path]}")
+    return lines
+
+
+def record(study: optuna.Study, space: Space) -> None:
+    """A new study's run length and the space's notes, kept on the study (its dashboard note and the
+    report show them) and said once in the log."""
+    study.set_user_attr(RUN_ATTR, {"steps": space.run_steps, "notes": space.notes})
+    for note in space.notes:
+        log.info("search space: %s", note)
+
+
+# ---------------------------------------------------------------- what a trial ran
+
+
+def start_event(trial_dir: str | Path | None) -> dict[str, Any] | None:
+    """The last `start` event of a trial's job (max_steps, warmup_steps), if its folder is here."""
+    if not trial_dir or not (Path(trial_dir) / "events.jsonl").is_file():
+        return None
+    starts = [e for e in read_events(Path(trial_dir) / "events.jsonl") if e["event"] == "start"]
+    return starts[-1] if starts else None
+
+
+def ran(params: dict[str, Any], start: dict[str, Any] | None, run_steps: int | None) -> dict[str, Any]:
+    """A trial's params as its job ran them: a step-counted setting past the run at the run's length
+    (the warmup the job's `start` event reports; without one, the study's run length bounds them)."""
+    steps = start.get("max_steps") if start else run_steps
+    out = dict(params)
+    for name, value in params.items():
+        path = param_path(name)
+        if path not in RUN_BOUNDED or not isinstance(value, int):
+            continue
+        if path == "training.num_warmup_steps" and start and start.get("warmup_steps") is not None:
+            out[name] = start["warmup_steps"]
+        elif steps:
+            out[name] = min(value, steps)
+    return out
+
+
+def trial_ran(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """`ran` for a trial of the study: its folder's start event, else the study's run length."""
+    steps = (study.user_attrs.get(RUN_ATTR) or {}).get("steps")
+    return ran(trial.params, start_event(trial.user_attrs.get("trial_dir")), steps)

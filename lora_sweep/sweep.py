@@ -33,7 +33,7 @@ from lora_sweep.config import ConfigError, StudyConfig, load_study
 from lora_sweep.dashboard import write_study_note
 from lora_sweep.events import LauncherLost
 from lora_sweep.holdout import BASE_ERROR_ATTR, DEFAULTS, honest_lines, honest_scores
-from lora_sweep.space import Space, build_space, default_params, describe, suggest
+from lora_sweep.space import Space, build_space, default_params, describe, fit_to_run, record, suggest
 from lora_sweep.storage import (
     OWNER_ATTR,
     StudyClaim,
@@ -369,6 +369,7 @@ def prepare_data(config: StudyConfig) -> int:
                                    scorer).cut_warning(tokenizer)
         if warning:
             log.warning(warning)
+    return len(tokenized.train)
 
 
 def start_study(config: StudyConfig, space: Space, sampler: optuna.samplers.BaseSampler,
@@ -391,6 +392,7 @@ def setup_study(config: StudyConfig, space: Space, study: optuna.Study) -> None:
     study.set_user_attr("config", shown_config(config.model_dump(mode="json")))  # a password is never stored
     study.set_user_attr("metric", config.objective.metric)
     study.set_user_attr("space", describe(space))
+    record(study, space)  # the run's length, and the ranges fitted to it: said once
     with warnings.catch_warnings():  # the dashboard shows the metric's name, not "Objective 0"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([config.objective.metric, *([config.objective.also] if config.objective.also else [])])
@@ -428,7 +430,8 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
         source_study(config)  # a missing or ambiguous source: refused before anything is written
     folder = StudyFolder(config.folder.resolve())
     folder.check_owner(config.storage_url)
-    prepare_data(config)  # bad data or model: refused before anything is written
+    space = fit_to_run(config, space, prepare_data(config))  # bad data or model: refused before anything is written
+    sampler = make_sampler(config, space)  # of the space fitted to the run's length (a grid's points)
     folder.claim_for(config.storage_url)
     study = start_study(config, space, sampler, pruner)
     with cluster.executor(config):  # study.executor: ray: connected to Ray while trials run
