@@ -82,14 +82,24 @@ class LoraSection(Section):
     )
 
 
+DataFormat = Literal["auto", "chat", "alpaca", "sharegpt"]  # how a data file's records are written (data.format)
+
+
 class DataSection(Section):
     dataset: str | None = Field(
         None,
         description="Folder holding train.json and test.json (AI Toolkit `finetune_dataset`); "
         "train_file / test_file override it.",
     )
-    train_file: str | None = Field(None, description="Training data, one chat sample per line.")
-    test_file: str | None = Field(None, description="Test data, one chat sample per line.")
+    train_file: str | None = Field(None, description="Training data, one record per line (see format).")
+    test_file: str | None = Field(None, description="Test data, one record per line (see format).")
+    format: DataFormat = Field(
+        "auto",
+        description='How each line\'s record is written: chat ({"messages": [{"role", "content"}]}, the AI '
+        'Toolkit\'s), alpaca ({"instruction", "input", "output"}, optionally "system" and "history": '
+        'Axolotl\'s and LLaMA-Factory\'s), sharegpt ({"conversations": [{"from", "value"}]}, from human, gpt '
+        'or system), or auto: the format of the first record that has one\'s fields.',
+    )
     system_prompt: str | None = Field(
         None,
         description="Replaces the data's system message in every sample (or adds one); none given, "
@@ -122,7 +132,8 @@ class DataSection(Section):
         "trial; test.json then scores only the winner, the defaults trial and the base model.",
     )
     validation_file: str | None = Field(
-        None, description="A validation set of its own, one chat sample per line; as validation_split does."
+        None,
+        description="A validation set of its own, one record per line (see format); as validation_split does.",
     )
     packing: Literal["concat", "bounded"] = Field(
         "concat",

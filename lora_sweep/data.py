@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Literal
 
 import torch
 
-from lora_sweep.config import ConfigError, DataSection
+from lora_sweep.config import ConfigError, DataFormat, DataSection
 from lora_sweep.models import cache_root
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,86 @@ def check_sample(obj: Any) -> list[str]:
     if not problems and not any(m["role"] == "assistant" for m in messages):
         problems.append("has no assistant message: there is nothing to learn from it")
     return problems
+
+
+# Record formats other tools' users bring, each read into a chat sample: Alpaca (Axolotl's and
+# LLaMA-Factory's `instruction`, `input`, `output`, optionally `system` and `history`) and ShareGPT
+# (`conversations` of {from, value} turns, optionally a `system`). "auto" takes the format of the file's
+# first record that has one's fields.
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+def recognise(obj: Any) -> str | None:
+    """The format whose fields a record has ("chat", "sharegpt" or "alpaca"), or None."""
+    if not isinstance(obj, dict):
+        return None
+    if "messages" in obj:
+        return "chat"
+    if "conversations" in obj:
+        return "sharegpt"
+    if "instruction" in obj and "output" in obj:
+        return "alpaca"
+    return None
+
+
+def string_fields(obj: dict, required: tuple[str, ...], optional: tuple[str, ...]) -> list[str]:
+    """What is wrong with a record's text fields: a required one missing, or any not a string."""
+    problems = [f'no field "{name}" (fields: {", ".join(obj) or "none"})' for name in required if name not in obj]
+    for name in required + optional:
+        if obj.get(name) is not None and not isinstance(obj[name], str):
+            problems.append(f'"{name}" must be a string, got {type(obj[name]).__name__}')
+    return problems
+
+
+def system_message(obj: dict) -> list[dict]:
+    return [{"role": "system", "content": obj["system"]}] if obj.get("system") else []
+
+
+def from_alpaca(obj: dict) -> tuple[Sample | None, list[str]]:
+    """An Alpaca record as a chat sample: the instruction and its input (joined by a line end, as
+    LLaMA-Factory joins them) are the user's turn, the output the answer; `history` ([[instruction,
+    answer], ...]) comes first."""
+    problems = string_fields(obj, ("instruction", "output"), ("input", "system"))
+    history = obj.get("history") or []
+    if not (isinstance(history, list) and all(isinstance(turn, list) and len(turn) == 2
+                                              and all(isinstance(t, str) for t in turn) for turn in history)):
+        problems.append('"history" must be a list of [instruction, answer] string pairs')
+    if problems:
+        return None, problems
+    user = "\n".join(text for text in (obj["instruction"], obj.get("input")) if text)
+    earlier = [{"role": role, "content": text} for turn in history for role, text in zip(("user", "assistant"), turn)]
+    return {"messages": [*system_message(obj), *earlier, {"role": "user", "content": user},
+                         {"role": "assistant", "content": obj["output"]}]}, []
+
+
+def from_sharegpt(obj: dict) -> tuple[Sample | None, list[str]]:
+    """A ShareGPT record as a chat sample: human, gpt and system turns are user, assistant and system."""
+    turns = obj.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        return None, ['"conversations" must be a non-empty list of {"from", "value"} objects']
+    problems = string_fields(obj, (), ("system",))
+    messages = system_message(obj)
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            problems.append(f"conversations[{i}] must be an object with from and value")
+            continue
+        role, value = turn.get("from"), turn.get("value")
+        if role not in SHAREGPT_ROLES:
+            problems.append(f'conversations[{i}].from must be "human", "gpt" or "system", got {role!r}')
+        if not isinstance(value, str):
+            problems.append(f"conversations[{i}].value must be a string, got {type(value).__name__}")
+        messages.append({"role": SHAREGPT_ROLES.get(role), "content": value})
+    return (None, problems) if problems else ({"messages": messages}, [])
+
+
+def as_chat(obj: Any, fmt: str) -> tuple[Sample | None, list[str]]:
+    """One parsed record of format `fmt` ("chat", "alpaca" or "sharegpt") as a checked chat sample, or
+    what is wrong with it."""
+    if not isinstance(obj, dict):
+        return None, [f"must be a JSON object, got {type(obj).__name__}"]
+    sample, problems = {"chat": lambda o: (o, []), "alpaca": from_alpaca, "sharegpt": from_sharegpt}[fmt](obj)
+    problems = problems or check_sample(sample)
+    return (None, problems) if problems else (sample, [])
 
 
 # Byte-order marks and the codec each announces; the UTF-32 LE mark starts with the UTF-16 LE
@@ -202,8 +282,10 @@ def link_loop(path: Path) -> Path | None:
     return None
 
 
-def read_samples(path: str | Path) -> tuple[list[Sample], list[str]]:
-    """Parse a JSON-lines chat file; return the samples and every problem as `file:line: ...`."""
+def read_samples(path: str | Path, fmt: DataFormat = "auto") -> tuple[list[Sample], list[str]]:
+    """Parse a JSON-lines file of records in format `fmt`; return them as chat samples and every
+    problem as `file:line: ...`. With "auto", the first record with a known format's fields decides
+    (chat when none has)."""
     path = Path(path)
     loop = link_loop(path)
     if loop is not None:
@@ -226,10 +308,11 @@ def read_samples(path: str | Path) -> tuple[list[Sample], list[str]]:
             except json.JSONDecodeError as exc:
                 problems.append(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})")
                 continue
-            found = check_sample(obj)
+            if fmt == "auto":
+                fmt = recognise(obj) or "auto"
+            sample, found = as_chat(obj, "chat" if fmt == "auto" else fmt)
             problems += [f"{path}:{number}: {p}" for p in found]
-            if not found:
-                samples.append(obj)
+            samples += [sample] if sample else []
     except OSError as exc:
         return [], [f"{path}: cannot be read ({exc.strerror})"]
     except Unreadable as exc:
@@ -254,12 +337,12 @@ def read_files(data: DataSection) -> tuple[list[Sample], list[Sample], list[Samp
     """The samples of train.json, test.json and data.validation_file (None without one), each file
     read and checked, and every problem of them all, data.validation_split's too: what `validate`
     reports and what `load_samples` refuses."""
-    train, train_problems = read_samples(data.train_file)
-    test, test_problems = read_samples(data.test_file)
+    train, train_problems = read_samples(data.train_file, data.format)
+    test, test_problems = read_samples(data.test_file, data.format)
     problems = capped(train_problems) + capped(test_problems)
     validation = None
     if data.validation_file is not None:
-        validation, validation_problems = read_samples(data.validation_file)
+        validation, validation_problems = read_samples(data.validation_file, data.format)
         problems += [f"data.validation_file: {p}" for p in capped(validation_problems)]
     if not problems and data.validation_split is not None:
         problems += filter(None, [hold_out(train, data.validation_split, Path(data.train_file).name)[2]])
@@ -573,7 +656,7 @@ def file_digest(path: str | Path) -> str:
 def cache_path(data: DataSection, seed: int, tokenizer: Any, split: Split = "eval") -> Path:
     """Where the tokenized data of these files, tokenizer and settings is cached."""
     settings = data.model_dump(
-        include={"system_prompt", "varied_seqlen", "train_on_prompt", "train_nsamples",
+        include={"format", "system_prompt", "varied_seqlen", "train_on_prompt", "train_nsamples",
                  "test_nsamples", "train_seqlen", "test_seqlen", "validation_split", "packing"}
     )
     validation = file_digest(data.validation_file) if data.validation_file is not None else None
