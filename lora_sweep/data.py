@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -251,6 +252,21 @@ def utf8_blocks(file: BinaryIO) -> Iterator[bytes]:
         raise Unreadable(f"not {encoding.upper()} ({exc.reason} at byte {skipped + exc.start})", line) from None
 
 
+def decoded_lines(blocks: Iterable[bytes]) -> Iterator[tuple[int, str, str | None]]:
+    """The lines of UTF-8 blocks as (line number, text, why it cannot be read or None); a line longer
+    than MAX_SAMPLE_BYTES is a problem, not read."""
+    for number, (line, size) in enumerate(split_lines(blocks), start=1):
+        if line is None:
+            yield number, "", (f"a sample of {size:,} bytes, longer than the limit of {MAX_SAMPLE_BYTES:,} "
+                               f"(1 MiB): shorten or split it")
+            continue
+        try:
+            yield number, line.decode("utf-8"), None
+        except UnicodeDecodeError as exc:
+            column = len(line[: exc.start].decode("utf-8")) + 1  # in characters, as an editor counts
+            yield number, "", f"not UTF-8 (byte 0x{line[exc.start]:02x} at column {column})"
+
+
 def text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
     """The file's lines as (line number, text, why it cannot be read or None), read a block at a time.
 
@@ -259,16 +275,78 @@ def text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
     and Unreadable when it is not text of a known encoding.
     """
     with path.open("rb") as file:
-        for number, (line, size) in enumerate(split_lines(utf8_blocks(file)), start=1):
-            if line is None:
-                yield number, "", (f"a sample of {size:,} bytes, longer than the limit of {MAX_SAMPLE_BYTES:,} "
-                                   f"(1 MiB): shorten or split it")
+        yield from decoded_lines(utf8_blocks(file))
+
+
+Record = tuple[int, Any, str | None]  # (line, the parsed record, None) or (line, None, what is wrong)
+
+
+def json_records(path: Path) -> Iterator[Record]:
+    """The records of a JSON-lines file (blank lines skipped), or of a file holding one JSON array of
+    them (LLaMA-Factory's and the Alpaca data's own form; read whole), each with the line it starts on."""
+    with path.open("rb") as file:
+        blocks = utf8_blocks(file)
+        head = next(blocks, b"")
+        if head.lstrip()[:1] == b"[":
+            yield from array_records(head + b"".join(blocks))
+            return
+        for number, line, unreadable in decoded_lines(itertools.chain([head], blocks)):
+            if unreadable or not line.strip():
+                if unreadable:
+                    yield number, None, unreadable
                 continue
             try:
-                yield number, line.decode("utf-8"), None
-            except UnicodeDecodeError as exc:
-                column = len(line[: exc.start].decode("utf-8")) + 1  # in characters, as an editor counts
-                yield number, "", f"not UTF-8 (byte 0x{line[exc.start]:02x} at column {column})"
+                yield number, json.loads(line), None
+            except json.JSONDecodeError as exc:
+                yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+
+
+SPACE = re.compile(r"\s*")
+
+
+def array_records(raw: bytes) -> Iterator[Record]:
+    """The items of one JSON array, each with the line it starts on; a syntax error ends the array."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        yield line, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start})"
+        return
+    decoder, line, seen = json.JSONDecoder(), 1, 0
+    pos = SPACE.match(text).end() + 1  # past the "["
+    pos = SPACE.match(text, pos).end()
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            line, seen = line + text.count("\n", seen, pos), pos
+            try:
+                item, pos = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                yield exc.lineno, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                return
+            yield line, item, None
+            pos = SPACE.match(text, pos).end()
+            if text.startswith(",", pos):
+                pos = SPACE.match(text, pos + 1).end()
+            elif text.startswith("]", pos):
+                pos += 1
+                break
+            else:
+                yield where(text, pos), None, f"not valid JSON (expected , or ] at column {column(text, pos)})"
+                return
+    if text[pos:].strip():
+        yield where(text, pos), None, "not valid JSON (more after the array's closing ])"
+
+
+def where(text: str, pos: int) -> int:
+    """The line `pos` is on (1-based)."""
+    return text.count("\n", 0, pos) + 1
+
+
+def column(text: str, pos: int) -> int:
+    """The column `pos` is at (1-based, in characters)."""
+    return pos - text.rfind("\n", 0, pos)
 
 
 def link_loop(path: Path) -> Path | None:
@@ -283,9 +361,9 @@ def link_loop(path: Path) -> Path | None:
 
 
 def read_samples(path: str | Path, fmt: DataFormat = "auto") -> tuple[list[Sample], list[str]]:
-    """Parse a JSON-lines file of records in format `fmt`; return them as chat samples and every
-    problem as `file:line: ...`. With "auto", the first record with a known format's fields decides
-    (chat when none has)."""
+    """Parse a file of records in format `fmt` (JSON lines or a JSON array); return them as chat
+    samples and every problem as `file:line: ...`. With "auto", the first record with a known
+    format's fields decides (chat when none has)."""
     path = Path(path)
     loop = link_loop(path)
     if loop is not None:
@@ -297,16 +375,9 @@ def read_samples(path: str | Path, fmt: DataFormat = "auto") -> tuple[list[Sampl
         return [], [f"{path}: no such file"]
     samples, problems = [], []
     try:
-        for number, line, unreadable in text_lines(path):
+        for number, obj, unreadable in json_records(path):
             if unreadable:
                 problems.append(f"{path}:{number}: {unreadable}")
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})")
                 continue
             if fmt == "auto":
                 fmt = recognise(obj) or "auto"

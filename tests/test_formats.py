@@ -63,6 +63,22 @@ def test_sharegpt_records_become_chat_samples(tmp_path, fmt):
     assert D.read_samples(path, fmt) == (SHAREGPT_AS_CHAT, [])
 
 
+def test_a_json_array_is_read_as_llama_factory_writes_it(tmp_path):
+    # LLaMA-Factory's data/alpaca_en_demo.json: one array, indented, not ASCII-escaped
+    path = tmp_path / "alpaca_en_demo.json"
+    path.write_text(json.dumps(ALPACA, indent=2, ensure_ascii=False), encoding="utf-8")
+    assert D.read_samples(path) == (ALPACA_AS_CHAT, [])
+    # each problem at the line its record starts on; a syntax error ends the array
+    text = json.dumps([ALPACA[0], {"instruction": "x"}, ALPACA[1]], indent=2) + "\n"
+    path.write_text(text.replace('"Bonjour"', '"Bonjour",'), encoding="utf-8")
+    samples, problems = D.read_samples(path, "alpaca")
+    assert samples == ALPACA_AS_CHAT[:1]
+    assert problems == [f'{path}:7: no field "output" (fields: instruction)',
+                        f"{path}:14: not valid JSON (Expecting property name enclosed in double quotes at column 3)"]
+    path.write_text("[]", encoding="utf-8")
+    assert D.read_samples(path) == ([], [f"{path}: has no samples"])
+
+
 def test_auto_keeps_chat_files_as_they_were(tmp_path):
     path = write_lines(tmp_path / "train.json", memorization_samples())
     assert D.read_samples(path) == D.read_samples(path, "chat") == (memorization_samples(), [])
