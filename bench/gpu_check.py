@@ -32,6 +32,9 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -390,7 +393,10 @@ def sweep(args: argparse.Namespace, model: str, work: Path, per_gpu: int) -> dic
     overrides = [*B.demo_overrides(), *budget, f"study.dir={work / 'studies'}", f"study.name={name}",
                  f"study.n_trials={args.trials}", f"study.parallel={per_gpu}", f"study.trials_per_gpu={per_gpu}",
                  "study.launcher=warm", "study.timeout=null", "study.pruner={type: none, options: {}}",
-                 "objective.baseline=false"]
+                 # the base model's evaluation, a job of lora_sweep.evaluate (inference on the GPU), runs before the
+                 # first trial and so does the warm runner's start: trials per hour, from the first trial's start,
+                 # count neither, in every sweep alike
+                 "objective.baseline=true"]
     log = work / f"{name}.log"
     began = time.time()
     with log.open("w") as sink:
@@ -410,20 +416,24 @@ def sweep(args: argparse.Namespace, model: str, work: Path, per_gpu: int) -> dic
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     first = min(t.datetime_start.timestamp() for t in trials)
     last = max(t.datetime_complete.timestamp() for t in trials if t.datetime_complete)
-    training, jobs, primed = [], [], 0
+    training, primed = [], 0
     for t in done:
         folder = Path(t.user_attrs["trial_dir"])
         events = read_events(folder / "events.jsonl")
         steps = [e["time"] for e in events if e["event"] == "train"]
         training.append((steps[0], steps[-1]))
-        jobs.append((next(e["time"] for e in events if e["event"] == "start"), events[-1]["time"]))
         primed += "the warm runner's copy" in (folder / "train.log").read_text(errors="replace")
-    fixed = [sum(p[k] for k in trial_cost.FIXED) for p in trial_cost.analyse(study)]
-    return {"per_gpu": per_gpu, "trials": len(trials), "complete": len(done), "wall_s": wall,
+    parts = trial_cost.analyse(study)
+    failures = [f"trial {t.number}: {t.user_attrs.get('error', '?')} | {str(t.user_attrs.get('log_tail', ''))[-1500:]}"
+                for t in trials if t.state == TrialState.FAIL]
+    baseline = study.user_attrs.get("baseline")
+    return {"per_gpu": per_gpu, "trials": len(trials), "complete": len(done), "wall_s": wall, "failures": failures,
+            "baseline": baseline,
             "trials_per_hour": len(done) / (last - first) * 3600, "util_training": watch.utilisation(training),
             "util_sweep": watch.utilisation([(first, last)]), "runner_found": bool(watch.runner_pids),
-            "runner_cuda": watch.runner_cuda, "primed_tokenizer": primed, "fixed_s": B.median(fixed),
-            "model_load_s": B.median([p["model load"] for p in trial_cost.analyse(study)])}
+            "runner_cuda": watch.runner_cuda, "primed_tokenizer": primed,
+            "fixed_s": B.median([sum(p[k] for k in trial_cost.FIXED) for p in parts]),
+            "model_load_s": B.median([p["model load"] for p in parts])}
 
 
 # ---------------------------------------------------------------- item 5
@@ -464,61 +474,77 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              " (the MFU's denominator: no data-sheet peak for this device)"))
     lines: list[dict[str, Any]] = []  # the table: item, measure, value, unit, note
     result: dict[str, Any] = {"mode": "cpu" if args.cpu else "gpu", "machine": B.machine(), "preflight": pre,
-                              "matmul_flops": measured, "peak_flops": peak, "lines": lines}
+                              "matmul_flops": measured, "peak_flops": peak, "lines": lines, "errors": {}}
     sections: dict[str, float] = {}
 
     def line(item: int, measure: str, value: Any, unit: str = "", note: str = "") -> None:
         lines.append({"item": item, "measure": measure, "value": value, "unit": unit, "note": note})
 
+    @contextmanager
+    def item(number: int, name: str) -> Iterator[None]:
+        """One section: its seconds, and a failure recorded (with its traceback) instead of ending the
+        run, so one GPU visit brings back every item that works."""
+        t0 = time.time()
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            result["errors"][name] = traceback.format_exc()[-4000:]
+            line(number, f"{name}: FAILED", type(exc).__name__, "", str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "")
+        finally:
+            sections[name] = time.time() - t0
+            free_memory()
+
     with B.workdir(args.workdir) as work:
         tokenizer = B.build_tiny_model(work / "tiny-llama")  # its tokenizer serves every model here
-        if not {1, 2} <= args.skip:
-            t0 = time.time()
-            phi = random_model(work / "phi", TINY_PHI3 if args.cpu else PHI35_MINI, tokenizer)
-            label = "tiny Phi-3" if args.cpu else "Phi-3.5-mini-shaped"
-            print(f"{label} random model: {phi['params'] / 1e9:.3g} B parameters, built in {phi['build_s']} s")
-            by_seqlen = throughput(args, str(work / "phi"), phi, work, mfu_peak)
-            result["throughput"] = by_seqlen
-            for seqlen, r in by_seqlen.items():
-                line(1, f"ours / plain steady tokens/s, seqlen {seqlen} x {r['batch']}", r["ratio"], "",
-                     f"ours {r['ours_tps']:.0f}, plain {r['plain_tps']:.0f} tokens/s; |loss1 diff| "
-                     f"{r['loss1_diff']:.2g}; target >= {TARGET}")
-                line(1, f"MFU, seqlen {seqlen}", r["mfu"], "", "of the data-sheet bf16 peak" if peak
-                     else "of the measured matrix-product rate")
-            sections["1-2 build + throughput"] = time.time() - t0
-            if 2 not in args.skip:
-                t0 = time.time()
-                mem = checkpointing(args, str(work / "phi"), work, by_seqlen[max(args.seqlens)])
-                result["memory"] = mem
+        if 1 not in args.skip:
+            with item(1, "1 job throughput"):
+                phi = random_model(work / "phi", TINY_PHI3 if args.cpu else PHI35_MINI, tokenizer)
+                label = "tiny Phi-3" if args.cpu else "Phi-3.5-mini-shaped"
+                print(f"{label} random model: {phi['params'] / 1e9:.3g} B parameters, built in {phi['build_s']} s")
+                result["throughput"] = by_seqlen = throughput(args, str(work / "phi"), phi, work, mfu_peak)
+                for seqlen, r in by_seqlen.items():
+                    line(1, f"ours / plain steady tokens/s, seqlen {seqlen} x {r['batch']}", r["ratio"], "",
+                         f"ours {r['ours_tps']:.0f}, plain {r['plain_tps']:.0f} tokens/s; |loss1 diff| "
+                         f"{r['loss1_diff']:.2g}; target >= {TARGET}")
+                    line(1, f"MFU, seqlen {seqlen}", r["mfu"], "", "of the data-sheet bf16 peak" if peak
+                         else "of the measured matrix-product rate")
+        if 2 not in args.skip and "throughput" in result:
+            with item(2, "2 memory"):
+                result["memory"] = mem = checkpointing(args, str(work / "phi"), work,
+                                                       result["throughput"][max(args.seqlens)])
                 unit = "MiB" if not args.cpu else "MiB RSS"
                 line(2, f"peak memory, seqlen {mem['seqlen']}, no checkpointing", mem["without_mb"], unit)
                 line(2, f"peak memory, seqlen {mem['seqlen']}, gradient checkpointing", mem["with_mb"], unit,
                      f"{mem['with_tps']:.0f} tokens/s (without: {mem['without_tps']:.0f})")
-                sections["2 checkpointing"] = time.time() - t0
-            free_memory()
         if 3 not in args.skip:
-            t0 = time.time()
-            if args.cpu:
-                small = str(tokenizer)  # the tiny Llama itself
-            else:
-                random_model(work / "smollm2", SMOLLM2_135M, tokenizer)
-                small = str(work / "smollm2")
-            sweeps = [sweep(args, small, work, k) for k in args.per_gpu]
-            result["sweeps"] = sweeps
-            alone = sweeps[0]
-            for s in sweeps:
-                line(3, f"trials/hour, trials_per_gpu {s['per_gpu']}", s["trials_per_hour"], "/h",
-                     f"{s['complete']}/{s['trials']} complete, x{s['trials_per_hour'] / alone['trials_per_hour']:.2f} "
-                     f"of one at a time; GPU busy {B.num(s['util_sweep'])} % of the sweep")
-            line(3, "GPU utilisation of one small trial while it trains", alone["util_training"], "%",
-                 "NVML samples every 0.1 s" if alone["util_training"] is not None else "no NVML here")
-            line(4, "warm launcher: fixed cost per trial (median, one at a time)", alone["fixed_s"], "s",
-                 f"model load {alone['model_load_s']:.2f} s of it (dtype auto: the runner leaves the model to the job)")
-            line(4, "warm launcher: trials forked that completed", sum(s["complete"] for s in sweeps), "",
-                 f"of {sum(s['trials'] for s in sweeps)}; {sum(s['primed_tokenizer'] for s in sweeps)} used the runner's "
-                 f"tokenizer; libcuda mapped in the runner: "
-                 + ("yes" if any(s["runner_cuda"] for s in sweeps) else "no" if alone["runner_found"] else "runner not seen"))
-            sections["3-4 sweeps"] = time.time() - t0
+            with item(3, "3-4 sweeps"):
+                if args.cpu:
+                    small = str(tokenizer)  # the tiny Llama itself
+                else:
+                    random_model(work / "smollm2", SMOLLM2_135M, tokenizer)
+                    small = str(work / "smollm2")
+                result["sweeps"] = sweeps = [sweep(args, small, work, k) for k in args.per_gpu]
+                alone = sweeps[0]
+                for s in sweeps:
+                    line(3, f"trials/hour, trials_per_gpu {s['per_gpu']}", s["trials_per_hour"], "/h",
+                         f"{s['complete']}/{s['trials']} complete, x{s['trials_per_hour'] / alone['trials_per_hour']:.2f} "
+                         f"of one at a time; GPU busy {B.num(s['util_sweep'])} % of the sweep")
+                    for failure in s["failures"]:
+                        print(f"trials_per_gpu {s['per_gpu']}: a trial failed: {failure}")
+                line(3, "GPU utilisation of one small trial while it trains", alone["util_training"], "%",
+                     "NVML samples every 0.1 s" if alone["util_training"] is not None else "no NVML here")
+                bases = [s["baseline"] for s in sweeps if s["baseline"]]
+                line(4, "base-model evaluation jobs (lora_sweep.evaluate, forked) that finished", len(bases), "",
+                     f"of {len(sweeps)}; eval_loss {B.num(bases[0].get('eval_loss'))}" if bases else
+                     "none: see the sweeps' logs")
+                line(4, "warm launcher: fixed cost per trial (median, one at a time)", alone["fixed_s"], "s",
+                     f"model load {B.num(alone['model_load_s'])} s of it (dtype auto: the runner leaves the model to the job)")
+                line(4, "warm launcher: trials forked that completed", sum(s["complete"] for s in sweeps), "",
+                     f"of {sum(s['trials'] for s in sweeps)}; {sum(s['primed_tokenizer'] for s in sweeps)} used the "
+                     f"runner's tokenizer; libcuda mapped in the runner: "
+                     + ("yes" if any(s["runner_cuda"] for s in sweeps) else "no" if alone["runner_found"]
+                        else "runner not seen"))
         reason = qlora_reason()
         result["qlora"] = {"skipped": reason}
         line(5, "QLoRA 4-bit trial vs bf16 LoRA", "skipped", "", reason or "")
@@ -536,6 +562,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
         print(f"figures written to {args.json}")
+    if result["errors"]:
+        print(f"FAILED: {', '.join(result['errors'])} (tracebacks above and in the JSON)")
     return result
 
 
@@ -577,4 +605,4 @@ def record(args: argparse.Namespace, result: dict[str, Any]) -> list[dict[str, s
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["errors"] else 0)

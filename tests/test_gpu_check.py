@@ -58,6 +58,7 @@ def test_gpu_check_cpu_run(tmp_path):
         assert s["runner_found"] and not s["runner_cuda"]  # the warm runner forked them, without CUDA here
         assert s["primed_tokenizer"] == 2  # each job took the runner's tokenizer
         assert s["fixed_s"] > 0 and s["util_training"] is None  # no NVML on this machine
+        assert s["baseline"]["eval_loss"] > 0  # the base model's evaluation, a forked job of its own
     assert "no 4-bit option" in out["qlora"]["skipped"]
     assert "QLoRA" in proc.stdout and "skipped" in proc.stdout
 
