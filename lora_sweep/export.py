@@ -30,6 +30,7 @@ from lora_sweep.config import (
     is_flat,
     read_yaml,
 )
+from lora_sweep.space import trial_ran
 from lora_sweep.storage import best_trial, load_existing
 
 
@@ -54,11 +55,16 @@ def pick_trial(study: optuna.Study, which: str) -> FrozenTrial:
     return trial
 
 
-def describe(config: StudyConfig, trial: FrozenTrial) -> dict[str, Any]:
+def describe(config: StudyConfig, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    """The trial for `best` and an export's README: its params as its job ran them (a warmup past the
+    run at the run's length), and what was asked where that differs."""
+    params = trial_ran(study, trial)
+    requested = {name: value for name, value in trial.params.items() if params[name] != value}
     return {
         "trial": trial.number,
         config.objective.metric: trial.values[0] if trial.values else None,
-        "params": trial.params,
+        "params": params,
+        **({"requested_params": requested} if requested else {}),
         "adapter_path": trial.user_attrs.get("adapter_path"),
         "best_step": trial.user_attrs.get("best_step"),
         "baseline": trial.user_attrs.get("baseline"),
@@ -68,7 +74,7 @@ def describe(config: StudyConfig, trial: FrozenTrial) -> dict[str, Any]:
 def best(config: StudyConfig) -> str:
     study = load_existing(config.storage_url, config.study.name)
     trial = pick_trial(study, "best")
-    info = describe(config, trial)
+    info = describe(config, study, trial)
     base = study.user_attrs.get("baseline", {}).get(config.objective.key)
     if base is not None:
         info["base_model"] = base
@@ -134,7 +140,7 @@ def export(config: StudyConfig, which: str, out: str, merge: bool) -> Path:
         tokenizer.save_pretrained(target)
     else:
         shutil.copytree(adapter, target, dirs_exist_ok=True)
-    info = describe(config, trial)
+    info = describe(config, study, trial)
     base = study.user_attrs.get("baseline", {}).get(config.objective.key)
     load_hint = (f'AutoModelForCausalLM.from_pretrained("{target}")' if merge else
                  f'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{config.model.name_or_path}"), '
@@ -146,7 +152,9 @@ def export(config: StudyConfig, which: str, out: str, merge: bool) -> Path:
         + (f" (base model: {base})" if base is not None else "") + "\n\n"
         f"Load it with `{load_hint}`.\n\n"
         f"Inference system prompt: {config.data.inference_system_prompt or config.data.system_prompt!r}\n\n"
-        "## Parameters\n\n```json\n" + json.dumps(trial.params, indent=2) + "\n```\n",
+        "## Parameters (as the job ran them)\n\n```json\n" + json.dumps(info["params"], indent=2) + "\n```\n"
+        + (f"\nAsked for, and clamped to the run: `{json.dumps(info['requested_params'])}`\n"
+           if "requested_params" in info else ""),
         encoding="utf-8",
     )
     return target
@@ -190,9 +198,10 @@ def aitk_yaml(config: StudyConfig, which: str, out: str) -> tuple[Path, list[str
                creation_problem(target.parent, "--aitk-yaml", writable=True, got=out))
     if problem:
         raise ConfigError([problem])
-    trial = pick_trial(load_existing(config.storage_url, config.study.name), which)
+    study = load_existing(config.storage_url, config.study.name)
+    trial = pick_trial(study, which)
     space = build_space(config)
-    tree = apply(config.job_tree(), space, trial.params)
+    tree = apply(config.job_tree(), space, trial_ran(study, trial))  # what the job ran: a warmup within the run
     names = flat_names()
     flat = {names[space.paths[name]]: get_path(tree, space.paths[name])
             for name in trial.params if names.get(space.paths[name]) in FLAT_KEYS}
