@@ -40,14 +40,21 @@ N_FIGURES = 6  # report.views: history, curves, parallel, importance, slices, be
 
 
 def synthetic_study(folder: Path, name: str = "rich") -> optuna.Study:
-    """A generation-metric study (maximized) made without training: varied params, every trial
-    state, a base-model baseline, and predictions for the completed trials and the base model."""
+    """A generation-metric study (maximized) made without training, shaped as the demo's: the pruner
+    hears the eval loss (objective.prune_on's default, negated in a maximizing study), json_fields is
+    scored only at the last of a 40-step trial's evaluations, so the two pruned trials (stopped at step
+    20) have none and optuna records the negated loss as their value. Varied params, a warmup range
+    of 0..10000 that the 40-step jobs clamp, every trial state, a base-model baseline, predictions for
+    the completed trials and the base model, and each job's events (but trial 7's: its folder is gone)."""
     folder.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{folder}/{name}.db", direction="maximize")
     study.set_user_attr("metric", "json_fields")
+    study.set_user_attr("config", {"objective": {"metric": "json_fields", "generate_every": 100}})
+    study.set_user_attr("run", {"steps": 40, "notes": []})
     study.set_user_attr("baseline", {"eval_loss": 2.5, "perplexity": 12.2, "metric": "json_fields", "score": 0.1})
     dists = {"learning_rate": FloatDistribution(1e-4, 1e-2, log=True), "r": IntDistribution(4, 32, step=4),
-             "lr_scheduler_type": CategoricalDistribution(["linear_with_warmup", "cosine_with_warmup"])}
+             "lr_scheduler_type": CategoricalDistribution(["linear_with_warmup", "cosine_with_warmup"]),
+             "num_warmup_steps": IntDistribution(0, 10000)}
     rng = random.Random(0)
     records = [{"input": [{"role": "user", "content": f"fields of item {i}?"}], "reference": f'{{"id": {i}}}',
                 "prediction": f'{{"id": {i if i % 2 else 0}}}', "score": float(i % 2)} for i in range(6)]
@@ -55,13 +62,16 @@ def synthetic_study(folder: Path, name: str = "rich") -> optuna.Study:
                 [{**r, "prediction": "{}", "score": 0.0} for r in records])
     for n in range(8):
         params = {"learning_rate": 10 ** rng.uniform(-4, -2), "r": rng.choice(range(4, 33, 4)),
-                  "lr_scheduler_type": rng.choice(dists["lr_scheduler_type"].choices)}
+                  "lr_scheduler_type": rng.choice(dists["lr_scheduler_type"].choices),
+                  "num_warmup_steps": [4561, 12, 9000, 30, 700, 5, 40, 2500][n]}
         state = TrialState.FAIL if n == 5 else TrialState.PRUNED if n in (2, 6) else TrialState.COMPLETE
         quality = 1 - abs(math.log10(params["learning_rate"]) + 3) / 2  # best near 1e-3
         steps = {TrialState.COMPLETE: [10, 20, 30, 40], TrialState.PRUNED: [10, 20], TrialState.FAIL: []}[state]
-        curve = {s: round(0.1 + 0.7 * quality * (i + 1) / 4 + rng.uniform(0, 0.03), 4) for i, s in enumerate(steps)}
+        loss = {s: round(2.0 - 1.2 * quality * (i + 1) / 4 + rng.uniform(0, 0.03), 4) for i, s in enumerate(steps)}
+        score = round(0.1 + 0.7 * quality + rng.uniform(0, 0.03), 4) if state == TrialState.COMPLETE else None
         trial_dir = _mkdir(folder / name / "trials" / str(n))
         attrs = {"trial_dir": str(trial_dir), "steps_run": steps[-1] if steps else 0,
+                 "eval_curve": [[40, score]] if score is not None else [],
                  "stop_reason": {TrialState.FAIL: "error", TrialState.PRUNED: "pruned"}.get(state, "completed")}
         if n == 0:
             attrs["baseline"] = "documented defaults"
@@ -69,12 +79,19 @@ def synthetic_study(folder: Path, name: str = "rich") -> optuna.Study:
             attrs.update(error="CUDA out of memory <b>not html</b>", log_tail="Traceback ...")
         if state == TrialState.COMPLETE:
             write_jsonl(trial_dir / "predictions.jsonl", records)
-            attrs.update(best_score=max(curve.values()), best_eval_loss=2.0 - max(curve.values()),
-                         best_step=max(curve, key=curve.get), adapter_path=str(trial_dir / "adapter"),
+            attrs.update(best_score=score, best_eval_loss=loss[40], best_step=40, adapter_path=str(trial_dir / "adapter"),
                          predictions_path=str(trial_dir / "predictions.jsonl"))
-        value = max(curve.values()) if state == TrialState.COMPLETE else (curve[steps[-1]] if steps else None)
+        if n != 7:
+            write_jsonl(trial_dir / "events.jsonl", [
+                {"event": "start", "max_steps": 40, "warmup_steps": min(params["num_warmup_steps"], 40)},
+                *[{"event": "train", "step": s, "loss": round(loss.get(10 * math.ceil(s / 10), 2.0) + 0.1, 4)}
+                  for s in range(1, (steps[-1] if steps else 3) + 1)],
+                *[{"event": "eval", "step": s, "eval_loss": v, **({"score": score} if s == 40 else {})}
+                  for s, v in loss.items()]])
+        heard = {s: -v for s, v in loss.items()}  # the pruner hears the negated loss
+        value = score if state == TrialState.COMPLETE else (heard[steps[-1]] if steps else None)
         study.add_trial(create_trial(state=state, value=value, params=params, distributions=dists,
-                                     intermediate_values=curve, user_attrs=attrs))
+                                     intermediate_values=heard, user_attrs=attrs))
     return study
 
 
@@ -109,15 +126,33 @@ def test_frame_and_figures_of_the_sweep(mixed_sweep):
     assert "nope_proj" in frame.loc[frame["state"] == "FAIL", "error"].iloc[0]
     assert frame.attrs["metric"] == "eval_loss" and frame.attrs["baseline"]["eval_loss"] > 0
 
+    # the metric is the eval loss: the pruned trial's value is on its scale (the loss it was stopped
+    # at, step 8), and the same loss is in the column of its own, with its unit
+    loss_at = dict(map(tuple, pruned["loss_curve"]))
+    assert pruned["value"] == pytest.approx(loss_at[8]) == pytest.approx(pruned["stopped_eval_loss"])
     table = report.trials_table(frame)
     values = list(table["value"].dropna())
     assert values == sorted(values) and table.index[0] == 0 and math.isnan(table["value"].iloc[-1])
+    stopped = table["eval_loss when stopped (nats/token)"]
+    assert stopped[pruned["number"]] == pytest.approx(loss_at[8]) and stopped.drop(pruned["number"]).isna().all()
+    assert "best_eval_loss (nats/token)" in table.columns
 
     curves = report.curves_figure(frame)
-    pruned_lines = [t for t in curves.data if t.name == f"trial {pruned['number']} (pruned)"]
-    assert pruned_lines[0].line.dash == "dash" and list(pruned_lines[0].x) == [4, 8]
-    assert any(t.marker.symbol == "x" and list(t.x) == [8] for t in curves.data)  # where it was cut short
+    traces = {t.name: t for t in curves.data}
+    assert traces[f"trial {pruned['number']} (pruned)"].line.dash == "dash"
+    assert list(traces[f"trial {pruned['number']} (pruned)"].x) == [4, 8]  # evaluations the pruner heard
+    assert list(traces[f"trial {pruned['number']} stopped"].x) == [8]  # ✕ where it was cut short
+    assert traces[f"trial {pruned['number']} stopped"].marker.symbol == "x"
+    assert list(traces["trial 0 (best)"].x) == list(range(4, 81, 4))  # the eval loss at every evaluation
+    assert list(traces["trial 0 training loss"].x) == list(range(1, 81))  # and the training loss per step
+    assert max(traces[f"trial {pruned['number']} training loss"].x) <= 8
     assert [s.line.dash for s in curves.layout.shapes] == ["dot"]  # the base model
+    assert curves.layout.yaxis.title.text == "loss (nats/token)" and "yaxis2" not in curves.layout
+
+    history = report.history_figure(frame)
+    low, high = history.layout.yaxis.range
+    plotted = [y for t in history.data for y in t.y]
+    assert low <= min(plotted) and max(plotted) <= high and high - low < 2  # one scale: the eval loss
 
     best = report.best_vs_base_figure(frame)
     assert list(best.data[0].x) == ["base model", "best (trial 0)"]
@@ -136,8 +171,9 @@ def test_single_trial_and_generation_studies(mixed_sweep, tmp_path):
     rich = synthetic_study(tmp_path / "studies")
     frame = report.load_frame(rich)
     assert frame.attrs["direction"] == "maximize" and report.trials_table(frame).index[0] == 1
-    importances, note = report.param_importances(rich)
-    assert set(importances) == {"learning_rate", "r", "lr_scheduler_type"} and next(iter(importances)) == "learning_rate"
+    importances = report.param_importances(rich)
+    assert set(importances.values) == {"learning_rate", "r", "lr_scheduler_type", "num_warmup_steps"}
+    assert next(iter(importances.values)) == "learning_rate"
     assert report.parallel_figure(rich).data  # optuna's figure, not our note
     best = report.best_vs_base_figure(frame)
     assert [a.text for a in best.layout.annotations] == ["json_fields", "eval_loss"]
@@ -147,6 +183,84 @@ def test_single_trial_and_generation_studies(mixed_sweep, tmp_path):
     assert list(predictions.columns) == ["input", "reference", "prediction (trial 1)", "score",
                                          "base model prediction", "base score"]
     assert list(predictions["input"]) == ["fields of item 0?", "fields of item 1?", "fields of item 2?"]
+
+
+def test_pruned_trials_that_heard_the_loss_stay_off_the_metric_axis(tmp_path):
+    # the demo's shape: json_fields scored at the last evaluation only, the pruner hears the eval loss
+    study = synthetic_study(tmp_path / "studies")
+    frame = report.load_frame(study)
+    pruned = frame[frame["state"] == "PRUNED"].set_index("number")
+    assert [t.value for t in study.trials if t.number in (2, 6)] == [-l for l in pruned["stopped_eval_loss"]]
+    assert pruned["value"].isna().all()  # optuna's value is the negated loss: not json_fields
+    assert list(pruned["stopped_eval_loss"]) == [dict(map(tuple, c))[20] for c in pruned["loss_curve"]]
+    assert (pruned["stopped_eval_loss"] > 1).all() and list(pruned["last_step"]) == [20, 20]
+    table = report.trials_table(frame)
+    assert table.loc[[2, 6], "value"].isna().all()
+    assert list(table.loc[[2, 6], "eval_loss when stopped (nats/token)"]) == list(pruned["stopped_eval_loss"])
+
+    history = report.history_figure(frame)
+    low, high = history.layout.yaxis.range
+    scores = [t.user_attrs["best_score"] for t in study.trials if t.state == TrialState.COMPLETE]
+    assert -0.1 < low < min(scores + [0.1]) and max(scores) < high < 1.0  # json_fields' scale, 0..1
+    traces = {t.name: t for t in history.data}
+    assert set(traces) == {"completed", "best so far", "documented defaults", "pruned before json_fields was scored"}
+    marks = traces["pruned before json_fields was scored"]
+    assert list(marks.x) == [2, 6] and all(low <= y < min(scores) for y in marks.y)  # at the worse end
+    assert [f"eval_loss {l:.4g} nats/token" for l in pruned["stopped_eval_loss"]] == list(marks.text)
+    assert all(low <= y <= high for t in history.data for y in t.y)
+
+    curves = report.curves_figure(frame)
+    traces = {t.name: t for t in curves.data}
+    assert curves.layout.yaxis.title.text == "loss (nats/token)" and curves.layout.yaxis2.title.text == "json_fields"
+    for number in (0, 1, 3, 4, 7):  # every evaluation's loss (trial 7 from what the pruner heard: no events)
+        loss = traces[f"trial {number}" + (" (best)" if number == 1 else "")]
+        assert list(loss.x) == [10, 20, 30, 40] and loss.yaxis == "y" and min(loss.y) > 0
+        score = traces[f"trial {number} json_fields"]
+        assert list(score.x) == [40] and score.yaxis == "y2"  # the metric where it was scored
+    assert "trial 7 training loss" not in traces and list(traces["trial 0 training loss"].x) == list(range(1, 41))
+    assert list(traces["trial 2 (pruned)"].x) == [10, 20] and list(traces["trial 2 stopped"].x) == [20]
+    assert traces["trial 2 stopped"].yaxis == "y" and "trial 2 json_fields" not in traces
+    assert [(s.y0, s.yref) for s in curves.layout.shapes] == [(2.5, "y"), (0.1, "y2")]  # the base model on each
+
+
+def test_importances_say_how_uncertain_they_are(tmp_path):
+    study = synthetic_study(tmp_path / "studies")
+    found = report.param_importances(study)
+    assert found.n_trials == 5 and list(found.values) == sorted(found.values, key=found.values.get, reverse=True)
+    assert all(found.low[n] <= found.high[n] for n in found.values)
+    assert found.low["learning_rate"] <= found.high["num_warmup_steps"]  # 5 trials: the top two overlap
+    fig = report.importance_figure(study, found)
+    bars = fig.data[0]
+    assert list(bars.y) == list(found.values)[::-1]
+    assert [round(v + e, 9) for v, e in zip(bars.x, bars.error_x.array)] == [
+        round(max(found.values[n], found.high[n]), 9) for n in bars.y]
+    words = fig.layout.annotations[0].text.replace("<br>", " ")
+    assert words.startswith("Too few trials to rank the parameters: learning_rate and num_warmup_steps overlap")
+    assert "middle 90 % of 30 bootstrap resamples of the 5 completed trials" in words
+    assert fig.layout.annotations[0].yref == "paper" and fig.layout.annotations[0].y == 0  # under the plot
+
+    # enough trials, and one parameter that decides everything: it stands out
+    clear = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=1))
+    clear.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2 + 0.001 * t.suggest_float("y", 0, 1), n_trials=40)
+    found = report.param_importances(clear)
+    assert list(found.values) == ["x", "y"] and found.low["x"] > found.high["y"]
+    assert found.verdict.startswith("x stands out: its range clears every other parameter's")
+
+
+def test_the_report_shows_the_warmup_each_trial_ran(tmp_path):
+    study = synthetic_study(tmp_path / "studies")
+    frame = report.load_frame(study).set_index("number")
+    # asked 4561, 12, 9000, ...; the 40-step jobs ran at most 40 (trial 7 has no events: the study's run)
+    assert list(frame["params_num_warmup_steps"]) == [40, 12, 40, 30, 40, 5, 40, 40]
+    requested = frame["requested_num_warmup_steps"]
+    assert requested.dropna().to_dict() == {0: 4561, 2: 9000, 4: 700, 7: 2500}  # where the run clamped it
+    table = report.trials_table(report.load_frame(study))
+    assert table.columns.get_loc("requested_num_warmup_steps") == table.columns.get_loc("num_warmup_steps") + 1
+    shown = report.as_run(study, report.load_frame(study))
+    assert shown is not study and [t.params["num_warmup_steps"] for t in shown.trials] == [40, 12, 30, 40, 40]
+    slices = report.slice_figure(shown, params=["num_warmup_steps"])
+    assert sorted(slices.data[0].x) == [12, 30, 40, 40, 40]
+    assert "num_warmup_steps" in report.param_importances(shown).values
 
 
 def test_relative_paths_are_taken_from_where_the_yaml_was_found(tmp_path, monkeypatch):
