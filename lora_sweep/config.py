@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import os
+import tempfile
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -906,14 +907,31 @@ def creation_problem(folder: str | Path, key: str, writable: bool, got: str | No
         if existing.exists():
             if not existing.is_dir():
                 return f"{key}: cannot be created, {existing} is a file, not a folder (got {got!r})"
-            if writable and not os.access(existing, os.W_OK | os.X_OK):
+            if writable and not can_write(existing):
                 return f"{key}: cannot be created, {existing} is not writable (got {got!r})"
             return None
     return None
 
 
-def storage_problem(url: str) -> str | None:
-    """What is wrong with a storage URL that no sweep could open, or None."""
+def can_write(path: Path) -> bool:
+    """Can this process write `path` (a file), or create a file in it (a folder)? Tried, not read off
+    the mode bits: root ignores those, a read-only mount or /proc does not."""
+    try:
+        if path.is_dir():
+            with tempfile.TemporaryFile(dir=path):
+                return True
+        with path.open("ab"):
+            return True
+    except OSError:
+        return False
+
+
+PLAIN_STORAGE_SUFFIXES = (".log", ".db", ".sqlite", ".sqlite3")  # a bare path: a journal file, else SQLite
+
+
+def storage_problem(url: str, writable: bool = False) -> str | None:
+    """What is wrong with a storage URL that no sweep could open, or None; `writable`: also a file
+    storage whose file or folder this user cannot write (a sweep, not a reader)."""
     file = storage_file(url)
     if file is None:
         # a server URL: sqlalchemy must know its dialect (the driver is checked when connecting)
@@ -929,9 +947,14 @@ def storage_problem(url: str) -> str | None:
                     "postgresql://user@host/db")
         return None
     path = Path(file[1])
+    if file[0] == "" and path.suffix not in PLAIN_STORAGE_SUFFIXES:
+        return (f"study.storage: a plain path must end in .log (a journal file) or .db (SQLite) (got {url!r}): "
+                f"or write journal:///{path} for a journal file, sqlite:///{path} for SQLite")
     if path.is_dir():
         return f"study.storage: a folder, not a database file (got {url!r}): give a file in it, e.g. {path / 'study.db'}"
-    return creation_problem(path.parent, "study.storage", writable=False, got=url)
+    if writable and path.exists() and not can_write(path):
+        return f"study.storage: {path} cannot be written (got {url!r})"
+    return creation_problem(path.parent, "study.storage", writable=writable, got=url)
 
 
 JOB_GROUPS = ("model", "lora", "data", "training", "objective", "compare", "tracking")  # a study's job side
@@ -981,8 +1004,12 @@ class StudyConfig(Section):
     def storage_url(self) -> str:
         """study.storage, else $LORA_SWEEP_STORAGE (so a study YAML need not hold a server's
         password), else the SQLite file beside the study folder."""
-        return (self.study.storage or os.environ.get("LORA_SWEEP_STORAGE")
-                or f"sqlite:///{Path(self.study.dir) / self.study.name}.db")
+        url = (self.study.storage or os.environ.get("LORA_SWEEP_STORAGE")
+               or f"sqlite:///{Path(self.study.dir) / self.study.name}.db")
+        file = storage_file(url)
+        if file is not None and file[0] == "" and not url.endswith(".log"):
+            return f"sqlite:///{url}"  # a bare name.db: a SQLite file, as study.warm_start reads one
+        return url
 
 
 def storage_file(url: str) -> tuple[str, str] | None:

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import netrc
 import os
 import re
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,8 +38,47 @@ from lora_sweep.config import StudyConfig, TrackingSection
 
 log = logging.getLogger("lora_sweep.tracking")
 
+CHECK_S = 5.0  # how long `validate` and `run` wait for a tracking server to answer
+# MLflow's client retries an unreachable server 7 times with backoff (minutes): a sweep's tracker that
+# goes away costs a warning, so its sweep and jobs try twice, 10 s each (unless set otherwise)
+MLFLOW_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 PREFIX = "trial."  # the names of what the sweep adds to a run: never one the Trainer logs itself
 MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+
+
+# ---------------------------------------------------------------- before the sweep
+
+
+def tracker_problems(tracking: TrackingSection, timeout: float = CHECK_S) -> list[str]:
+    """What would make the trackers asked for fail every trial, found before any: an MLflow server
+    that does not answer within `timeout` s, W&B online without an API key."""
+    problems = []
+    uri = tracking.mlflow
+    if uri and uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri, timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # a server answered (an error page is still an answer)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            why = getattr(exc, "reason", exc)
+            problems.append(f"tracking.mlflow: nothing answers at {uri} within {timeout:.0f} s ({why}): start the "
+                            f"MLflow server, or log to a file (sqlite:///mlflow.db)")
+    offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun")
+    if tracking.wandb and not offline and not wandb_key():
+        problems.append("tracking.wandb: no W&B API key (WANDB_API_KEY, or `wandb login`) and WANDB_MODE is not "
+                        "offline: set a key, or WANDB_MODE=offline to keep the runs on disk")
+    return problems
+
+
+def wandb_key() -> bool:
+    """Is a W&B API key there: $WANDB_API_KEY, or the netrc entry `wandb login` writes?"""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 # ---------------------------------------------------------------- names both sides derive
@@ -115,15 +158,21 @@ def trainer_kwargs(tracking: TrackingSection) -> dict[str, Any]:
     # the sweep's own W&B service, whose address its jobs inherit: a job starts its own, or a
     # pruned (killed) job's run would stay open in the sweep's and block the sweep's record of it
     os.environ.pop("WANDB_SERVICE", None)
+    report_to = tracking.report_to
     if tracking.mlflow and int(os.environ.get("RANK", "0")) == 0:  # only the main process logs
         import mlflow
 
-        mlflow.set_tracking_uri(tracking.mlflow)
-        if tracking.group:
-            mlflow.set_experiment(tracking.group)
-        if mlflow.active_run() is None:
-            mlflow.start_run(run_name=tracking.run_name)  # ended (FINISHED) when the process exits
-    return {"report_to": tracking.report_to, **({"run_name": tracking.run_name} if tracking.run_name else {})}
+        try:
+            mlflow.set_tracking_uri(tracking.mlflow)
+            if tracking.group:
+                mlflow.set_experiment(tracking.group)
+            if mlflow.active_run() is None:
+                mlflow.start_run(run_name=tracking.run_name)  # ended (FINISHED) when the process exits
+        except Exception as exc:  # a tracker gone mid-sweep costs a warning, never the trial
+            log.warning("tracking: MLflow at %s failed (%s: %s): this job trains without it", tracking.mlflow,
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            report_to = [name for name in report_to if name != "mlflow"]
+    return {"report_to": report_to or "none", **({"run_name": tracking.run_name} if tracking.run_name else {})}
 
 
 # ---------------------------------------------------------------- the study side
@@ -167,6 +216,8 @@ class MLflowTracker(Tracker):
         super().__init__(config)
         from mlflow import MlflowClient
 
+        for name, value in MLFLOW_RETRIES.items():  # this process's client, and the jobs it launches
+            os.environ.setdefault(name, value)
         self.client = MlflowClient(config.tracking.mlflow)
         # made now, before any job starts: parallel jobs would race to create the experiment
         # (and a new SQLite store's tables)
