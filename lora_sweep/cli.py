@@ -21,7 +21,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study or job YAML and its data files, every problem at once."""
-    from lora_sweep.config import apply_overrides, creation_problem, is_study, load_job, load_study, read_yaml
+    from lora_sweep.config import apply_overrides, is_study, load_job, load_study, read_yaml
     from lora_sweep.data import read_files
 
     tree = apply_overrides(read_yaml(args.config), args.overrides)
@@ -33,6 +33,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         problems += exc.problems
         config = None
     counts, sides = [], []
+    if config is not None and study:
+        from lora_sweep.sweep import preflight
+
+        problems += preflight(config)  # what `run` refuses before it starts: storage, folders, warm start, trackers
     if config is not None:
         *sides, _, found = read_files(config.data)  # train.json, test.json; every problem, as `run` has them
         problems += found
@@ -49,8 +53,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from lora_sweep.space import build_space, fit_to_run, past_the_run
         from lora_sweep.sweep import make_pruner, make_sampler
 
-        # loading refuses a study.dir under a file; a sweep must also be allowed to write there
-        problems += filter(None, [creation_problem(config.study.dir, "study.dir", writable=True)])
         space = build_space(config)
         for check in (lambda: make_sampler(config, space), lambda: make_pruner(config)):
             try:

@@ -947,11 +947,11 @@ def storage_problem(url: str, writable: bool = False) -> str | None:
                     "postgresql://user@host/db")
         return None
     path = Path(file[1])
+    if path.is_dir():
+        return f"study.storage: a folder, not a database file (got {url!r}): give a file in it, e.g. {path / 'study.db'}"
     if file[0] == "" and path.suffix not in PLAIN_STORAGE_SUFFIXES:
         return (f"study.storage: a plain path must end in .log (a journal file) or .db (SQLite) (got {url!r}): "
                 f"or write journal:///{path} for a journal file, sqlite:///{path} for SQLite")
-    if path.is_dir():
-        return f"study.storage: a folder, not a database file (got {url!r}): give a file in it, e.g. {path / 'study.db'}"
     if writable and path.exists() and not can_write(path):
         return f"study.storage: {path} cannot be written (got {url!r})"
     return creation_problem(path.parent, "study.storage", writable=writable, got=url)

@@ -29,7 +29,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from lora_sweep import cluster, launch
-from lora_sweep.config import ConfigError, StudyConfig, load_study
+from lora_sweep.config import ConfigError, StudyConfig, creation_problem, load_study, storage_problem
 from lora_sweep.dashboard import write_study_note
 from lora_sweep.events import LauncherLost
 from lora_sweep.holdout import BASE_ERROR_ATTR, DEFAULTS, honest_lines, honest_scores
@@ -49,7 +49,7 @@ from lora_sweep.storage import (
     shown_config,
     this_worker,
 )
-from lora_sweep.tracking import study_callbacks
+from lora_sweep.tracking import study_callbacks, tracker_problems
 from lora_sweep.trial import TrialFailed, run_base_model, run_trial
 from lora_sweep.warmstart import seed_study, source_study
 
@@ -372,6 +372,20 @@ def prepare_data(config: StudyConfig) -> int:
     return len(tokenized.train)
 
 
+def preflight(config: StudyConfig, join_only: bool = False) -> list[str]:
+    """What would stop the sweep after it started, found before anything is tokenized or written
+    (`validate` says the same): storage and study folder writable, the warm start's study there,
+    the trackers answering."""
+    problems = [storage_problem(config.storage_url, writable=True),
+                creation_problem(config.study.dir, "study.dir", writable=True)]
+    if config.study.warm_start and not join_only:  # a worker joins a study: a warm start seeded it already
+        try:
+            source_study(config)
+        except ConfigError as exc:
+            problems += exc.problems
+    return [p for p in problems if p] + tracker_problems(config.tracking)
+
+
 def start_study(config: StudyConfig, space: Space, sampler: optuna.samplers.BaseSampler,
                 pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """The sweep's study, created with its defaults trial when missing. Under the study's claim:
@@ -422,12 +436,13 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
         cluster.require_ray()  # missing: one line, before anything is written
     space = build_space(config)
     sampler, pruner = make_sampler(config, space), make_pruner(config)  # bad options: refused before any write
+    problems = preflight(config, join_only)
+    if problems:  # one line each, before anything is tokenized or written
+        raise ConfigError(problems)
     check_reachable(config.storage_url)  # an unreachable server: one line, before the cache is written
     if join_only:  # a worker joins; it never starts a study (nor reads one a first `run` is creating)
         with StudyClaim(config.storage_url, config.study.name):
             load_existing(config.storage_url, config.study.name)
-    elif config.study.warm_start:
-        source_study(config)  # a missing or ambiguous source: refused before anything is written
     folder = StudyFolder(config.folder.resolve())
     folder.check_owner(config.storage_url)
     space = fit_to_run(config, space, prepare_data(config))  # bad data or model: refused before anything is written
