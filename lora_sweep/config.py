@@ -83,7 +83,38 @@ class LoraSection(Section):
     )
 
 
-DataFormat = Literal["auto", "chat", "alpaca", "sharegpt"]  # how a data file's records are written (data.format)
+DataFormat = Literal["auto", "chat", "alpaca", "sharegpt", "columns"]  # how a data file's records are written
+
+
+def template_fields(template: str) -> list[str]:
+    """The record fields a data.columns template names ("{phrase} is {tone}" -> phrase, tone); ValueError
+    for a template Python's str.format cannot read, or a field that is not a plain name."""
+    import string
+
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a template ({exc}); fields are written {{name}}, a brace itself {{{{ or }}}}") from None
+    for name in names:
+        if not name or any(c in name for c in ".[]!:"):
+            raise ValueError(f"{{{name}}}: name a field of the record, e.g. {{phrase}}")
+    return list(dict.fromkeys(names))
+
+
+class ColumnsSection(Section):
+    """Records of your own fields, turned into a conversation by templates (Python's str.format
+    over the record: "{phrase}"; the AI Toolkit's Phi-3 `text_cols` / `text_template`)."""
+
+    prompt: str = Field(description='The user\'s turn, e.g. "Which tone is this? {phrase}".')
+    answer: str = Field(description='The answer: what the loss and the generation metric see, e.g. "{tone}".')
+    system: str | None = Field(None, description="A system message before the prompt (a template too), or none.")
+
+    @field_validator("prompt", "answer", "system")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None:
+            template_fields(value)
+        return value
 
 
 class DataSection(Section):
@@ -99,7 +130,14 @@ class DataSection(Section):
         description='How each line\'s record is written: chat ({"messages": [{"role", "content"}]}, the AI '
         'Toolkit\'s), alpaca ({"instruction", "input", "output"}, optionally "system" and "history": '
         'Axolotl\'s and LLaMA-Factory\'s), sharegpt ({"conversations": [{"from", "value"}]}, from human, gpt '
-        'or system), or auto: the format of the first record that has one\'s fields.',
+        'or system), columns (your own fields, through data.columns\' templates), or auto: columns when '
+        'data.columns is given, else the format of the first record that has one\'s fields. Files are JSON '
+        'lines, one JSON array, or CSV (.csv) / TSV (.tsv) with a header row.',
+    )
+    columns: ColumnsSection | None = Field(
+        None,
+        description='With format columns: the templates that make a record a conversation, e.g. {prompt: '
+        '"{phrase}", answer: "{tone}"}.',
     )
     system_prompt: str | None = Field(
         None,
@@ -156,6 +194,10 @@ class DataSection(Section):
                 setattr(self, field, str(Path(self.dataset) / f"{side}.json"))
         if self.validation_split is not None and self.validation_file is not None:
             raise ValueError("data.validation_split and data.validation_file: give one, not both")
+        if self.format == "columns" and self.columns is None:
+            raise ValueError('data.format: columns needs data.columns, e.g. {prompt: "{phrase}", answer: "{tone}"}')
+        if self.columns is not None and self.format not in ("columns", "auto"):
+            raise ValueError(f"data.columns is read with data.format: columns, not {self.format}")
         if self.validation_split is not None and self.validation_split >= 1 and self.validation_split != int(self.validation_split):
             raise ValueError(f"data.validation_split: a share below 1 or a whole count (got {self.validation_split})")
         missing = [f for f in ("train_file", "test_file") if getattr(self, f) is None]
@@ -1072,6 +1114,7 @@ def reference_tables() -> str:
     groups = [("study", StudySection), ("study.sampler", SamplerSection), ("study.pruner", PrunerSection),
               ("study.ray", RaySection),
               ("model", ModelSection), ("lora", LoraSection), ("data", DataSection),
+              ("data.columns", ColumnsSection),
               ("training", TrainingSection), ("objective", ObjectiveSection), ("compare", CompareSection),
               ("tracking", TrackingSection)]
     flat = flat_names()
@@ -1081,7 +1124,7 @@ def reference_tables() -> str:
         for name, info in model.model_fields.items():
             if isinstance(info.default, BaseModel):
                 continue  # a nested group, in its own table
-            default = json.dumps(info.default) if info.default is not None or not info.is_required() else "required"
+            default = "required" if info.is_required() else json.dumps(info.default)
             alias = flat.get(f"{group}.{name}", "")
             out.append(f"| `{name}` | `{default}` | {f'`{alias}`' if alias else ''} | {info.description or ''} |")
         out.append("")

@@ -21,8 +21,10 @@ every end-of-turn, and the model would never learn to stop.
 from __future__ import annotations
 
 import codecs
+import csv
 import errno
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -36,7 +38,7 @@ from typing import Any, BinaryIO, Literal
 
 import torch
 
-from lora_sweep.config import ConfigError, DataFormat, DataSection
+from lora_sweep.config import ColumnsSection, ConfigError, DataFormat, DataSection, template_fields
 from lora_sweep.models import cache_root
 
 log = logging.getLogger(__name__)
@@ -156,12 +158,28 @@ def from_sharegpt(obj: dict) -> tuple[Sample | None, list[str]]:
     return (None, problems) if problems else ({"messages": messages}, [])
 
 
-def as_chat(obj: Any, fmt: str) -> tuple[Sample | None, list[str]]:
-    """One parsed record of format `fmt` ("chat", "alpaca" or "sharegpt") as a checked chat sample, or
-    what is wrong with it."""
+def from_columns(obj: dict, columns: ColumnsSection) -> tuple[Sample | None, list[str]]:
+    """A record of the user's own fields as a chat sample: data.columns' templates filled from it."""
+    templates = [t for t in (columns.system, columns.prompt, columns.answer) if t is not None]
+    names = list(dict.fromkeys(name for t in templates for name in template_fields(t)))
+    problems = [f'no field "{name}" (fields: {", ".join(obj) or "none"})' for name in names if name not in obj]
+    problems += [f'field "{name}" is null' for name in names if name in obj and obj[name] is None]
+    if problems:
+        return None, problems
+    system = [{"role": "system", "content": columns.system.format_map(obj)}] if columns.system is not None else []
+    return {"messages": [*system, {"role": "user", "content": columns.prompt.format_map(obj)},
+                         {"role": "assistant", "content": columns.answer.format_map(obj)}]}, []
+
+
+def as_chat(obj: Any, fmt: str, columns: ColumnsSection | None = None) -> tuple[Sample | None, list[str]]:
+    """One parsed record of format `fmt` ("chat", "alpaca", "sharegpt" or "columns", with `columns`)
+    as a checked chat sample, or what is wrong with it."""
     if not isinstance(obj, dict):
         return None, [f"must be a JSON object, got {type(obj).__name__}"]
-    sample, problems = {"chat": lambda o: (o, []), "alpaca": from_alpaca, "sharegpt": from_sharegpt}[fmt](obj)
+    if fmt == "columns":
+        sample, problems = from_columns(obj, columns)
+    else:
+        sample, problems = {"chat": lambda o: (o, []), "alpaca": from_alpaca, "sharegpt": from_sharegpt}[fmt](obj)
     problems = problems or check_sample(sample)
     return (None, problems) if problems else (sample, [])
 
@@ -301,6 +319,34 @@ def json_records(path: Path) -> Iterator[Record]:
                 yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
 
 
+CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}  # by the file's suffix
+
+
+def csv_records(path: Path) -> Iterator[Record]:
+    """The rows of a CSV or TSV file with a header row as {header: cell} records, each with the line
+    it starts on (a quoted cell may span lines). Python's csv module reads it: quoted cells, CRLF and
+    a spreadsheet's byte-order mark (or UTF-16 with one) as Excel writes them; read whole."""
+    with path.open("rb") as file:
+        raw = b"".join(utf8_blocks(file))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield raw[: exc.start].count(b"\n") + 1, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start})"
+        return
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=CSV_DELIMITERS[path.suffix.lower()], strict=True)
+    try:
+        header = next(reader, None)
+        start = reader.line_num + 1
+        for row in reader:
+            if len(row) != len(header) and any(cell.strip() for cell in row):
+                yield start, None, f"has {len(row)} cells, the header row {len(header)} ({', '.join(header)})"
+            elif row:
+                yield start, dict(zip(header, row)), None
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        yield reader.line_num, None, f"not valid CSV ({exc})"
+
+
 SPACE = re.compile(r"\s*")
 
 
@@ -360,10 +406,11 @@ def link_loop(path: Path) -> Path | None:
     return None
 
 
-def read_samples(path: str | Path, fmt: DataFormat = "auto") -> tuple[list[Sample], list[str]]:
-    """Parse a file of records in format `fmt` (JSON lines or a JSON array); return them as chat
-    samples and every problem as `file:line: ...`. With "auto", the first record with a known
-    format's fields decides (chat when none has)."""
+def read_samples(path: str | Path, fmt: DataFormat = "auto", columns: ColumnsSection | None = None
+                 ) -> tuple[list[Sample], list[str]]:
+    """Parse a file of records in format `fmt` (JSON lines, a JSON array, CSV or TSV); return them as
+    chat samples and every problem as `file:line: ...`. With "auto", `columns` when given, else the
+    first record with a known format's fields decides (chat when none has)."""
     path = Path(path)
     loop = link_loop(path)
     if loop is not None:
@@ -375,13 +422,15 @@ def read_samples(path: str | Path, fmt: DataFormat = "auto") -> tuple[list[Sampl
         return [], [f"{path}: no such file"]
     samples, problems = [], []
     try:
-        for number, obj, unreadable in json_records(path):
+        if fmt == "auto" and columns is not None:
+            fmt = "columns"
+        for number, obj, unreadable in (csv_records if path.suffix.lower() in CSV_DELIMITERS else json_records)(path):
             if unreadable:
                 problems.append(f"{path}:{number}: {unreadable}")
                 continue
             if fmt == "auto":
                 fmt = recognise(obj) or "auto"
-            sample, found = as_chat(obj, "chat" if fmt == "auto" else fmt)
+            sample, found = as_chat(obj, "chat" if fmt == "auto" else fmt, columns)
             problems += [f"{path}:{number}: {p}" for p in found]
             samples += [sample] if sample else []
     except OSError as exc:
@@ -408,12 +457,12 @@ def read_files(data: DataSection) -> tuple[list[Sample], list[Sample], list[Samp
     """The samples of train.json, test.json and data.validation_file (None without one), each file
     read and checked, and every problem of them all, data.validation_split's too: what `validate`
     reports and what `load_samples` refuses."""
-    train, train_problems = read_samples(data.train_file, data.format)
-    test, test_problems = read_samples(data.test_file, data.format)
+    train, train_problems = read_samples(data.train_file, data.format, data.columns)
+    test, test_problems = read_samples(data.test_file, data.format, data.columns)
     problems = capped(train_problems) + capped(test_problems)
     validation = None
     if data.validation_file is not None:
-        validation, validation_problems = read_samples(data.validation_file, data.format)
+        validation, validation_problems = read_samples(data.validation_file, data.format, data.columns)
         problems += [f"data.validation_file: {p}" for p in capped(validation_problems)]
     if not problems and data.validation_split is not None:
         problems += filter(None, [hold_out(train, data.validation_split, Path(data.train_file).name)[2]])
@@ -727,7 +776,7 @@ def file_digest(path: str | Path) -> str:
 def cache_path(data: DataSection, seed: int, tokenizer: Any, split: Split = "eval") -> Path:
     """Where the tokenized data of these files, tokenizer and settings is cached."""
     settings = data.model_dump(
-        include={"format", "system_prompt", "varied_seqlen", "train_on_prompt", "train_nsamples",
+        include={"format", "columns", "system_prompt", "varied_seqlen", "train_on_prompt", "train_nsamples",
                  "test_nsamples", "train_seqlen", "test_seqlen", "validation_split", "packing"}
     )
     validation = file_digest(data.validation_file) if data.validation_file is not None else None

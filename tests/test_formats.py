@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import chat, job_tree, memorization_samples, run_cli, write_yaml
+from helpers import chat, job_tree, load, memorization_samples, run_cli, run_module, study_tree, write_yaml
 from lora_sweep import data as D
 from lora_sweep.config import ConfigError, DataSection
 
@@ -150,3 +150,85 @@ def test_validate_and_train_read_alpaca_and_refuse_its_bad_records(tiny_llama, t
     with pytest.raises(ConfigError, match=f"^data: {problem}$".replace("(", r"\(").replace(")", r"\)")):
         T.run(load_job(job))
     assert not (tmp_path / "out2").exists() and not (tmp_path / "cache2").exists()
+
+
+TONES = [{"phrase": "What a lovely day!", "tone": "joy"}, {"phrase": "I lost my keys again.", "tone": "sadness"},
+         {"phrase": "How dare you!", "tone": "anger"}]
+TONE_COLUMNS = {"prompt": "Which tone is this? {phrase}", "answer": "{tone}", "system": "Answer with one word."}
+TONES_AS_CHAT = [chat(f"Which tone is this? {t['phrase']}", t["tone"], system="Answer with one word.") for t in TONES]
+
+
+def columns_section(tmp_path: Path, **update) -> DataSection:
+    return DataSection(train_file=str(tmp_path / "t"), test_file=str(tmp_path / "t"), columns=TONE_COLUMNS, **update)
+
+
+def test_columns_fill_the_templates_from_each_record(tmp_path):
+    # the AI Toolkit's Phi-3 tone data: {"phrase", "tone"} per line, text_cols and a text_template
+    path = write_lines(tmp_path / "tone.json", TONES + [{"phrase": "Hm.", "label": "neutral"}, {"phrase": None, "tone": "x"}])
+    columns = columns_section(tmp_path).columns
+    assert D.read_samples(path, "columns", columns) == (TONES_AS_CHAT, [
+        f'{path}:4: no field "tone" (fields: phrase, label)',
+        f'{path}:5: field "phrase" is null',
+    ])
+    assert D.read_samples(path, "auto", columns)[0] == TONES_AS_CHAT  # data.columns given: columns
+
+
+def test_a_csv_saved_by_a_spreadsheet_program(tmp_path):
+    # Excel's "CSV UTF-8": a byte-order mark, CRLF, a quoted cell with a comma and one with a line end
+    path = tmp_path / "tone.csv"
+    path.write_bytes("\ufeffphrase,tone\r\n"
+                     "What a lovely day!,joy\r\n"
+                     '"Well, I lost my keys\r\nagain.",sadness\r\n'
+                     "\r\n"
+                     "only one cell\r\n"
+                     "How dare you!,anger\r\n".encode("utf-8"))
+    columns = columns_section(tmp_path).columns
+    samples, problems = D.read_samples(path, "columns", columns)
+    assert samples == [TONES_AS_CHAT[0], chat("Which tone is this? Well, I lost my keys\r\nagain.", "sadness",
+                                              system="Answer with one word."), TONES_AS_CHAT[2]]
+    assert problems == [f"{path}:6: has 1 cells, the header row 2 (phrase, tone)"]
+    # an Alpaca spreadsheet, tab-separated, recognised by its header
+    tsv = tmp_path / "alpaca.tsv"
+    tsv.write_text("instruction\tinput\toutput\nTranslate to French.\tGood morning\tBonjour\n", encoding="utf-8")
+    assert D.read_samples(tsv) == ([ALPACA_AS_CHAT[1]], [])
+    broken = tmp_path / "broken.csv"
+    broken.write_text('phrase,tone\n"never closed,joy\n', encoding="utf-8")
+    assert D.read_samples(broken, "columns", columns) == ([], [f"{broken}:2: not valid CSV (unexpected end of data)"])
+
+
+def test_columns_and_their_templates_are_checked_with_the_config(tmp_path):
+    with pytest.raises(ValueError, match=r'data.format: columns needs data.columns, e.g. \{prompt: "\{phrase\}"'):
+        DataSection(train_file="t", test_file="t", format="columns")
+    with pytest.raises(ValueError, match="data.columns is read with data.format: columns, not alpaca"):
+        columns_section(tmp_path, format="alpaca")
+    with pytest.raises(ValueError, match=r"\{a.b\}: name a field of the record, e.g. \{phrase\}"):
+        DataSection(train_file="t", test_file="t", columns={"prompt": "{a.b}", "answer": "{tone}"})
+    with pytest.raises(ValueError, match=r"not a template \(expected '\}' before end of string\)"):
+        DataSection(train_file="t", test_file="t", columns={"prompt": "{phrase", "answer": "{tone}"})
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["alpaca", "columns"])
+def test_a_sweep_runs_on_alpaca_and_on_columns_data(tiny_llama, tmp_path, kind):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pairs = [(s["messages"][0]["content"], s["messages"][1]["content"]) for s in memorization_samples()]
+    tree = study_tree(tiny_llama, folder, tmp_path / "studies", n_trials=2)
+    if kind == "alpaca":
+        for name in ("train.json", "test.json"):
+            write_lines(folder / name, [{"instruction": q, "input": "", "output": a} for q, a in pairs])
+    else:  # a spreadsheet of questions and answers, through data.columns
+        for name in ("train.csv", "test.csv"):
+            rows = "".join(f'"{q}","{a}"\r\n' for q, a in pairs)
+            (folder / name).write_text("question,answer\r\n" + rows, encoding="utf-8")
+        tree["data"].update(dataset=None, train_file=str(folder / "train.csv"), test_file=str(folder / "test.csv"),
+                            columns={"prompt": "{question}", "answer": "{answer}"})
+    tree["objective"] = {"metric": "token_f1", "max_new_tokens": 6, "baseline": False}
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    proc = run_module(["run", str(config)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path / "studies")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    for trial in study.trials:  # the answers scored are the records' answers
+        records = Path(trial.user_attrs["trial_dir"], "predictions.jsonl").read_text().splitlines()
+        assert sorted(json.loads(r)["reference"] for r in records) == sorted(a for _, a in pairs)
