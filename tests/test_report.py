@@ -223,6 +223,18 @@ def test_pruned_trials_that_heard_the_loss_stay_off_the_metric_axis(tmp_path):
     assert [(s.y0, s.yref) for s in curves.layout.shapes] == [(2.5, "y"), (0.1, "y2")]  # the base model on each
 
 
+def test_the_summary_carries_the_honest_comparison_the_sweep_recorded(tmp_path):
+    # a sweep that ended by its timeout with some trials finished records the comparison of what it
+    # has (lora_sweep.holdout); the report and the notebook print it under the summary
+    study = synthetic_study(tmp_path / "studies")
+    study.set_user_attr("bootstrap", {"best - defaults": {"mean": 0.7344, "low": 0.6562, "high": 0.8125, "n": 16}})
+    lines = report.summary(study, report.load_frame(study))
+    assert lines[-1] == ("best - defaults: +0.7344 (95 % paired bootstrap interval +0.6562 .. +0.8125, 16 prompts: "
+                         "a real difference)")
+    page = report.write_html(study, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<p>best - defaults: +0.7344 (95 % paired bootstrap interval +0.6562 .. +0.8125" in page
+
+
 def test_importances_say_how_uncertain_they_are(tmp_path):
     study = synthetic_study(tmp_path / "studies")
     found = report.param_importances(study)
