@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-wheels=bench/gpu_wheels
+wheels=${GPU_CHECK_WHEELS:-bench/gpu_wheels}  # the tests may point elsewhere
 requirements=bench/gpu_requirements.txt
 python=${PYTHON:-python3}
 site=${GPU_CHECK_SITE:-/tmp/site}  # where the wheels go (the tests install them elsewhere)
