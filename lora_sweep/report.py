@@ -602,7 +602,8 @@ def importance_figure(study: optuna.Study, importances: Importances | None = Non
     values = [found.values[n] for n in names]
     fig = go.Figure(go.Bar(
         x=values, y=names, orientation="h", text=[f"{v:.2f}" for v in values], textposition="inside",
-        error_x={"type": "data", "symmetric": False, "array": [max(0.0, found.high[n] - found.values[n]) for n in names],
+        error_x={"type": "data", "symmetric": False,
+                 "array": [max(0.0, found.high[n] - found.values[n]) for n in names],
                  "arrayminus": [max(0.0, found.values[n] - found.low[n]) for n in names]},
         customdata=[[found.low[n], found.high[n]] for n in names],
         hovertemplate="%{y}: %{x:.2f} (resamples: %{customdata[0]:.2f} .. %{customdata[1]:.2f})<extra></extra>"))

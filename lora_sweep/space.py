@@ -140,20 +140,14 @@ def run_steps(config: StudyConfig, space: Space, train_rows: int | None) -> tupl
                       if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high])
             set_path(tree, path, pick(values))
     own_rows = sorted(p for p in searched if (p.startswith("data.") and p not in SAME_ROWS) or p == "training.seed")
-    job = _Sections(training=TrainingSection.model_construct(**tree["training"]),
-                    data=DataSection.model_construct(**tree["data"]))
+    job = config.model_copy(update={"training": TrainingSection.model_construct(**tree["training"]),
+                                    "data": DataSection.model_construct(**tree["data"])})
     if job.training.num_training_steps is None:
         if own_rows:
             return None, f"each trial's training rows depend on {', '.join(own_rows)}, which is searched"
         if train_rows is None:
             return None, "the training rows are not counted yet"
     return plan_steps(job, train_rows or 0, config.study.gpus_per_trial), None
-
-
-@dataclasses.dataclass
-class _Sections:
-    training: Any
-    data: Any
 
 
 def fit_to_run(config: StudyConfig, space: Space, train_rows: int | None) -> Space:

@@ -79,8 +79,8 @@ def synthetic_study(folder: Path, name: str = "rich") -> optuna.Study:
             attrs.update(error="CUDA out of memory <b>not html</b>", log_tail="Traceback ...")
         if state == TrialState.COMPLETE:
             write_jsonl(trial_dir / "predictions.jsonl", records)
-            attrs.update(best_score=score, best_eval_loss=loss[40], best_step=40, adapter_path=str(trial_dir / "adapter"),
-                         predictions_path=str(trial_dir / "predictions.jsonl"))
+            attrs.update(best_score=score, best_eval_loss=loss[40], best_step=40,
+                         adapter_path=str(trial_dir / "adapter"), predictions_path=str(trial_dir / "predictions.jsonl"))
         if n != 7:
             write_jsonl(trial_dir / "events.jsonl", [
                 {"event": "start", "max_steps": 40, "warmup_steps": min(params["num_warmup_steps"], 40)},
