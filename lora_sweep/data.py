@@ -953,3 +953,50 @@ def check_packing(data: DataSection, model: Any) -> None:
     """check_bounded when `data` packs rows with packing: bounded; nothing otherwise."""
     if not data.varied_seqlen and data.packing == "bounded":
         check_bounded(model)
+
+
+# ---------------------------------------------------------------- converting to the AI Toolkit's chat files
+
+
+def convert(data: DataSection, out: str | Path) -> list[Path]:
+    """Write `data`'s files, in whatever format and file type they are, as chat JSON lines (the AI
+    Toolkit's train.json and test.json, and validation.json for a data.validation_file) in the folder
+    `out`, and return their paths. The records are written as they are read (no system prompt added);
+    bad data or a file already there: ConfigError, and nothing is written."""
+    train, test, validation, problems = read_files(data)
+    out = Path(out)
+    files = {"train.json": train, "test.json": test, **({"validation.json": validation} if validation else {})}
+    problems += [f"{out / name}: exists: give a new or empty folder" for name in files if (out / name).exists()]
+    if problems:
+        raise ConfigError(problems, "data")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, samples in files.items():
+        (out / name).write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
+    return [out / name for name in files]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lora_sweep.data CONFIG OUT [overrides]`: the config's data as chat files in OUT."""
+    import argparse
+    import sys
+
+    from lora_sweep.config import is_study, load_job, load_study, read_yaml
+
+    parser = argparse.ArgumentParser(prog="lora_sweep.data", description="Write a job's or study's data as the AI "
+                                     "Toolkit's chat JSON lines (train.json, test.json), from any data.format.")
+    parser.add_argument("config", help="study or job YAML")
+    parser.add_argument("out", help="the folder to write train.json and test.json in (new or without them)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.format=alpaca")
+    args = parser.parse_args(argv)
+    try:
+        load = load_study if is_study(read_yaml(args.config)) else load_job
+        written = convert(load(args.config, args.overrides).data, args.out)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(f"{path}: {sum(1 for _ in path.open(encoding='utf-8'))} chat samples" for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import chat, job_tree, load, memorization_samples, run_cli, run_module, study_tree, write_yaml
 from lora_sweep import data as D
-from lora_sweep.config import ConfigError, DataSection
+from lora_sweep.config import ConfigError, DataSection, load_job
 
 
 def write_lines(path: Path, records: list) -> Path:
@@ -137,7 +137,6 @@ def test_validate_and_train_read_alpaca_and_refuse_its_bad_records(tiny_llama, t
     job = write_yaml(tmp_path / "job.yaml", tree)
     assert run_cli(["validate", str(job)]).stdout == f"{job}: valid job config (8 train and 8 test samples)\n"
     from lora_sweep import train as T
-    from lora_sweep.config import load_job
 
     result = T.run(load_job(job))  # a real job: trains and evaluates on the Alpaca records
     assert result["best_eval_loss"] > 0 and Path(result["adapter_path"], "adapter_config.json").is_file()
@@ -232,3 +231,29 @@ def test_a_sweep_runs_on_alpaca_and_on_columns_data(tiny_llama, tmp_path, kind):
     for trial in study.trials:  # the answers scored are the records' answers
         records = Path(trial.user_attrs["trial_dir"], "predictions.jsonl").read_text().splitlines()
         assert sorted(json.loads(r)["reference"] for r in records) == sorted(a for _, a in pairs)
+
+
+def test_convert_writes_the_ai_toolkits_chat_files_from_any_format(tiny_llama, tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "tone.csv").write_text("phrase,tone\n" + "".join(f"{t['phrase']},{t['tone']}\n" for t in TONES),
+                                     encoding="utf-8")
+    tree = job_tree(tiny_llama, folder, tmp_path / "out")
+    tree["data"].update(dataset=None, train_file=str(folder / "tone.csv"), test_file=str(folder / "tone.csv"),
+                        columns=TONE_COLUMNS)
+    job = write_yaml(tmp_path / "job.yaml", tree)
+    assert D.main([str(job), str(tmp_path / "aitk")]) == 0
+    for name in ("train.json", "test.json"):  # what the AI Toolkit (and data.format: chat) reads
+        assert D.read_samples(tmp_path / "aitk" / name, "chat") == (TONES_AS_CHAT, [])
+    # a second time: the files are there; bad data: refused; nothing written either way
+    before = (tmp_path / "aitk" / "train.json").read_bytes()
+    with pytest.raises(ConfigError) as err:
+        D.convert(load_job(job).data, tmp_path / "aitk")
+    assert err.value.problems == [f"{tmp_path / 'aitk' / name}: exists: give a new or empty folder"
+                                  for name in ("train.json", "test.json")]
+    assert (tmp_path / "aitk" / "train.json").read_bytes() == before
+    capsys.readouterr()
+    assert D.main([str(job), str(tmp_path / "other"), "data.columns.answer=a {label}"]) == 2
+    assert capsys.readouterr().err.splitlines()[:2] == [
+        "error: data: 6 problems:", f'  - {folder / "tone.csv"}:2: no field "label" (fields: phrase, tone)']
+    assert not (tmp_path / "other").exists()
