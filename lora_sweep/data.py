@@ -975,22 +975,71 @@ def convert(data: DataSection, out: str | Path) -> list[Path]:
     return [out / name for name in files]
 
 
+def format_found(path: str | Path, fmt: DataFormat, columns: ColumnsSection | None) -> str:
+    """The format `read_samples` reads `path` in, and why (a file that cannot be read: chat)."""
+    if fmt != "auto":
+        return f"{fmt} (data.format)"
+    if columns is not None:
+        return "columns (data.columns is given)"
+    path = Path(path)
+    try:
+        for number, obj, problem in (csv_records if path.suffix.lower() in CSV_DELIMITERS else json_records)(path):
+            found = None if problem else recognise(obj)
+            if found:
+                return f"{found} (recognised from line {number}: fields {', '.join(obj)})"
+    except (OSError, Unreadable):
+        pass
+    return "chat (no record has another format's fields)"
+
+
+def shown(tokenizer: Any, data: DataSection, sample: Sample) -> str:
+    """A sample as the model sees it in training (chat template, data.system_prompt), the tokens the
+    loss is on between [[ and ]]."""
+    messages = with_system_prompt(sample["messages"], data.system_prompt)
+    pieces = segments(tokenizer, messages, chat_template(tokenizer))
+    return "".join(f"[[{text}]]" if answer or data.train_on_prompt else text for text, answer in pieces)
+
+
+def show(config: Any) -> str:
+    """What `python -m lora_sweep.data show` prints: each file's format and why, and the first
+    training sample as the model sees it (needs the model's tokenizer, not its weights)."""
+    from lora_sweep.models import find_model, load_tokenizer
+
+    data = config.data
+    train, _, _, problems = read_files(data)
+    if problems:
+        raise ConfigError(problems, "data")
+    lines = [f"{path}: {format_found(path, data.format, data.columns)}"
+             for path in (data.train_file, data.test_file, data.validation_file) if path is not None]
+    tokenizer = load_tokenizer(find_model(config.model.name_or_path), config.model.trust_remote_code)
+    return "\n".join([*lines, "the first training sample as the model sees it; the loss is on what [[ ]] marks:",
+                      shown(tokenizer, data, train[0])])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lora_sweep.data CONFIG OUT [overrides]`: the config's data as chat files in OUT."""
+    """`python -m lora_sweep.data show CONFIG` and `... convert CONFIG OUT`, with overrides."""
     import argparse
     import sys
 
     from lora_sweep.config import is_study, load_job, load_study, read_yaml
 
-    parser = argparse.ArgumentParser(prog="lora_sweep.data", description="Write a job's or study's data as the AI "
-                                     "Toolkit's chat JSON lines (train.json, test.json), from any data.format.")
-    parser.add_argument("config", help="study or job YAML")
-    parser.add_argument("out", help="the folder to write train.json and test.json in (new or without them)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.format=alpaca")
+    parser = argparse.ArgumentParser(prog="lora_sweep.data", description="Look at a job's or study's data as it "
+                                     "is read, or write it as the AI Toolkit's chat JSON lines.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("show", "print each file's format and why, and the first sample as the model sees it"),
+                       ("convert", "write the data, from any data.format, as chat train.json and test.json in OUT")):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("config", help="study or job YAML")
+        if name == "convert":
+            command.add_argument("out", help="the folder to write train.json and test.json in (new or without them)")
+        command.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.format=alpaca")
     args = parser.parse_args(argv)
     try:
-        load = load_study if is_study(read_yaml(args.config)) else load_job
-        written = convert(load(args.config, args.overrides).data, args.out)
+        config = (load_study if is_study(read_yaml(args.config)) else load_job)(args.config, args.overrides)
+        if args.command == "show":
+            print(show(config))
+            return 0
+        written = convert(config.data, args.out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -242,7 +242,7 @@ def test_convert_writes_the_ai_toolkits_chat_files_from_any_format(tiny_llama, t
     tree["data"].update(dataset=None, train_file=str(folder / "tone.csv"), test_file=str(folder / "tone.csv"),
                         columns=TONE_COLUMNS)
     job = write_yaml(tmp_path / "job.yaml", tree)
-    assert D.main([str(job), str(tmp_path / "aitk")]) == 0
+    assert D.main(["convert", str(job), str(tmp_path / "aitk")]) == 0
     for name in ("train.json", "test.json"):  # what the AI Toolkit (and data.format: chat) reads
         assert D.read_samples(tmp_path / "aitk" / name, "chat") == (TONES_AS_CHAT, [])
     # a second time: the files are there; bad data: refused; nothing written either way
@@ -253,7 +253,23 @@ def test_convert_writes_the_ai_toolkits_chat_files_from_any_format(tiny_llama, t
                                   for name in ("train.json", "test.json")]
     assert (tmp_path / "aitk" / "train.json").read_bytes() == before
     capsys.readouterr()
-    assert D.main([str(job), str(tmp_path / "other"), "data.columns.answer=a {label}"]) == 2
+    assert D.main(["convert", str(job), str(tmp_path / "other"), "data.columns.answer=a {label}"]) == 2
     assert capsys.readouterr().err.splitlines()[:2] == [
         "error: data: 6 problems:", f'  - {folder / "tone.csv"}:2: no field "label" (fields: phrase, tone)']
     assert not (tmp_path / "other").exists()
+
+
+def test_show_says_the_format_found_and_how_the_first_sample_renders(tiny_llama, tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_lines(folder / "train.json", ALPACA)
+    write_lines(folder / "test.json", SHAREGPT)
+    job = write_yaml(tmp_path / "job.yaml", job_tree(tiny_llama, folder, tmp_path / "out"))
+    assert D.main(["show", str(job), "data.system_prompt=Be kind."]) == 0
+    assert capsys.readouterr().out == (
+        f"{folder / 'train.json'}: alpaca (recognised from line 1: fields instruction, input, output)\n"
+        f"{folder / 'test.json'}: sharegpt (recognised from line 1: fields conversations)\n"
+        "the first training sample as the model sees it; the loss is on what [[ ]] marks:\n"
+        "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nGive three tips for staying healthy.<|im_end|>\n"
+        "<|im_start|>assistant\n[[Eat well, sleep, move.<|im_end|>\n]]\n")
+    assert not (tmp_path / "out").exists()
