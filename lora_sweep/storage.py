@@ -16,7 +16,9 @@ import os
 import re
 import socket
 import threading
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -326,6 +328,17 @@ def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> No
     log.warning("trial %d failed: %s; its params run again", trial.number, reason)
 
 
+def file_identity(url: str) -> tuple[int, int] | None:
+    """(device, inode) of a file storage's database file, None for a server or a missing file: a
+    file deleted, or deleted and made again empty by a new connection, has another identity."""
+    file = storage_file(url)
+    try:
+        found = os.stat(file[1]) if file is not None else None
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino) if found else None
+
+
 # ---------------------------------------------------------------- the study folder
 
 
@@ -362,6 +375,23 @@ class StudyFolder:
             if owner != masked(url):
                 raise ConfigError([f"{self.root} holds the trials of the study in {owner}, not {masked(url)}: "
                                    f"give this study its own study.dir or study.name"])
+
+    def set_aside(self, known: Callable[[], set[int]]) -> tuple[Path, list[str]] | None:
+        """Move the trial folders whose number the storage does not know (`known()`: the numbers of
+        its started trials; a database deleted or replaced since they ran) to `lost-trials/<time>/`, so no new
+        trial reuses or deletes one; where they went and which, or None. The folders are listed
+        before the numbers: one a worker creates meanwhile belongs to a trial the storage knows."""
+        trials = self.root / "trials"
+        folders = [p for p in trials.iterdir() if p.name.isdigit()] if trials.is_dir() else []
+        numbers = known() if folders else set()
+        strays = [p for p in folders if int(p.name) not in numbers]
+        if not strays:
+            return None
+        dest = self.root / "lost-trials" / time.strftime("%Y%m%d-%H%M%S")
+        dest.mkdir(parents=True, exist_ok=True)
+        for folder in strays:
+            folder.rename(dest / folder.name)
+        return dest, sorted((p.name for p in strays), key=int)
 
     def claim_for(self, url: str) -> None:
         """Record that this folder holds the trials of the study in `url` (after check_owner)."""

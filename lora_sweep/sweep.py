@@ -29,7 +29,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from lora_sweep import cluster, launch
-from lora_sweep.config import ConfigError, StudyConfig, creation_problem, load_study, storage_problem
+from lora_sweep.config import ConfigError, StudyConfig, creation_problem, load_study, storage_file, storage_problem
 from lora_sweep.dashboard import write_study_note
 from lora_sweep.events import LauncherLost
 from lora_sweep.holdout import BASE_ERROR_ATTR, DEFAULTS, honest_lines, honest_scores
@@ -41,6 +41,7 @@ from lora_sweep.storage import (
     best_trial,
     check_reachable,
     fail_and_requeue,
+    file_identity,
     fail_dead_trials,
     load_existing,
     make_storage,
@@ -163,7 +164,10 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
 
     def beat() -> None:
         while True:
-            storage.record_heartbeat(trial._trial_id)
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception:  # noqa: BLE001 (a storage gone mid-trial: the slot says so, once)
+                return
             if stop.wait(interval):
                 return
 
@@ -193,6 +197,25 @@ class Sweep:
     def __post_init__(self) -> None:
         self.claim = StudyClaim(self.config.storage_url, self.config.study.name)
         self.trackers = study_callbacks(self.config)
+        self.identity = file_identity(self.config.storage_url)  # the database file this sweep writes
+        self.storage_lost: str | None = None
+
+    def check_storage(self) -> bool:
+        """Is the study's database file gone (deleted, or deleted and made again empty)? Then nothing
+        more can be recorded: say why once, stop the running jobs, and let every slot stop."""
+        if self.storage_lost is None and self.identity is not None:
+            if file_identity(self.config.storage_url) == self.identity:
+                return False
+            with self.lock:
+                if self.storage_lost is None:
+                    path = storage_file(self.config.storage_url)[1]
+                    self.storage_lost = (f"the study database {path} was deleted while the sweep ran: nothing more "
+                                         f"can be recorded, so the sweep stopped its jobs; their folders are set aside "
+                                         f"by the next run")
+                    self.stop_reason = self.storage_lost
+                    launch.stop_all(self.config.study.stop_grace)
+                    cluster.stop_all()
+        return self.storage_lost is not None
 
     def work(self, slot: list[int] | None, deadline: float | None) -> None:
         """One slot's loop (`slot`: its GPU ids, None on the CPU): take a trial while the study
@@ -202,7 +225,7 @@ class Sweep:
         trials (of every worker) and the new trial's creation happen under one lock, so parallel
         slots and workers never overshoot n_trials, and failed trials are made up."""
         try:
-            while self.stop_reason is None:
+            while self.stop_reason is None and not self.check_storage():
                 if deadline is not None and time.monotonic() >= deadline:
                     self.note = self.note or f"study.timeout ({self.config.study.timeout} s) reached"
                     return
@@ -215,6 +238,8 @@ class Sweep:
                 trial, params = taken
                 self.run(trial, params, slot)
         except BaseException as exc:  # re-raised by run_sweep in the main thread
+            if self.check_storage():  # the database went away under the slot: said in one line
+                return
             self.error = exc
             self.stop_reason = self.stop_reason or f"stopped by an error: {exc!r}"
 
@@ -283,6 +308,8 @@ class Sweep:
                 state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
                 with contextlib.suppress(Exception):
                     trial.set_user_attr("error", error)
+        if self.check_storage():  # nowhere to record it
+            return
         if self.interrupted and state != TrialState.COMPLETE:
             # stopped by Ctrl+C / SIGTERM: failed, and its params queued for the next run
             requeue = f"interrupted by {self.interrupted}"
@@ -477,6 +504,12 @@ def run_trials(config: StudyConfig, space: Space, study: optuna.Study,
     fail_dead_trials(study)  # a killed sweep's trials: failed, their params queued again
     log.info("study %s in %s: %d of %d trials finished", config.study.name, masked(config.storage_url),
              finished(study), config.study.n_trials)
+    # a trial that has started (not one queued: a new study's defaults trial is trial 0 too)
+    started = lambda: {t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}  # noqa: E731
+    aside = StudyFolder(config.folder.resolve()).set_aside(started)
+    if aside is not None:  # a new trial must never reuse (and delete) the folder of a lost study's trial
+        log.warning("trial folder(s) %s are not trials of this study's storage (its database was deleted or "
+                    "replaced?): moved to %s", ", ".join(aside[1]), aside[0])
     workers = [threading.Thread(target=sweep.work, args=(slot, deadline), name=f"slot-{i}")
                for i, slot in enumerate(slots)]
     with interrupts() as caught:
@@ -492,8 +525,12 @@ def run_trials(config: StudyConfig, space: Space, study: optuna.Study,
                 launch.stop_all(config.study.stop_grace)
                 cluster.stop_all()  # each Ray trial cancels its task: its node stops the job
                 break
+            if sweep.check_storage():  # the database file was deleted: its jobs are stopped
+                break
         for worker in workers:
             worker.join()
+    if sweep.storage_lost:
+        raise StorageLost(sweep.storage_lost)
     if sweep.error is not None:
         raise sweep.error
     done = finished(study)
@@ -520,6 +557,10 @@ def evaluate_base_model(config: StudyConfig, space: Space, study: optuna.Study, 
             break
     study.set_user_attr(BASE_ERROR_ATTR, reason)
     log.warning("%s; the sweep goes on without a baseline (`run` again evaluates it)", reason)
+
+
+class StorageLost(RuntimeError):
+    """The study's database went away mid-sweep: the sweep stopped; `run` says it in one line."""
 
 
 class Caught(threading.Event):
@@ -612,7 +653,11 @@ def main(config_path: str, overrides: list[str], join_only: bool = False) -> int
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what its INFO lines say
     config = load_study(config_path, overrides)
-    study, stopped, note = run_sweep(config, join_only)
+    try:
+        study, stopped, note = run_sweep(config, join_only)
+    except StorageLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(summary(config, study, config_path))
     if note:
         print(f"note: {note}: {finished(study)} of {config.study.n_trials} trials finished", file=sys.stderr)

@@ -321,3 +321,33 @@ def test_a_dying_warm_runner_is_not_the_trials_fault(tiny_llama, chat_data, tmp_
     assert checkpoint.startswith(str(trials / "0" / "checkpoints" / "checkpoint-"))
     assert f"documented defaults (trial 1): eval_loss {rerun.value:.4f}" in out
     assert warm_runners(sweep.pid) == []  # the sweep is gone, and so is its fresh runner
+
+
+@pytest.mark.integration
+def test_a_study_database_deleted_mid_sweep_stops_it_in_one_line(tiny_llama, chat_data, tmp_path, caplog):
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=3, stop_grace=2)
+    tree["training"].update(num_training_steps=40)
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    trials, db = tmp_path / "studies/tiny/trials", tmp_path / "studies/tiny.db"
+    sweep = start_sweep(config, tmp_path)
+    wait_for_training(trials / "0", sweep)
+    db.unlink()
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 1, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        f"error: the study database {db} was deleted while the sweep ran: nothing more can be recorded, so the "
+        f"sweep stopped its jobs; their folders are set aside by the next run")
+    assert "Traceback" not in err and out == ""
+    assert no_jobs_left(trials / "0")
+
+    # the next run makes a new study: the lost study's trial 0 is moved aside, never reused
+    lost = (trials / "0" / "events.jsonl").read_text()
+    with caplog.at_level(logging.INFO, logger="lora_sweep"):
+        proc = run_cli(["run", str(config), "study.n_trials=1"], cwd=tmp_path)
+    assert proc.returncode == 0, caplog.text[-3000:]
+    moved = list((tmp_path / "studies/tiny/lost-trials").glob("*/0"))
+    assert len(moved) == 1 and (moved[0] / "events.jsonl").read_text() == lost
+    assert (f"trial folder(s) 0 are not trials of this study's storage (its database was deleted or replaced?): "
+            f"moved to {moved[0].parent}") in caplog.text
+    assert [t.state for t in open_study(f"sqlite:///{db}").trials] == [TrialState.COMPLETE]
+    assert (trials / "0" / "events.jsonl").read_text() != lost
