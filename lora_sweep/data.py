@@ -44,7 +44,7 @@ from lora_sweep.models import cache_root
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # label of a token the loss skips
-ROLES = ("system", "user", "assistant")
+CHAT_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}  # a message's role -> ours
 MAX_PROBLEMS = 20  # per file; the rest are counted, not listed
 CACHE_VERSION = 3  # bump when the tokenized format or the rendering changes
 # The validation split's seed: fixed, not training.seed, so that every trial of a study holds out the
@@ -70,22 +70,33 @@ def check_sample(obj: Any) -> list[str]:
     """What is wrong with one parsed line (empty when it is a valid chat sample)."""
     if not isinstance(obj, dict):
         return [f"must be a JSON object, got {type(obj).__name__}"]
-    messages = obj.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return ['"messages" must be a non-empty list of {"role", "content"} objects']
-    problems = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            problems.append(f"messages[{i}] must be an object with role and content")
-            continue
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            problems.append(f'messages[{i}].role must be "user", "assistant" or "system", got {role!r}')
-        if not isinstance(content, str):
-            problems.append(f"messages[{i}].content must be a string, got {type(content).__name__}")
+    messages, problems = turns_of(obj, "messages", "role", "content", CHAT_ROLES)
     if not problems and not any(m["role"] == "assistant" for m in messages):
         problems.append("has no assistant message: there is nothing to learn from it")
     return problems
+
+
+def turns_of(obj: dict, key: str, role_key: str, text_key: str, roles: dict[str, str]
+             ) -> tuple[list[dict], list[str]]:
+    """The messages of a record's list of turns (a chat sample's "messages" of role and content, a
+    ShareGPT record's "conversations" of from and value; `roles` maps a turn's role name to ours), and
+    what is wrong with them."""
+    turns = obj.get(key)
+    if not isinstance(turns, list) or not turns:
+        return [], [f'"{key}" must be a non-empty list of {{"{role_key}", "{text_key}"}} objects']
+    *first, last = [f'"{name}"' for name in roles]
+    messages, problems = [], []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            problems.append(f"{key}[{i}] must be an object with {role_key} and {text_key}")
+            continue
+        role, text = turn.get(role_key), turn.get(text_key)
+        if role not in roles:
+            problems.append(f"{key}[{i}].{role_key} must be {', '.join(first)} or {last}, got {role!r}")
+        if not isinstance(text, str):
+            problems.append(f"{key}[{i}].{text_key} must be a string, got {type(text).__name__}")
+        messages.append({"role": roles.get(role), "content": text})
+    return messages, problems
 
 
 # Record formats other tools' users bring, each read into a chat sample: Alpaca (Axolotl's and
@@ -140,22 +151,9 @@ def from_alpaca(obj: dict) -> tuple[Sample | None, list[str]]:
 
 def from_sharegpt(obj: dict) -> tuple[Sample | None, list[str]]:
     """A ShareGPT record as a chat sample: human, gpt and system turns are user, assistant and system."""
-    turns = obj.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        return None, ['"conversations" must be a non-empty list of {"from", "value"} objects']
-    problems = string_fields(obj, (), ("system",))
-    messages = system_message(obj)
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            problems.append(f"conversations[{i}] must be an object with from and value")
-            continue
-        role, value = turn.get("from"), turn.get("value")
-        if role not in SHAREGPT_ROLES:
-            problems.append(f'conversations[{i}].from must be "human", "gpt" or "system", got {role!r}')
-        if not isinstance(value, str):
-            problems.append(f"conversations[{i}].value must be a string, got {type(value).__name__}")
-        messages.append({"role": SHAREGPT_ROLES.get(role), "content": value})
-    return (None, problems) if problems else ({"messages": messages}, [])
+    messages, problems = turns_of(obj, "conversations", "from", "value", SHAREGPT_ROLES)
+    problems = string_fields(obj, (), ("system",)) + problems
+    return (None, problems) if problems else ({"messages": system_message(obj) + messages}, [])
 
 
 def from_columns(obj: dict, columns: ColumnsSection) -> tuple[Sample | None, list[str]]:
