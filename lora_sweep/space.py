@@ -25,6 +25,8 @@ from lora_sweep.config import (  # the space's names and checks are part of the 
     LIST_VALUED,
     SEARCHABLE,
     STANDARD_SPACE,
+    DataSection,
+    TrainingSection,
     as_choice,
     Space,
     build_space,
@@ -35,8 +37,6 @@ from lora_sweep.config import (  # the space's names and checks are part of the 
     to_config_value,
 )
 from lora_sweep.events import read_events
-
-from lora_sweep.config import DataSection, TrainingSection
 
 if TYPE_CHECKING:
     from lora_sweep.config import StudyConfig
@@ -194,7 +194,7 @@ def past_the_run(space: Space) -> list[str]:
         if isinstance(dist, IntDistribution) and dist.high > steps:
             lines.append(f"search_space.{name}: {dist.low}..{dist.high} reaches past the run's {steps} steps: "
                          f"{same_run_share(dist, steps):.1%} of it (every value from {max(dist.low, steps)} up) is "
-                         f"{RUN_BOUNDED[path]}; {dist.low}..{steps} covers what can differ")
+                         f"{RUN_BOUNDED[path]}; values up to {steps} cover what can differ")
         elif isinstance(dist, CategoricalDistribution):
             past = [c for c in dist.choices if isinstance(c, int) and c >= steps]
             if len(past) > 1:
