@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +217,35 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
         # Padding is masked by position in our collator, so pad == eos is harmless here.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_base_model(path: str, dtype: Any, trust_remote_code: bool) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+# What the warm runner (warm.prime) loaded for its jobs, a training job's tokenizer and base model, by
+# what loads it: every child forked after it inherits its own copy-on-write copy and changes only that.
+PRIMED: dict[tuple, Any] = {}
+
+
+def primed(key: tuple, load: Callable[[], Any]) -> Any:
+    """`load()`, or in a job forked by the warm runner what the runner loaded for `key` already.
+    Outside a forked job nothing is primed: a plain call."""
+    found = PRIMED.get(key)
+    if found is None:
+        return load()
+    log.info("%s %s: the warm runner's copy", key[0], key[1])
+    return found
+
+
+def tokenizer_key(path: str, trust_remote_code: bool) -> tuple:
+    return ("tokenizer", path, trust_remote_code)
+
+
+def model_key(path: str, dtype: Any, trust_remote_code: bool) -> tuple:
+    return ("model", path, str(dtype), trust_remote_code)
 
 
 def load_for_inference(model_config: ModelSection, adapter: str | Path | None = None) -> tuple[Any, Any]:

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import (
-    AutoModelForCausalLM,
     EarlyStoppingCallback,
     PrinterCallback,
     Trainer,
@@ -39,7 +38,6 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
-from lora_sweep import warm
 from lora_sweep.data import (
     Collator,
     RowDataset,
@@ -70,7 +68,16 @@ from lora_sweep.events import (
     checkpoint_step,
     evals_before,
 )
-from lora_sweep.models import find_model, load_for_inference, load_tokenizer, pick_dtype
+from lora_sweep.models import (
+    find_model,
+    load_base_model,
+    load_for_inference,
+    load_tokenizer,
+    model_key,
+    pick_dtype,
+    primed,
+    tokenizer_key,
+)
 from lora_sweep.tracking import trainer_kwargs
 
 log = logging.getLogger("lora_sweep.train")
@@ -86,15 +93,11 @@ class NonFiniteLoss(RuntimeError):
 # ---------------------------------------------------------------- model
 
 
-def load_base_model(path: str, dtype: Any, trust_remote_code: bool) -> Any:
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-
-
 def load_model(config: JobConfig, path: str) -> Any:
     """The base model (the warm runner's, when it loaded it already) with LoRA adapters on
     `lora.target_modules`."""
     dtype, trust = pick_dtype(config.model.dtype), config.model.trust_remote_code
-    model = warm.primed(warm.model_key(path, dtype, trust), lambda: load_base_model(path, dtype, trust))
+    model = primed(model_key(path, dtype, trust), lambda: load_base_model(path, dtype, trust))
     lora = config.lora
     # LoRA's A matrices start random: seeded, so a job config reruns the same (the Trainer seeds
     # only later, and in-process callers leave the global generator anywhere)
@@ -382,7 +385,7 @@ def run(config: JobConfig) -> dict[str, Any]:
         check_checkpoint(config)
     model_path = find_model(config.model.name_or_path)
     trust = config.model.trust_remote_code
-    tokenizer = warm.primed(warm.tokenizer_key(model_path, trust), lambda: load_tokenizer(model_path, trust))
+    tokenizer = primed(tokenizer_key(model_path, trust), lambda: load_tokenizer(model_path, trust))
     tokenized = prepare(config.data, config.training.seed, tokenizer, samples)
 
     out = Path(config.output_dir)

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,37 +104,13 @@ def reap() -> None:
         answer({"exited": pid, "rc": os.waitstatus_to_exitcode(status)})
 
 
-# What the runner loaded for its jobs (a training job's tokenizer and base model), by what loads it:
-# every child forked after it inherits its own copy-on-write copy and changes only that.
-_primed: dict[tuple, Any] = {}
-
-
-def primed(key: tuple, load: Callable[[], Any]) -> Any:
-    """`load()`, or in a job forked by the warm runner what the runner loaded for `key` already.
-    Outside a forked job nothing is primed: a plain call."""
-    found = _primed.get(key)
-    if found is None:
-        return load()
-    log.info("%s %s: the warm runner's copy", key[0], key[1])
-    return found
-
-
-def tokenizer_key(path: str, trust_remote_code: bool) -> tuple:
-    return ("tokenizer", path, trust_remote_code)
-
-
-def model_key(path: str, dtype: Any, trust_remote_code: bool) -> tuple:
-    return ("model", path, str(dtype), trust_remote_code)
-
-
 def prime(request: dict[str, Any]) -> None:
     """Load a training job's tokenizer and base model (CPU, no CUDA) once, in the runner, for this
     job and every later one on the same model. Whatever fails here the job meets and reports itself."""
     if request["module"] != "lora_sweep.train":
         return
     from lora_sweep.config import load_job
-    from lora_sweep.models import find_model, load_tokenizer, pick_dtype
-    from lora_sweep.train import load_base_model
+    from lora_sweep.models import PRIMED, find_model, load_base_model, load_tokenizer, model_key, pick_dtype, tokenizer_key
 
     import torch
 
@@ -151,11 +126,11 @@ def prime(request: dict[str, Any]) -> None:
         dtype = pick_dtype(config.model.dtype)
         loads.append((model_key(path, dtype, trust), lambda: load_base_model(path, dtype, trust)))
     for key, load in loads:
-        if key not in _primed:
+        if key not in PRIMED:
             try:
-                _primed[key] = load()
+                PRIMED[key] = load()
             except Exception:  # noqa: BLE001
-                _primed[key] = None  # not tried again: each job loads it itself and says why it fails
+                PRIMED[key] = None  # not tried again: each job loads it itself and says why it fails
 
 
 def fork_job(request: dict[str, Any]) -> int | None:
@@ -346,6 +321,4 @@ def start(module: str, argv: list[str], env: dict[str, str], cwd: Path, log: Pat
 
 
 if __name__ == "__main__":
-    from lora_sweep import warm  # the module the jobs import, not this __main__ copy: they read its _primed
-
-    sys.exit(warm.serve())
+    sys.exit(serve())
