@@ -119,9 +119,13 @@ def recognise(obj: Any) -> str | None:
     return None
 
 
+def no_field(obj: dict, name: str) -> str:
+    return f'no field "{name}" (fields: {", ".join(obj) or "none"})'
+
+
 def string_fields(obj: dict, required: tuple[str, ...], optional: tuple[str, ...]) -> list[str]:
     """What is wrong with a record's text fields: a required one missing, or any not a string."""
-    problems = [f'no field "{name}" (fields: {", ".join(obj) or "none"})' for name in required if name not in obj]
+    problems = [no_field(obj, name) for name in required if name not in obj]
     for name in required + optional:
         if obj.get(name) is not None and not isinstance(obj[name], str):
             problems.append(f'"{name}" must be a string, got {type(obj[name]).__name__}')
@@ -160,7 +164,7 @@ def from_columns(obj: dict, columns: ColumnsSection) -> tuple[Sample | None, lis
     """A record of the user's own fields as a chat sample: data.columns' templates filled from it."""
     templates = [t for t in (columns.system, columns.prompt, columns.answer) if t is not None]
     names = list(dict.fromkeys(name for t in templates for name in template_fields(t)))
-    problems = [f'no field "{name}" (fields: {", ".join(obj) or "none"})' for name in names if name not in obj]
+    problems = [no_field(obj, name) for name in names if name not in obj]
     problems += [f'field "{name}" is null' for name in names if name in obj and obj[name] is None]
     if problems:
         return None, problems
@@ -307,9 +311,10 @@ def json_records(path: Path) -> Iterator[Record]:
             yield from array_records(head + b"".join(blocks))
             return
         for number, line, unreadable in decoded_lines(itertools.chain([head], blocks)):
-            if unreadable or not line.strip():
-                if unreadable:
-                    yield number, None, unreadable
+            if unreadable:
+                yield number, None, unreadable
+                continue
+            if not line.strip():
                 continue
             try:
                 yield number, json.loads(line), None
