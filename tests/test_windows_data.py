@@ -52,10 +52,14 @@ def test_utf16_problems_keep_their_line_numbers(tmp_path):
     assert problems == [f"{path}:3: not valid JSON (Expecting property name enclosed in double quotes at column 2)"]
 
 
+CHINESE = [chat("请把这段话翻译成英文，谢谢你的帮助，我们明天见面再谈这个问题吧" * 3, "好的")] * 20
+
+
+@pytest.mark.parametrize("samples", [SAMPLES, CHINESE], ids=["latin", "chinese"])
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
-def test_utf16_without_bom_is_one_line_for_the_file(tmp_path, encoding):
+def test_utf16_without_bom_is_one_line_for_the_file(tmp_path, encoding, samples):
     # what a program that writes "UTF-16" without a mark saves: a zero byte beside each ASCII character
-    path = write(tmp_path / "train.json", "\r\n".join(lines(SAMPLES)) + "\r\n", encoding)
+    path = write(tmp_path / "train.json", "\r\n".join(lines(samples)) + "\r\n", encoding)
     assert path.read_bytes()[:4] in (b'{\x00"\x00', b'\x00{\x00"')
     assert D.read_samples(path) == ([], [f"{path}: UTF-16 without a byte-order mark: save as UTF-8"])
 
