@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -84,9 +86,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--per-gpu", default="1,3,4", help="study.trials_per_gpu of each sweep (default: %(default)s)")
     p.add_argument("--sweep-steps", type=int, default=100, help="training steps per sweep trial (default: %(default)s)")
     p.add_argument("--skip", default="", help="items to leave out, e.g. 1,2 (default: none)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds for the whole run: a sweep that would not fit (it would take as long as the one "
+                        "before) is skipped, one that runs over is stopped; 0: none (default: 460; --cpu: 0)")
     args = p.parse_args(argv)
     if args.cpu:  # seconds on two cores
         args.seqlens, args.tokens_per_step, args.steps, args.trials, args.per_gpu = "64", 128, 4, 2, "1,2"
+    if args.budget is None:
+        args.budget = 0 if args.cpu else 460  # the issue's 8 minutes, less the wrapper's set-up
     args.seqlens = [int(s) for s in args.seqlens.split(",")]
     args.per_gpu = [int(s) for s in args.per_gpu.split(",")]
     args.skip = {int(s) for s in args.skip.split(",") if s}
@@ -378,9 +385,10 @@ class Watch:
         return sum(inside) / len(inside) if inside else None
 
 
-def sweep(args: argparse.Namespace, model: str, work: Path, per_gpu: int) -> dict[str, Any]:
+def sweep(args: argparse.Namespace, model: str, work: Path, per_gpu: int, timeout: float) -> dict[str, Any]:
     """One real sweep of the demo study on `model`: `python -m lora_sweep run` in a child process,
-    `per_gpu` trials at once (study.trials_per_gpu and study.parallel), warm launcher, SQLite."""
+    `per_gpu` trials at once (study.trials_per_gpu and study.parallel), warm launcher, SQLite; stopped
+    (SIGTERM, as a scheduler would) after `timeout` seconds."""
     import optuna
     from optuna.trial import TrialState
 
@@ -400,10 +408,19 @@ def sweep(args: argparse.Namespace, model: str, work: Path, per_gpu: int) -> dic
     began = time.time()
     with log.open("w") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "lora_sweep", "run", str(B.DEMO_YAML), *overrides],
-                                stdout=sink, stderr=subprocess.STDOUT, cwd=work)
+                                stdout=sink, stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
         watch = Watch(proc.pid)
         try:
-            code = proc.wait(timeout=600)
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)  # the sweep stops its jobs and records their trials
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            raise RuntimeError(f"the sweep with trials_per_gpu {per_gpu} was stopped after {timeout:.0f} s: "
+                               + log.read_text(errors="replace")[-2000:]) from None
         finally:
             watch.close()
     wall = time.time() - began
@@ -493,6 +510,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:
             sections[name] = time.time() - t0
             free_memory()
+            dump(args, result)  # a run stopped later still leaves these figures
 
     with B.workdir(args.workdir) as work:
         tokenizer = B.build_tiny_model(work / "tiny-llama")  # its tokenizer serves every model here
@@ -523,7 +541,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 else:
                     random_model(work / "smollm2", SMOLLM2_135M, tokenizer)
                     small = str(work / "smollm2")
-                result["sweeps"] = sweeps = [sweep(args, small, work, k) for k in args.per_gpu]
+                result["sweeps"] = sweeps = []
+                for k in args.per_gpu:
+                    left = args.budget - (time.time() - began) if args.budget else math.inf
+                    if sweeps and left < sweeps[-1]["wall_s"]:
+                        line(3, f"trials/hour, trials_per_gpu {k}", "skipped", "",
+                             f"{left:.0f} s of --budget left, the sweep before took {sweeps[-1]['wall_s']:.0f} s")
+                        continue
+                    sweeps.append(sweep(args, small, work, k, timeout=min(max(left, 60), 600)))
+                    dump(args, result)
                 alone = sweeps[0]
                 for s in sweeps:
                     line(3, f"trials/hour, trials_per_gpu {s['per_gpu']}", s["trials_per_hour"], "/h",
@@ -557,13 +583,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("\nseconds: " + ", ".join(f"{k} {v:.0f}" for k, v in sections.items()) + f"; all {result['elapsed_s']:.0f}")
     result["rows"] = record(args, result)
     print(f"{len(result['rows'])} rows appended to {args.results}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    if dump(args, result):
         print(f"figures written to {args.json}")
     if result["errors"]:
         print(f"FAILED: {', '.join(result['errors'])} (tracebacks above and in the JSON)")
     return result
+
+
+def dump(args: argparse.Namespace, result: dict[str, Any]) -> bool:
+    """Write the figures so far to --json, if given."""
+    if not args.json:
+        return False
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    return True
 
 
 def record(args: argparse.Namespace, result: dict[str, Any]) -> list[dict[str, str]]:
