@@ -117,18 +117,23 @@ def wheel_list(path: Path = REQUIREMENTS) -> dict[str, str]:
     return pins
 
 
-def pin_problems(versions: dict[str, str]) -> list[str]:
-    """lora_sweep's own dependency pins (pyproject.toml) that `versions` (name -> version) breaks;
-    a name not in `versions` is not checked."""
+def dependencies() -> list[Any]:
+    """lora_sweep's dependencies as pyproject.toml states them (packaging Requirements)."""
     import tomllib
 
     from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
 
     project = tomllib.loads((B.REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return [Requirement(line) for line in project["dependencies"]]
+
+
+def pin_problems(versions: dict[str, str]) -> list[str]:
+    """lora_sweep's own dependency pins that `versions` (normalised name -> version) breaks; a name
+    not in `versions` is not checked."""
+    from packaging.utils import canonicalize_name
+
     problems = []
-    for line in project["dependencies"]:
-        req = Requirement(line)
+    for req in dependencies():
         found = versions.get(canonicalize_name(req.name))
         if found is not None and not req.specifier.contains(found, prereleases=True):
             problems.append(f"{req.name} {found} does not satisfy pyproject's {req}")
@@ -137,16 +142,13 @@ def pin_problems(versions: dict[str, str]) -> list[str]:
 
 def installed_versions() -> dict[str, str]:
     """Versions of lora_sweep's dependencies in this Python, by normalised name (missing: absent)."""
-    import tomllib
     from importlib import metadata
 
-    from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    project = tomllib.loads((B.REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     found = {}
-    for line in project["dependencies"]:
-        name = canonicalize_name(Requirement(line).name)
+    for req in dependencies():
+        name = canonicalize_name(req.name)
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

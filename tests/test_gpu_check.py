@@ -82,15 +82,11 @@ def test_pyproject_pins_admit_the_gpu_machine():
 def test_every_dependency_is_on_the_machine_carried_or_not_needed():
     """Each of pyproject's dependencies is on the GPU machine, among the carried wheels, or named as
     one a sweep does not import: a new dependency has to be placed."""
-    from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    import tomllib
-
-    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     carried = gpu_check.wheel_list()
-    for line in project["dependencies"]:
-        name = canonicalize_name(Requirement(line).name)
+    for req in gpu_check.dependencies():
+        name = canonicalize_name(req.name)
         assert name in gpu_check.DEVICE_PACKAGES or name in carried or name in gpu_check.NOT_CARRIED, name
 
 
