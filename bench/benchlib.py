@@ -279,6 +279,13 @@ def append_result(path: Path, bench: str, setup: str, figures: str, ratio: float
     return row
 
 
+def read_results(path: Path) -> list[dict[str, str]]:
+    """The rows of a results table (as append_result writes it), each as {column: cell}."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[1:]]
+
+
 def conclude(bench: str, args: argparse.Namespace, setup: str, figures: str, ratio: float, ratio_what: str,
              target: str, met: bool | None) -> dict[str, str]:
     """Print the ratio and the verdict as the last lines, and append the row to --results."""

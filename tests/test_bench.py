@@ -55,10 +55,7 @@ def smoke(module, tmp_path: Path, capsys, *extra: str) -> tuple[dict, str, Path]
     return out, capsys.readouterr().out, results
 
 
-def table_rows(path: Path) -> list[dict[str, str]]:
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[1:]]
+table_rows = benchlib.read_results
 
 
 def check(printed: str, results: Path, bench: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
@@ -22,12 +21,6 @@ import benchlib  # noqa: E402
 import gpu_check  # noqa: E402
 
 WHEELS = REPO / "bench" / "gpu_wheels"
-
-
-def table_rows(path: Path) -> list[dict[str, str]]:
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[1:]]
 
 
 @pytest.mark.integration
@@ -62,7 +55,7 @@ def test_gpu_check_cpu_run(tmp_path):
     assert "no 4-bit option" in out["qlora"]["skipped"]
     assert "QLoRA" in proc.stdout and "skipped" in proc.stdout
 
-    rows = table_rows(results)
+    rows = benchlib.read_results(results)
     assert [r["bench"] for r in rows] == ["gpu 1 job throughput", "gpu 2 memory", "gpu 3 sweep", "gpu 4 warm launcher"]
     for row in rows:
         assert list(row) == benchlib.COLUMNS and row["setup"].startswith("smoke, cpu check")
