@@ -65,7 +65,7 @@ def run_hf_search(config: Any, seed: int, trials: int, work: Path, storage: str,
     from lora_sweep.evaluate import GenerationMetric, causal_lm_loss, check_scorer
     from lora_sweep.models import find_model, load_tokenizer, pick_dtype
     from lora_sweep.space import build_space, suggest
-    from lora_sweep.sweep import make_pruner, make_sampler
+    from lora_sweep.search import make_pruner, make_sampler
     from lora_sweep.trial import job_config
 
     space = build_space(config)

@@ -153,7 +153,7 @@ def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> di
               "maximize": maximize, "metric": config.objective.metric,
               "steps_per_trial": config.training.num_training_steps, "settings": settings(config)}
     if arm == "random":  # its trials all ran to the end: what would the demo's pruner have stopped?
-        from lora_sweep.sweep import make_pruner
+        from lora_sweep.search import make_pruner
 
         result["pruning"] = pruning_check(study, make_pruner(B.load_demo()))
     return result

@@ -108,7 +108,7 @@ def simulate(config: Any, seed: int, noise: float, loss_noise: float) -> list[di
     import optuna
 
     from lora_sweep import space as S
-    from lora_sweep.sweep import make_pruner, make_sampler
+    from lora_sweep.search import make_pruner, make_sampler
 
     objective = config.objective
     space = S.build_space(config)

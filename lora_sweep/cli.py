@@ -51,7 +51,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     extra = ""
     if not problems and study:
         from lora_sweep.space import build_space, fit_to_run, past_the_run
-        from lora_sweep.sweep import make_pruner, make_sampler
+        from lora_sweep.search import make_pruner, make_sampler
 
         space = build_space(config)
         for check in (lambda: make_sampler(config, space), lambda: make_pruner(config)):

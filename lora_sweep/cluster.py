@@ -4,7 +4,7 @@ node holds `study.ray.resources_per_trial`.
     driver (the sweep, the only writer of the study DB)       a node Ray picks
     job.yaml ─► trial_task.remote(spec) ───────────────────────► job.yaml (paths made node-local when
                                                                   the node does not see study.dir)
-                                                                  ─► launch.run_job, as on one machine
+                                                                  ─► launch.run_local, as on one machine
     placed(node) ◄─ first item: the node ─────────────────────── │
     on_event(e)  ◄─ batches of events, as the job writes them ── events.jsonl
     prune / trial_timeout / stall / Ctrl+C ─► ray.cancel ─► the task's finally stops the job's
@@ -26,7 +26,6 @@ import logging
 import os
 import queue
 import shutil
-import signal
 import socket
 import tarfile
 import tempfile
@@ -163,19 +162,78 @@ def shipped_files(session: Session, tree: dict[str, Any]) -> dict[str, dict[str,
     return out
 
 
-def run_job(config: StudyConfig, folder: Path, on_event: Callable[[dict[str, Any]], bool], *,
-            module: str = "lora_sweep.train", timeout: float | None = None,
-            silence_limit: Callable[[], float] | None = None,
-            placed: Callable[[dict[str, Any]], None] | None = None) -> launch.JobRun:
-    """Run the job of `folder` (its job.yaml written) as a Ray task, like launch.run_job on this
-    machine: `on_event` sees each event and returns True to stop it (pruned); `timeout` and
-    `silence_limit()` count from the job's start on its node; `placed` hears the node. Raises
-    NodeLost when the node dies under the job."""
+class RayJob:
+    """A trial's Ray task as launch.follow sees it: the items its stream yields (its node, its
+    events, how it ended), the events copied into the driver's folder when the node has its own."""
+
+    def __init__(self, session: Session, stream: Any, folder: Path, run: launch.JobRun, stop_grace: float,
+                 placed: Callable[[dict[str, Any]], None] | None):
+        self.session, self.stream, self.folder, self.run = session, stream, folder, run
+        self.stop_grace, self.placed = stop_grace, placed
+        self.node: dict[str, Any] = {}
+        self.copy: Any = None  # the driver's events.jsonl, written as events come when the node has its own folder
+        self.started = False  # placed on a node
+        self.stopped = False
+
+    def events(self, wait: float) -> tuple[list[dict[str, Any]], bool]:
+        import ray
+
+        ready, _ = ray.wait([self.stream], timeout=wait)
+        if not ready:
+            return [], False
+        try:
+            item = ray.get(next(self.stream))
+        except StopIteration:
+            return [], True
+        if "node" in item:
+            self.place(item)
+        events = item.get("events", [])
+        if self.copy is not None:
+            for event in events:
+                self.copy.write(json.dumps(event) + "\n")
+            self.copy.flush()
+        if "returncode" in item:
+            self.close()
+            finish(self.run, item, self.folder)
+        return events, "returncode" in item
+
+    def place(self, item: dict[str, Any]) -> None:
+        self.node = node_record(self.session, item["node"], item["host"])
+        self.started = True
+        log.info("%s: on node %s (%s)", f"trial {self.folder.name}" if self.folder.name.isdigit() else self.folder.name,
+                 self.node["host"], ", ".join(self.node["resources"]) or self.node["id"][:12])
+        if not item["shared"]:
+            self.copy = (self.folder / "events.jsonl").open("a", encoding="utf-8")
+        if self.placed:
+            self.placed(self.node)
+
+    def interrupted(self) -> bool:
+        return self.session.stopping.is_set()
+
+    def stop(self) -> None:
+        if not self.stopped:  # once: follow stops a job it gives up, the caller one it leaves on an error
+            self.stopped = True
+            stop(self.stream, self.stop_grace)
+
+    def close(self) -> None:
+        if self.copy is not None:
+            self.copy.close()
+            self.copy = None
+
+
+def run_on_ray(config: StudyConfig, folder: Path, on_event: Callable[[dict[str, Any]], bool], *,
+               module: str = "lora_sweep.train", timeout: float | None = None,
+               silence_limit: Callable[[], float] | None = None,
+               placed: Callable[[dict[str, Any]], None] | None = None) -> launch.JobRun:
+    """Run the job of `folder` (its job.yaml written) as a Ray task, followed as launch.run_local
+    follows a job on this machine (launch.follow): `on_event` sees each event and returns True to
+    stop it (pruned); `timeout` and `silence_limit()` count from the job's start on its node;
+    `placed` hears the node. Raises NodeLost when the node dies under the job."""
     import ray
 
     session = _session
     if session is None:
-        raise RuntimeError("cluster.run_job outside cluster.executor()")
+        raise RuntimeError("cluster.run_on_ray outside cluster.executor()")
     job_yaml = (folder / "job.yaml").read_text(encoding="utf-8")
     tree = yaml.safe_load(job_yaml)
     ray_section = config.study.ray
@@ -189,67 +247,24 @@ def run_job(config: StudyConfig, folder: Path, on_event: Callable[[dict[str, Any
     options = {"num_cpus": resources.pop("CPU", 0), "num_gpus": resources.pop("GPU", 0), "resources": resources}
     stream = session.task.options(**options).remote(spec)
     run = launch.JobRun(returncode=0)
-    node: dict[str, Any] = {}
-    copy: Any = None  # the driver's events.jsonl, written as events come when the node has its own folder
-    begin = last_event = time.monotonic()
+    job = RayJob(session, stream, folder, run, config.study.stop_grace, placed)
     ended = False
     try:
-        while not ended:
-            ready, _ = ray.wait([stream], timeout=launch.POLL_S)
-            if ready:
-                try:
-                    item = ray.get(next(stream))
-                except StopIteration:
-                    break
-                if "node" in item:
-                    node = node_record(session, item["node"], item["host"])
-                    begin = last_event = time.monotonic()  # waiting for a node is neither hung nor slow
-                    log.info("%s: on node %s (%s)", f"trial {folder.name}" if folder.name.isdigit() else folder.name,
-                             node["host"], ", ".join(node["resources"]) or node["id"][:12])
-                    if not item["shared"]:
-                        copy = (folder / "events.jsonl").open("a", encoding="utf-8")
-                    if placed:
-                        placed(node)
-                for event in item.get("events", []):
-                    last_event = time.monotonic()
-                    run.events.append(event)
-                    if copy is not None:
-                        copy.write(json.dumps(event) + "\n")
-                        copy.flush()
-                    if not run.stopped and on_event(event):
-                        run.stopped = True
-                if "returncode" in item:
-                    if copy is not None:
-                        copy.close()
-                    finish(run, item, folder)
-                    ended = True
-                    continue
-            if run.stopped:
-                break
-            if session.stopping.is_set():
-                run.returncode = -signal.SIGTERM  # as a local job stopped by launch.stop_all
-                break
-            if node and timeout is not None and time.monotonic() - begin > timeout:
-                run.timed_out = True
-                break
-            silent = time.monotonic() - last_event
-            if node and silence_limit is not None and silent > silence_limit():
-                run.stalled = silent
-                break
+        ended = launch.follow(job, run, on_event, timeout, silence_limit)
     except (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError) as exc:
+        node = job.node
         where = f"node {node.get('host')} ({', '.join(node.get('resources', {})) or node.get('id', '?')[:12]})" \
             if node else "its node"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NodeLost(f"{where} was lost mid-trial: {type(exc).__name__}: {first_line}") from None
     except ray.exceptions.RayTaskError as exc:  # the task's own code raised (a model missing on the node)
         cause = exc.cause if exc.cause is not None else exc
-        raise RuntimeError(f"the trial's Ray task failed on {node.get('host', 'its node')}: "
+        raise RuntimeError(f"the trial's Ray task failed on {job.node.get('host', 'its node')}: "
                            f"{type(cause).__name__}: {cause}") from None
     finally:
-        if copy is not None:
-            copy.close()
+        job.close()
         if not ended:  # pruned, timed out, hung, interrupted, or the driver itself is going down
-            stop(stream, config.study.stop_grace)
+            job.stop()
     return run
 
 
@@ -398,7 +413,7 @@ def trial_task(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def follow(spec: dict[str, Any], folder: Path, shared: bool, events: queue.Queue[dict[str, Any]],
            outcome: dict[str, Any]) -> None:
     """The task's job thread: write the job (node-local when the study folder is not shared), run it
-    with launch.run_job and queue each event; the JobRun or the exception goes into `outcome`."""
+    with launch.run_local and queue each event; the JobRun or the exception goes into `outcome`."""
     try:
         job_path = folder / "job.yaml"
         if not shared:
@@ -407,7 +422,7 @@ def follow(spec: dict[str, Any], folder: Path, shared: bool, events: queue.Queue
             job = local_job(spec, yaml.safe_load(spec["job_yaml"]), folder)
             job_path.write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
         flags, env = node_launch(spec)
-        outcome["run"] = launch.run_job(job_path, folder, flags, lambda event: events.put(event) or False,
+        outcome["run"] = launch.run_local(job_path, folder, flags, lambda event: events.put(event) or False,
                                         env=env, stop_grace=spec["stop_grace"], module=spec["module"],
                                         launcher=spec["launcher"])
     except BaseException as exc:  # re-raised by the task, so the driver sees it

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lora_sweep import warm
 from lora_sweep.events import PARENT_PID_ENV, EventReader
@@ -50,7 +50,7 @@ def command(job_path: Path, flags: list[str], module: str = "lora_sweep.train",
     """The job's command line and the environment it adds. `accelerate`: `accelerate launch
     <flags> -m module job.yaml`. `direct` (a single-process job): the job's own interpreter with the
     environment `accelerate launch` would give it, one interpreter start instead of two. `warm` runs
-    that same command line, forked from the warm runner (run_job)."""
+    that same command line, forked from the warm runner (warm.become_job)."""
     if launcher in ("direct", "warm") and single_process(flags):
         return [sys.executable, "-m", module, str(job_path)], direct_env(tuple(flags))
     return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", module, str(job_path)], {}
@@ -123,7 +123,84 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
-def run_job(
+class Followed(Protocol):
+    """A running job as `follow` sees it: a local process (LocalJob) or a Ray task (cluster.RayJob)."""
+
+    started: bool  # the job runs (a Ray task: placed on a node); its time limits count from then
+
+    def events(self, wait: float) -> tuple[list[dict[str, Any]], bool]:
+        """The events since the last call, waiting up to `wait` s for the job to move, and whether
+        it has ended (its last events among them)."""
+
+    def interrupted(self) -> bool:
+        """Has the sweep been interrupted (Ctrl+C, SIGTERM) in a way this job must see itself?"""
+
+    def stop(self) -> None:
+        """Stop the job and wait for it (bounded)."""
+
+
+def follow(job: Followed, run: JobRun, on_event: Callable[[dict[str, Any]], bool], timeout: float | None,
+           silence_limit: Callable[[], float] | None) -> bool:
+    """Follow a job's events to its end, local or on Ray alike: `on_event` sees each and returns
+    True to stop it (pruned); a job running past `timeout` s, or silent for `silence_limit()` s, is
+    stopped (timed out, hung); an interrupted sweep stops it. Fills `run`; True if the job ended
+    by itself, False if it was stopped."""
+    begin = last_event = time.monotonic()
+    started = job.started
+    while True:
+        events, ended = job.events(POLL_S)
+        if job.started and not started:  # waiting for a node is neither hung nor slow
+            started, begin, last_event = True, time.monotonic(), time.monotonic()
+        for event in events:
+            last_event = time.monotonic()
+            run.events.append(event)
+            if not run.stopped and on_event(event):
+                run.stopped = True
+        if ended:
+            return True
+        if run.stopped:
+            break
+        if job.interrupted():
+            run.returncode = -signal.SIGTERM  # as a local job stopped by stop_all
+            break
+        if started and timeout is not None and time.monotonic() - begin > timeout:
+            run.timed_out = True
+            break
+        silent = time.monotonic() - last_event
+        if started and silence_limit is not None and silent > silence_limit():
+            run.stalled = silent
+            break
+    job.stop()
+    return False
+
+
+class LocalJob:
+    """A job process on this machine (launched, or forked by the warm runner), as `follow` sees it."""
+
+    started = True
+
+    def __init__(self, proc: subprocess.Popen | warm.WarmJob, events: Path, stop_grace: float):
+        self.proc, self.reader, self.stop_grace = proc, EventReader(events), stop_grace
+        self.waited = False
+
+    def events(self, wait: float) -> tuple[list[dict[str, Any]], bool]:
+        if self.waited:
+            try:
+                self.proc.wait(wait)  # back at once when the job exits: a trial's end is not a poll late
+            except subprocess.TimeoutExpired:
+                pass
+        self.waited = True
+        exited = self.proc.poll() is not None
+        return self.reader.new(), exited  # read after poll: an exited job's last events are seen
+
+    def interrupted(self) -> bool:
+        return False  # stop_all stops local jobs itself
+
+    def stop(self) -> None:
+        stop(self.proc, self.stop_grace)
+
+
+def run_local(
     job_path: Path,
     folder: Path,
     flags: list[str],
@@ -150,43 +227,18 @@ def run_job(
                                     env=child_env, cwd=folder, start_new_session=True)
     with _running_lock:
         _running.add(proc)
-    reader = EventReader(folder / "events.jsonl")
+    job = LocalJob(proc, folder / "events.jsonl", stop_grace)
     run = JobRun(returncode=0)
-    begin = last_event = time.monotonic()
     try:
-        while True:
-            exited = proc.poll() is not None
-            for event in reader.new():  # read after poll: an exited job's last events are seen
-                last_event = time.monotonic()
-                run.events.append(event)
-                if not run.stopped and on_event(event):
-                    run.stopped = True
-            if exited:
-                break
-            if run.stopped:
-                stop(proc, stop_grace)
-                break
-            if timeout is not None and time.monotonic() - begin > timeout:
-                run.timed_out = True
-                stop(proc, stop_grace)
-                break
-            silent = time.monotonic() - last_event
-            if silence_limit is not None and silent > silence_limit():
-                run.stalled = silent
-                stop(proc, stop_grace)
-                break
-            try:
-                proc.wait(POLL_S)  # back at once when the job exits: a trial's end is not a poll late
-            except subprocess.TimeoutExpired:
-                pass
+        follow(job, run, on_event, timeout, silence_limit)
     finally:
         if proc.poll() is None:  # the sweep itself is being interrupted
             stop(proc, stop_grace)
         with _running_lock:
             _running.discard(proc)
-    run.events += reader.new()  # what the job wrote after it was told to stop
+    run.events += job.reader.new()  # what the job wrote after it was told to stop
     run.returncode = proc.returncode
     run.lost = getattr(proc, "lost", None)
-    run.skipped_lines = reader.skipped
+    run.skipped_lines = job.reader.skipped
     run.log_tail = tail(log_path)
     return run

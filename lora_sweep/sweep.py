@@ -23,9 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import numpy as np
 import optuna
-from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from lora_sweep import cluster, launch
@@ -33,14 +31,13 @@ from lora_sweep.config import ConfigError, StudyConfig, creation_problem, load_s
 from lora_sweep.dashboard import write_study_note
 from lora_sweep.events import LauncherLost
 from lora_sweep.holdout import BASE_ERROR_ATTR, DEFAULTS, honest_lines, honest_scores
-from lora_sweep.space import Space, build_space, default_params, describe, fit_to_run, record, suggest
+from lora_sweep.space import Space, build_space, default_params, describe, fit_to_run, record
 from lora_sweep.storage import (
     OWNER_ATTR,
     StudyClaim,
     StudyFolder,
     best_trial,
     check_reachable,
-    fail_and_requeue,
     file_identity,
     fail_dead_trials,
     load_existing,
@@ -51,7 +48,9 @@ from lora_sweep.storage import (
     this_worker,
 )
 from lora_sweep.tracking import study_callbacks, tracker_problems
-from lora_sweep.trial import TrialFailed, run_base_model, run_trial
+from lora_sweep import trial as trial_life
+from lora_sweep.search import make_pruner, make_sampler
+from lora_sweep.trial import TrialFailed, run_base_model
 from lora_sweep.warmstart import seed_study, source_study
 
 log = logging.getLogger("lora_sweep.sweep")
@@ -60,66 +59,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
 MAX_LOST_IN_A_ROW = 3  # trials in a row whose warm runner or Ray node died under them: the sweep stops
 JOIN_POLL_S = 0.2  # how often the main thread looks whether the slots are done (or a signal came)
-
-
-# ---------------------------------------------------------------- optuna pieces from the config
-
-
-def make_sampler(config: StudyConfig, space: Space, draw: int | None = None) -> optuna.samplers.BaseSampler:
-    """The study's sampler; a ConfigError names a bad option. `draw` (the study's trial count when
-    a trial is asked for) gives it the seed of that draw: see `draw_seed`."""
-    s = config.study.sampler
-    seed = draw_seed(s.seed, draw) if draw is not None and s.type != "qmc" else s.seed
-    with optuna_options("sampler", s.type):
-        if s.type == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, **s.options)
-        if s.type == "grid":
-            grid = {}
-            for name, dist in space.distributions.items():
-                if isinstance(dist, optuna.distributions.CategoricalDistribution):
-                    grid[name] = list(dist.choices)
-                elif dist.step is not None:
-                    n = int(round((dist.high - dist.low) / dist.step))
-                    grid[name] = [dist.low + i * dist.step for i in range(n + 1)]
-                else:
-                    raise ConfigError([f"search_space.{name}: the grid sampler needs a step or categorical choices"])
-            return optuna.samplers.GridSampler(grid, seed=seed, **s.options)
-        cls = {"random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler,
-               "gp": optuna.samplers.GPSampler, "qmc": optuna.samplers.QMCSampler}[s.type]
-        return cls(seed=seed, **s.options)
-
-
-def draw_seed(seed: int | None, draw: int) -> int | None:
-    """The sampler seed for the study's `draw`-th trial: every worker and slot of a study shares
-    study.sampler.seed, and samplers seeded alike draw alike, so each trial gets its own stream,
-    mixed from the study seed and its position. One worker with one seed still repeats its sweep.
-    (QMC keeps the study seed: its points are one scrambled sequence, indexed through the storage.)"""
-    if seed is None:  # unseeded: each sampler draws from fresh OS entropy
-        return None
-    return int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
-
-
-PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-           "percentile": optuna.pruners.PercentilePruner, "threshold": optuna.pruners.ThresholdPruner,
-           "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner}
-
-
-def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    """The study's pruner; a ConfigError names a bad option."""
-    p = config.study.pruner
-    with optuna_options("pruner", p.type):
-        return PRUNERS[p.type](**p.options)
-
-
-@contextlib.contextmanager
-def optuna_options(section: str, kind: str) -> Iterator[None]:
-    """Turn optuna's complaint about study.<section>.options into a ConfigError."""
-    try:
-        yield
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError([f"study.{section}.options: optuna's {kind} {section} refused them: {exc}"]) from None
 
 
 def device_groups(config: StudyConfig) -> list[list[int] | None]:
@@ -149,35 +88,6 @@ def device_groups(config: StudyConfig) -> list[list[int] | None]:
 
 
 # ---------------------------------------------------------------- the trial loop
-
-
-@contextlib.contextmanager
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Record the trial's heartbeat while its job runs (RDB storages that have them), so a killed
-    sweep's trials are found stale by the next run."""
-    storage = study._storage
-    interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
-    if not interval:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial._trial_id)
-            except Exception:  # noqa: BLE001 (a storage gone mid-trial: the slot says so, once)
-                return
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 @dataclass
@@ -250,13 +160,7 @@ class Sweep:
             need = self.needs_trial()
             if need is not True:
                 return need
-            # under the claim the trial count is the same for every worker: the draw's own seed
-            self.study.sampler = make_sampler(self.config, self.space, len(self.study.get_trials(deepcopy=False)))
-            with warnings.catch_warnings():  # heartbeats are recorded by `heartbeat` below, as optimize does
-                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
-                trial = self.study.ask()
-            trial.set_user_attr(OWNER_ATTR, this_worker())
-            return trial, suggest(trial, self.space)
+            return trial_life.ask(self.config, self.space, self.study)
 
     def needs_trial(self) -> bool | None:
         """True while finished and running trials (of every worker) are fewer than n_trials;
@@ -290,35 +194,12 @@ class Sweep:
         return False
 
     def run(self, trial: optuna.Trial, params: dict[str, Any], slot: list[int] | None) -> None:
-        """Run a taken trial and tell the study how it ended; a failure is a result, not a crash."""
-        state, values, error = TrialState.COMPLETE, None, None
-        requeue = None  # why the trial fails and its params run again
-        with heartbeat(self.study, trial):
-            try:
-                if self.stop_reason is not None:
-                    raise TrialFailed("the sweep was stopping before the trial started")
-                values = run_trial(self.config, self.space, self.study, trial, params, slot, self.best_text)
-            except optuna.TrialPruned:
-                state = TrialState.PRUNED
-            except LauncherLost as exc:  # a lost node or warm runner, not the trial: its params run again
-                state, error, requeue = TrialState.FAIL, str(exc), str(exc)
-            except TrialFailed as exc:
-                state, error = TrialState.FAIL, str(exc)
-            except Exception as exc:  # a disk full, a storage error: this trial fails, the sweep goes on
-                state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
-                with contextlib.suppress(Exception):
-                    trial.set_user_attr("error", error)
-        if self.check_storage():  # nowhere to record it
+        """Run a taken trial (trial.run: its life up to tell), then the progress line and the trackers."""
+        ended = trial_life.run(self.config, self.space, self.study, trial, params, slot, self)
+        if ended is None:  # the storage is gone: nothing was recorded
             return
-        if self.interrupted and state != TrialState.COMPLETE:
-            # stopped by Ctrl+C / SIGTERM: failed, and its params queued for the next run
-            requeue = f"interrupted by {self.interrupted}"
-        if requeue:
-            fail_and_requeue(self.study, self.study._storage.get_trial(trial._trial_id), requeue)
-        else:
-            self.study.tell(trial, values, state=state)
-        finished_trial = self.study.get_trials(deepcopy=False)[trial.number]
-        self.after_trial(finished_trial, error, lost=requeue is not None and not self.interrupted)
+        finished_trial, error, lost = ended
+        self.after_trial(finished_trial, error, lost=lost)
         for tracker in self.trackers:  # the trial's value and state in the team's tracker
             tracker(self.study, finished_trial)
 

@@ -1,19 +1,21 @@
-"""One trial, from its params to its recorded result.
+"""One trial's whole life, top to bottom, as optuna's `_run_trial` reads:
 
-    params ─► job config ─► trials/<n>/job.yaml ─► accelerate launch ─► events ─► report / prune ─► outcome
+    ask (under the study's claim) ─► heartbeat ─► trials/<n>/job.yaml ─► launch ─► follow
+        (each evaluation reported, the pruner's verdict stops the job, a silent job is stopped)
+        ─► outcome ─► tell, or fail and requeue (what ran the job died, or the sweep was interrupted)
 
-`run_trial` is the whole life of a trial, top to bottom: it writes the job a trial runs, launches
-it, follows its events (every evaluation is reported to the trial, the pruner's verdict stops the
-job, a job silent for too long is stopped), and turns what the job left behind into the trial's
-value, or a pruned or failed trial with its reason. The study database is written only here and
-in the sweep: the job never opens it. The base-model evaluation (`run_base_model`) is a launched
-job like a trial's. `start_job` runs a job on this machine, or with study.executor: ray as a Ray
-task on a node of the cluster (cluster.py); the rest of a trial's life is the same either way.
+`ask` takes a trial and samples its params; `run` is the rest, and `launch_and_follow` its middle:
+it writes the job a trial runs, launches it, follows its events and turns what the job left behind
+into the trial's value, or a pruned or failed trial with its reason. The study database is written
+only here and in the sweep: the job never opens it. `start_job` runs a job on this machine
+(launch.run_local) or with study.executor: ray as a Ray task on a node of the cluster
+(cluster.run_on_ray); the rest of a trial's life is the same either way. The base-model
+evaluation (`run_base_model`) is a launched job like a trial's.
 """
-
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import math
@@ -22,22 +24,27 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from lora_sweep import cluster, launch
 from lora_sweep.config import JobConfig, ObjectiveSection, StudyConfig, dump_yaml, format_errors
 from lora_sweep.dashboard import upload_trial_artifacts
 from lora_sweep.events import EvalEvent, JobResult, LauncherLost, best_eval, last_checkpoint
-from lora_sweep.space import Space, apply
+from lora_sweep.search import make_sampler
+from lora_sweep.space import Space, apply, suggest
 from lora_sweep.tracking import absolute
-from lora_sweep.storage import RESUMES_ATTR, StudyFolder, set_trial_attrs
+from lora_sweep.storage import OWNER_ATTR, RESUMES_ATTR, StudyFolder, fail_and_requeue, set_trial_attrs, this_worker
 
 log = logging.getLogger("lora_sweep.trial")
 
@@ -51,176 +58,103 @@ class TrialFailed(RuntimeError):
     """The job of a trial failed; the trial is recorded as FAIL and the sweep goes on."""
 
 
-# ---------------------------------------------------------------- what a trial runs
-
-
-def job_config(config: StudyConfig, space: Space, params: dict[str, Any], folder: Path) -> JobConfig:
-    """The job a trial runs: the study's job groups with the params applied, paths made absolute
-    (the job runs in its own folder) and the study's tokenized-data cache."""
-    tree = apply(config.job_tree(), space, params)
-    tree["output_dir"] = str(folder)
-    tree["data"]["cache_dir"] = str(StudyFolder(config.folder.resolve()).cache)
-    for side in ("train_file", "test_file", "validation_file"):
-        if tree["data"][side] is not None:
-            tree["data"][side] = str(Path(tree["data"][side]).resolve())
-    # the job runs in its folder: a relative tracker path would make one store per trial
-    tree["tracking"] = absolute({**tree["tracking"], "run_name": f"trial-{folder.name}", "group": config.study.name})
-    tree["data"]["dataset"] = None
-    if Path(tree["model"]["name_or_path"]).is_dir():
-        tree["model"]["name_or_path"] = str(Path(tree["model"]["name_or_path"]).resolve())
-    try:
-        return JobConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise TrialFailed("; ".join(format_errors(exc))) from None
-
-
-def slot_launch(config: StudyConfig, slot: list[int] | None) -> tuple[list[str], dict[str, str]]:
-    """Launcher flags and environment of a job on `slot` (its GPU ids, or None for the CPU)."""
-    # a CPU trial's threads: its share of the cores, or $LORA_SWEEP_CPU_THREADS (several sweeps at once)
-    threads = int(os.environ.get(CPU_THREADS_ENV) or 0) or max(1, (os.cpu_count() or 1) // config.study.parallel)
-    flags = config.study.launcher_args or launch.launcher_args(
-        slot, cpu_threads=threads,
-        port=launch.free_port())  # DDP trials sharing a node (or a GPU group) each need their own
-    env = {}
-    if slot:
-        env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, slot))}
-    elif config.study.devices == "cpu":
-        env = {"CUDA_VISIBLE_DEVICES": ""}  # keep the jobs off GPUs that are there
-    return flags, env
-
-
-def start_job(config: StudyConfig, folder: Path, slot: list[int] | None, on_event: Callable[[dict[str, Any]], bool],
-              *, module: str = "lora_sweep.train", timeout: float | None = None,
-              silence_limit: Callable[[], float] | None = None,
-              placed: Callable[[dict[str, Any]], None] | None = None) -> launch.JobRun:
-    """Run the job of `folder` (its job.yaml written) to its end: here on `slot`, or with
-    study.executor: ray as a Ray task on the node Ray picks (`placed` hears which)."""
-    if config.study.executor == "ray":
-        return cluster.run_job(config, folder, on_event, module=module, timeout=timeout,
-                               silence_limit=silence_limit, placed=placed)
-    flags, env = slot_launch(config, slot)
-    return launch.run_job(folder / "job.yaml", folder, flags, on_event, env=env, timeout=timeout,
-                          stop_grace=config.study.stop_grace, module=module, silence_limit=silence_limit,
-                          launcher=config.study.launcher)
-
-
-# ---------------------------------------------------------------- following the job
-
-
-@dataclass
-class Progress:
-    """What the parent learns from a trial's events while its job runs."""
-
-    key: str  # the eval event field holding the objective
-    direction: str
-    max_steps: float = math.inf
-    evals: list[EvalEvent] = field(default_factory=list)
-    eval_times: list[float] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-    seen_event: bool = False
-
-    @property
-    def curve(self) -> list[list[float]]:
-        """[step, value] of every evaluation that scored the objective."""
-        return [[e.step, e.value(self.key)] for e in self.evals if e.value(self.key) is not None]
-
-    def best(self) -> EvalEvent | None:
-        """The best evaluation so far, ties broken by eval loss."""
-        found = best_eval([vars(e) for e in self.evals], self.key, self.direction)
-        return EvalEvent.of(found) if found else None
-
-    def stall_limit(self, configured: float | None) -> float:
-        """Seconds of silence after which the job counts as hung. Before its first event (imports,
-        tokenizing, loading a large model) at least STALL_FLOOR_S."""
-        if not self.seen_event:
-            return max(configured or 0.0, STALL_FLOOR_S)
-        if configured:
-            return configured
-        marks = [self.started, *self.eval_times]
-        longest = max((b - a for a, b in zip(marks, marks[1:])), default=0.0)
-        return max(STALL_FLOOR_S, 3 * longest)
-
-
-def signal_text(returncode: int, log_tail: str = "") -> str:
-    """How a job ended: `exited with code 1`, `was killed by SIGKILL`, or `exited with code 1
-    (killed by SIGKILL)` when the launcher reports in its log that its process died of a signal."""
-    if returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    killed = re.findall(r"died with <Signals\.(SIG\w+)", log_tail)  # accelerate's CalledProcessError
-    if killed:
-        return f"exited with code {returncode} (killed by {killed[-1]})"
-    if returncode > 128 and returncode - 128 in signal.Signals._value2member_map_:
-        # a shell reports a child killed by a signal as 128 + its number
-        return f"exited with code {returncode} (killed by {signal.Signals(returncode - 128).name})"
-    return f"exited with code {returncode}"
-
-
-def pruner_value(objective: ObjectiveSection, evaluation: EvalEvent) -> float | None:
-    """What an evaluation reports to the pruner: the metric, or under objective.prune_on: eval_loss
-    the loss, negated when the study maximizes (the pruner compares in the study's direction)."""
-    value = evaluation.value(objective.prunes_on)
-    return None if value is None else objective.pruner_sign * value
-
-
-def resume_point(config: StudyConfig, trial: optuna.Trial) -> Path | None:
-    """The last checkpoint of the killed trial this one re-runs (its `resumes` attr), if it left one
-    this machine sees. (A Ray trial whose folder came back without a shared study.dir starts over:
-    its checkpoint is on the node that ran it.)"""
-    resumes = trial.user_attrs.get(RESUMES_ATTR)
-    if not resumes or (config.study.executor == "ray" and config.study.ray.shared_dir is not True):
-        return None
-    return last_checkpoint(resumes["dir"])
-
-
-class StepLine:
-    """A trial's training steps between evaluations: on a terminal one line updated in place (step,
-    loss, steps/s, ETA); otherwise a plain log line at every tenth of the run."""
-
-    def __init__(self, number: int, stream: TextIO | None = None):
-        self.number = number
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.first: tuple[int, float] | None = None  # (step, time) of the first step seen
-        self.shown = False  # an in-place line is on the terminal
-        self.tenth = -1  # the last tenth of the run a plain line was written for
-
-    def update(self, step: int, max_steps: float, loss: float | None, at: float | None = None) -> None:
-        """`at`: when the job took the step (its event's time; the sweep reads events in batches)."""
-        now = at if at is not None else time.time()
-        if self.first is None:
-            self.first = (step, now)
-        done, spent = step - self.first[0], now - self.first[1]
-        rate = done / spent if done and spent > 0 else None
-        text = f"trial {self.number}  step {step}/{max_steps}"
-        text += f"  loss {loss:.4f}" if loss is not None else ""
-        if rate:
-            text += f"  {rate:.2f} steps/s  ETA {(max_steps - step) / rate:.0f} s"
-        if self.tty:
-            self.stream.write("\r\033[K" + text)
-            self.stream.flush()
-            self.shown = True
-        elif math.isfinite(max_steps) and int(10 * step / max_steps) > self.tenth:
-            self.tenth = int(10 * step / max_steps)
-            log.info(text)
-
-    def clear(self) -> None:
-        """Wipe the in-place line before a log line is written."""
-        if self.shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self.shown = False
-
-
 # ---------------------------------------------------------------- a trial's life
 
 
-def run_trial(config: StudyConfig, space: Space, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
-              slot: list[int] | None, study_best: Callable[[], str]) -> float | tuple[float, float]:
-    """Run `trial` (its `params` already sampled) to its value; raises optuna.TrialPruned or
-    TrialFailed with the reason, recorded on the trial."""
+class Loop(Protocol):
+    """What a trial asks of the sweep running it (sweep.Sweep)."""
+
+    stop_reason: str | None  # the sweep is stopping: a trial not started yet fails at once
+    interrupted: str | None  # the signal that stopped the sweep (its trials run again next time)
+
+    def check_storage(self) -> bool: ...  # is the study's database gone (nothing can be recorded)?
+
+    def best_text(self) -> str: ...  # the study's best, for the progress lines
+
+
+def ask(config: StudyConfig, space: Space, study: optuna.Study) -> tuple[optuna.Trial, dict[str, Any]]:
+    """Take a trial: called under the study's claim (every worker's count of trials is the same
+    there), the sampler seeded for this draw, a new trial (or the next queued one), its owner and
+    its params."""
+    study.sampler = make_sampler(config, space, len(study.get_trials(deepcopy=False)))
+    with warnings.catch_warnings():  # heartbeats are recorded by `heartbeat` below, as optimize does
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+        trial = study.ask()
+    trial.set_user_attr(OWNER_ATTR, this_worker())
+    return trial, suggest(trial, space)
+
+
+def run(config: StudyConfig, space: Space, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
+        slot: list[int] | None, loop: Loop) -> tuple[FrozenTrial, str | None, bool] | None:
+    """The rest of a taken trial's life: heartbeat, launch and follow its job, then tell the study
+    how it ended, or fail it and queue its params again (what ran it was lost, or the sweep was
+    interrupted). A failure is a result, not a crash. Returns the finished trial, its error and
+    whether its launcher was lost (not the trial's failure); None when the storage is gone."""
+    state, values, error = TrialState.COMPLETE, None, None
+    requeue = None  # why the trial fails and its params run again
+    with heartbeat(study, trial):
+        try:
+            if loop.stop_reason is not None:
+                raise TrialFailed("the sweep was stopping before the trial started")
+            values = launch_and_follow(config, space, study, trial, params, slot, loop.best_text)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except LauncherLost as exc:  # a lost node or warm runner, not the trial: its params run again
+            state, error, requeue = TrialState.FAIL, str(exc), str(exc)
+        except TrialFailed as exc:
+            state, error = TrialState.FAIL, str(exc)
+        except Exception as exc:  # a disk full, a storage error: this trial fails, the sweep goes on
+            state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("error", error)
+    if loop.check_storage():  # nowhere to record it
+        return None
+    lost = requeue is not None
+    if loop.interrupted and state != TrialState.COMPLETE:
+        # stopped by Ctrl+C / SIGTERM: failed, and its params queued for the next run
+        requeue, lost = f"interrupted by {loop.interrupted}", False
+    if requeue:
+        fail_and_requeue(study, study._storage.get_trial(trial._trial_id), requeue)
+    else:
+        study.tell(trial, values, state=state)
+    return study.get_trials(deepcopy=False)[trial.number], error, lost
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Record the trial's heartbeat while its job runs (RDB storages that have them), so a killed
+    sweep's trials are found stale by the next run."""
+    storage = study._storage
+    interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception:  # noqa: BLE001 (a storage gone mid-trial: the slot says so, once)
+                return
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def launch_and_follow(config: StudyConfig, space: Space, study: optuna.Study, trial: optuna.Trial,
+                      params: dict[str, Any], slot: list[int] | None,
+                      study_best: Callable[[], str]) -> float | tuple[float, float]:
+    """Write the job of `trial` (its `params` already sampled), launch it, follow its events and
+    turn what it left into the trial's value; raises optuna.TrialPruned or TrialFailed with the
+    reason, recorded on the trial."""
     objective = config.objective
     folder = StudyFolder(config.folder.resolve()).trial(trial.number)
     shutil.rmtree(folder, ignore_errors=True)  # a number reused after a database was deleted
@@ -334,6 +268,169 @@ def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder
     if config.objective.also == "wall_time":
         return value, result.wall_time_s
     return value
+
+
+# ---------------------------------------------------------------- what a trial runs
+
+
+def job_config(config: StudyConfig, space: Space, params: dict[str, Any], folder: Path) -> JobConfig:
+    """The job a trial runs: the study's job groups with the params applied, paths made absolute
+    (the job runs in its own folder) and the study's tokenized-data cache."""
+    tree = apply(config.job_tree(), space, params)
+    tree["output_dir"] = str(folder)
+    tree["data"]["cache_dir"] = str(StudyFolder(config.folder.resolve()).cache)
+    for side in ("train_file", "test_file", "validation_file"):
+        if tree["data"][side] is not None:
+            tree["data"][side] = str(Path(tree["data"][side]).resolve())
+    # the job runs in its folder: a relative tracker path would make one store per trial
+    tree["tracking"] = absolute({**tree["tracking"], "run_name": f"trial-{folder.name}", "group": config.study.name})
+    tree["data"]["dataset"] = None
+    if Path(tree["model"]["name_or_path"]).is_dir():
+        tree["model"]["name_or_path"] = str(Path(tree["model"]["name_or_path"]).resolve())
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise TrialFailed("; ".join(format_errors(exc))) from None
+
+
+def slot_launch(config: StudyConfig, slot: list[int] | None) -> tuple[list[str], dict[str, str]]:
+    """Launcher flags and environment of a job on `slot` (its GPU ids, or None for the CPU)."""
+    # a CPU trial's threads: its share of the cores, or $LORA_SWEEP_CPU_THREADS (several sweeps at once)
+    threads = int(os.environ.get(CPU_THREADS_ENV) or 0) or max(1, (os.cpu_count() or 1) // config.study.parallel)
+    flags = config.study.launcher_args or launch.launcher_args(
+        slot, cpu_threads=threads,
+        port=launch.free_port())  # DDP trials sharing a node (or a GPU group) each need their own
+    env = {}
+    if slot:
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, slot))}
+    elif config.study.devices == "cpu":
+        env = {"CUDA_VISIBLE_DEVICES": ""}  # keep the jobs off GPUs that are there
+    return flags, env
+
+
+def start_job(config: StudyConfig, folder: Path, slot: list[int] | None, on_event: Callable[[dict[str, Any]], bool],
+              *, module: str = "lora_sweep.train", timeout: float | None = None,
+              silence_limit: Callable[[], float] | None = None,
+              placed: Callable[[dict[str, Any]], None] | None = None) -> launch.JobRun:
+    """Run the job of `folder` (its job.yaml written) to its end: here on `slot`, or with
+    study.executor: ray as a Ray task on the node Ray picks (`placed` hears which)."""
+    if config.study.executor == "ray":
+        return cluster.run_on_ray(config, folder, on_event, module=module, timeout=timeout,
+                               silence_limit=silence_limit, placed=placed)
+    flags, env = slot_launch(config, slot)
+    return launch.run_local(folder / "job.yaml", folder, flags, on_event, env=env, timeout=timeout,
+                          stop_grace=config.study.stop_grace, module=module, silence_limit=silence_limit,
+                          launcher=config.study.launcher)
+
+
+# ---------------------------------------------------------------- following the job
+
+
+@dataclass
+class Progress:
+    """What the parent learns from a trial's events while its job runs."""
+
+    key: str  # the eval event field holding the objective
+    direction: str
+    max_steps: float = math.inf
+    evals: list[EvalEvent] = field(default_factory=list)
+    eval_times: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    seen_event: bool = False
+
+    @property
+    def curve(self) -> list[list[float]]:
+        """[step, value] of every evaluation that scored the objective."""
+        return [[e.step, e.value(self.key)] for e in self.evals if e.value(self.key) is not None]
+
+    def best(self) -> EvalEvent | None:
+        """The best evaluation so far, ties broken by eval loss."""
+        found = best_eval([vars(e) for e in self.evals], self.key, self.direction)
+        return EvalEvent.of(found) if found else None
+
+    def stall_limit(self, configured: float | None) -> float:
+        """Seconds of silence after which the job counts as hung. Before its first event (imports,
+        tokenizing, loading a large model) at least STALL_FLOOR_S."""
+        if not self.seen_event:
+            return max(configured or 0.0, STALL_FLOOR_S)
+        if configured:
+            return configured
+        marks = [self.started, *self.eval_times]
+        longest = max((b - a for a, b in zip(marks, marks[1:])), default=0.0)
+        return max(STALL_FLOOR_S, 3 * longest)
+
+
+def signal_text(returncode: int, log_tail: str = "") -> str:
+    """How a job ended: `exited with code 1`, `was killed by SIGKILL`, or `exited with code 1
+    (killed by SIGKILL)` when the launcher reports in its log that its process died of a signal."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    killed = re.findall(r"died with <Signals\.(SIG\w+)", log_tail)  # accelerate's CalledProcessError
+    if killed:
+        return f"exited with code {returncode} (killed by {killed[-1]})"
+    if returncode > 128 and returncode - 128 in signal.Signals._value2member_map_:
+        # a shell reports a child killed by a signal as 128 + its number
+        return f"exited with code {returncode} (killed by {signal.Signals(returncode - 128).name})"
+    return f"exited with code {returncode}"
+
+
+def pruner_value(objective: ObjectiveSection, evaluation: EvalEvent) -> float | None:
+    """What an evaluation reports to the pruner: the metric, or under objective.prune_on: eval_loss
+    the loss, negated when the study maximizes (the pruner compares in the study's direction)."""
+    value = evaluation.value(objective.prunes_on)
+    return None if value is None else objective.pruner_sign * value
+
+
+def resume_point(config: StudyConfig, trial: optuna.Trial) -> Path | None:
+    """The last checkpoint of the killed trial this one re-runs (its `resumes` attr), if it left one
+    this machine sees. (A Ray trial whose folder came back without a shared study.dir starts over:
+    its checkpoint is on the node that ran it.)"""
+    resumes = trial.user_attrs.get(RESUMES_ATTR)
+    if not resumes or (config.study.executor == "ray" and config.study.ray.shared_dir is not True):
+        return None
+    return last_checkpoint(resumes["dir"])
+
+
+class StepLine:
+    """A trial's training steps between evaluations: on a terminal one line updated in place (step,
+    loss, steps/s, ETA); otherwise a plain log line at every tenth of the run."""
+
+    def __init__(self, number: int, stream: TextIO | None = None):
+        self.number = number
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.first: tuple[int, float] | None = None  # (step, time) of the first step seen
+        self.shown = False  # an in-place line is on the terminal
+        self.tenth = -1  # the last tenth of the run a plain line was written for
+
+    def update(self, step: int, max_steps: float, loss: float | None, at: float | None = None) -> None:
+        """`at`: when the job took the step (its event's time; the sweep reads events in batches)."""
+        now = at if at is not None else time.time()
+        if self.first is None:
+            self.first = (step, now)
+        done, spent = step - self.first[0], now - self.first[1]
+        rate = done / spent if done and spent > 0 else None
+        text = f"trial {self.number}  step {step}/{max_steps}"
+        text += f"  loss {loss:.4f}" if loss is not None else ""
+        if rate:
+            text += f"  {rate:.2f} steps/s  ETA {(max_steps - step) / rate:.0f} s"
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+            self.shown = True
+        elif math.isfinite(max_steps) and int(10 * step / max_steps) > self.tenth:
+            self.tenth = int(10 * step / max_steps)
+            log.info(text)
+
+    def clear(self) -> None:
+        """Wipe the in-place line before a log line is written."""
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
 
 
 # ---------------------------------------------------------------- the base model

@@ -152,7 +152,7 @@ def fork_job(request: dict[str, Any]) -> int | None:
         os.close(ANSWERS_FD)
         os.setsid()
         os.close(lead)  # tells the runner the session exists
-        return run_job(request)
+        return become_job(request)
     os.close(lead)
     os.read(led, 1)  # EOF once the child leads its session (or died before)
     os.close(led)
@@ -160,7 +160,7 @@ def fork_job(request: dict[str, Any]) -> int | None:
     return None
 
 
-def run_job(request: dict[str, Any]) -> int:
+def become_job(request: dict[str, Any]) -> int:
     """In the forked child: become the job (its log, folder, environment, threads) and run it."""
     log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(log, 1)

@@ -49,7 +49,7 @@ def test_every_launcher_trains_the_same_curve(tiny_llama, tmp_path):
         out.mkdir()
         tree = job_tree(tiny_llama, data, out, num_training_steps=6, eval_steps=3, save_steps=3, learning_rate=0.02)
         job = write_yaml(out / "job.yaml", tree)
-        run = launch.run_job(job, out, CPU_FLAGS, lambda event: False, launcher=launcher)
+        run = launch.run_local(job, out, CPU_FLAGS, lambda event: False, launcher=launcher)
         assert run.returncode == 0, run.log_tail
         events = read_events(out / "events.jsonl")
         curves[launcher] = ([e["loss"] for e in events if e["event"] == "train"],
@@ -73,7 +73,7 @@ def session_of(pid: int) -> int:
 def test_a_warm_job_is_a_process_of_its_own_and_stops_with_its_group(tiny_llama, chat_data, tmp_path):
     # a bad job: its own exit code and its error in its own log, and the runner forks the next one
     bad = write_yaml(tmp_path / "bad.yaml", {**job_tree(tiny_llama, chat_data, tmp_path / "bad"), "lora": {"r": -1}})
-    run = launch.run_job(bad, tmp_path, CPU_FLAGS, lambda event: False, launcher="warm")
+    run = launch.run_local(bad, tmp_path, CPU_FLAGS, lambda event: False, launcher="warm")
     assert run.returncode == 2 and "error: " in run.log_tail and "lora.r" in run.log_tail
 
     # a long job, pruned at its first train event: SIGTERM to its session ends it, as a launched job
@@ -90,7 +90,7 @@ def test_a_warm_job_is_a_process_of_its_own_and_stops_with_its_group(tiny_llama,
         return False
 
     began = time.monotonic()
-    run = launch.run_job(job, out, CPU_FLAGS, on_event, launcher="warm", stop_grace=5)
+    run = launch.run_local(job, out, CPU_FLAGS, on_event, launcher="warm", stop_grace=5)
     assert run.stopped and run.returncode == -signal.SIGTERM and time.monotonic() - began < 60
     assert seen["session"] == seen["pid"] != os.getpid()  # it leads its own session, like a launched job
     assert not os.path.exists(f"/proc/{seen['pid']}")  # and is gone, reaped by the runner
@@ -105,7 +105,7 @@ def test_a_warm_job_starts_with_the_runner_s_objects_frozen(tmp_path):
         "def main(argv):\n"
         "    open('probe.json', 'w').write(json.dumps({'frozen': gc.get_freeze_count(), 'argv': argv}))\n"
         "    return 3\n")
-    run = launch.run_job(tmp_path / "job.yaml", tmp_path, CPU_FLAGS, lambda event: False, module="gc_probe",
+    run = launch.run_local(tmp_path / "job.yaml", tmp_path, CPU_FLAGS, lambda event: False, module="gc_probe",
                          launcher="warm")
     assert run.returncode == 3, run.log_tail
     probe = json.loads((tmp_path / "probe.json").read_text())

@@ -45,7 +45,7 @@ def single_flags() -> list[str]:
 def run(job: dict, folder: Path, flags: list[str]) -> launch.JobRun:
     folder.mkdir(parents=True)
     path = write_yaml(folder / "job.yaml", job)
-    done = launch.run_job(path, folder, flags, lambda event: False, env=ON_CPU, timeout=240)
+    done = launch.run_local(path, folder, flags, lambda event: False, env=ON_CPU, timeout=240)
     assert done.returncode == 0, done.log_tail
     return done
 

@@ -107,7 +107,7 @@ def test_bad_sampler_and_pruner_options_are_refused_before_anything_is_written(t
 def test_every_sampler_type_samples_guided_trials_from_the_space():
     """Each sampler the config offers imports what it needs and keeps to the space past its startup trials."""
     from lora_sweep.config import SamplerSection
-    from lora_sweep.sweep import make_sampler
+    from lora_sweep.search import make_sampler
 
     space_spec = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
                   "num_warmup_steps": {"type": "int", "low": 0, "high": 4},
@@ -134,7 +134,7 @@ def test_every_sampler_type_samples_guided_trials_from_the_space():
 
 
 def test_percentile_and_threshold_pruners_judge_a_trial():
-    from lora_sweep.sweep import make_pruner
+    from lora_sweep.search import make_pruner
 
     def verdict(pruner: dict, values: list[list[float]], new: float) -> bool:
         config = StudyConfig.model_validate({"data": {"dataset": "d"}, "study": {"pruner": pruner}})

@@ -15,7 +15,8 @@ from helpers import memorization_samples, write_jsonl, write_yaml
 from lora_sweep.config import ConfigError, StudyConfig, load_study
 from lora_sweep.space import build_space
 from lora_sweep.storage import WARM_START_ATTR
-from lora_sweep.sweep import make_pruner, make_sampler, start_study
+from lora_sweep.search import make_pruner, make_sampler
+from lora_sweep.sweep import start_study
 from lora_sweep.warmstart import seed_study
 
 LR = FloatDistribution(1e-4, 1e-2, log=True)

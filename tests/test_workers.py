@@ -50,7 +50,8 @@ import os, sys, threading, time
 from pathlib import Path
 from lora_sweep import space as S
 from lora_sweep.config import load_study
-from lora_sweep.sweep import Sweep, make_pruner, make_sampler, start_study
+from lora_sweep.search import make_pruner, make_sampler
+from lora_sweep.sweep import Sweep, start_study
 
 class Quick(Sweep):
     def needs_trial(self):
