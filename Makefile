@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
+	$(BIN)/lint-imports --no-cache   # the package's layers (pyproject.toml [tool.importlinter])
 	$(BIN)/python -m pytest -q
 
 demo: setup

@@ -85,7 +85,7 @@ def quiet() -> None:
 def model_path(args: argparse.Namespace, work: Path) -> str:
     """The folder of the model under test: --model (`tiny`: the tiny Llama), the tiny model with
     --smoke, else SmolLM2."""
-    from lora_sweep.models import resolve_model
+    from lora_sweep.job.models import resolve_model
 
     if args.model == "tiny" or (args.smoke and not args.model):
         return str(build_tiny_model(work / "tiny-llama"))
@@ -186,7 +186,7 @@ def sweep_logging() -> None:
 
 def load_demo(overrides: Sequence[str] = ()) -> Any:
     """sweeps/demo.yaml as a StudyConfig, with `key.sub=value` overrides."""
-    from lora_sweep.config import load_study
+    from lora_sweep.config.study import load_study
 
     return load_study(DEMO_YAML, [*demo_overrides(), *overrides])
 

@@ -6,7 +6,7 @@ middle. Each arm is `python -m lora_sweep validate sweeps/demo.yaml data.dataset
 process, as a user runs it, --repeats times alternating which goes first; timed is its wall time,
 and its peak memory (the child's own ru_maxrss) is read too. The clean arm tokenizes every sample to
 count the answers the seqlens cut away; the long arm stops at the data problem. Also timed: reading
-and checking the clean files alone (`lora_sweep.data.read_files`, in this process).
+and checking the clean files alone (`lora_sweep.job.data.read_files`, in this process).
 
     python bench/big_inputs.py
     python bench/big_inputs.py --long-mb 50 --repeats 5
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.long_mb, args.repeats = min(args.long_mb, 2.0), 1
 
-    from lora_sweep import data as D
+    from lora_sweep.job import samples as S
 
     demo = B.load_demo()
     with B.workdir(args.workdir) as work:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         section = demo.data.model_copy(update={"train_file": str(arms["clean"] / "train.json"),
                                                "test_file": str(arms["clean"] / "test.json")})
         began = time.perf_counter()
-        train, test, _, problems = D.read_files(section)
+        train, test, _, problems = S.read_files(section)
         read_s = time.perf_counter() - began
     assert not problems and len(train) == SAMPLES, problems
     codes = {arm: {code for _, _, code in r} for arm, r in runs.items()}

@@ -7,7 +7,7 @@ Real-token share, for the demo data with `varied_seqlen: false` (packed, the tar
 * batches: what training actually sees: the rows in a seeded random order, batched by
   `train_batch_size` and padded to each batch's longest row as the job's collator does.
 
-Throughput: `lora_sweep.data.prepare` into an empty cache folder (read nothing from cache:
+Throughput: `lora_sweep.job.data.prepare` into an empty cache folder (read nothing from cache:
 render with the chat template, locate the answers, tokenize, pack, save), median of
 --repeats, vs the plain way to tokenize the same conversations (render each once with
 `apply_chat_template`, one batched tokenizer call; no labels, no packing, no file), and the
@@ -50,15 +50,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.samples, args.repeats = args.samples or 40, 1
 
-    from lora_sweep import data as D
-    from lora_sweep.models import load_tokenizer
+    from lora_sweep.job import data as D
+    from lora_sweep.job import samples as S
+    from lora_sweep.job.models import load_tokenizer
 
     B.quiet()
     overrides = [f"data.train_seqlen={args.seqlen}", f"data.test_seqlen={args.seqlen}"] if args.seqlen else []
     overrides += [f"data.train_nsamples={args.samples}"] if args.samples else []
     demo = B.load_demo(overrides)
     seed, batch = demo.training.seed, demo.data.train_batch_size
-    samples = D.load_samples(demo.data)
+    samples = S.load_samples(demo.data)
     with B.workdir(args.workdir) as work:
         tokenizer = load_tokenizer(B.model_path(args, work))
 
@@ -87,9 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             load.append(time.perf_counter() - began)
             began = time.perf_counter()
             template = D.chat_template(tokenizer)
-            texts = [D.render(tokenizer, D.with_system_prompt(s["messages"], data.system_prompt), template, False)
+            texts = [D.render(tokenizer, S.with_system_prompt(s["messages"], data.system_prompt), template, False)
                      for side, n in ((samples[0], data.train_nsamples), (samples[1], data.test_nsamples))
-                     for s in D.select(side, n, seed)]
+                     for s in S.select(side, n, seed)]
             plain_tokens = sum(map(len, tokenizer(texts, add_special_tokens=False).input_ids))
             plain.append(time.perf_counter() - began)
 

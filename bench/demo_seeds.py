@@ -34,8 +34,8 @@ def run_seed(seed: int, work: Path, extra: list[str]) -> dict[str, Any]:
     """One demo run (or its record from an earlier run in the same --workdir): what it reached."""
     import optuna
 
-    from lora_sweep.holdout import defaults_trial
-    from lora_sweep.storage import best_trial
+    from lora_sweep.sweep.records import defaults_trial
+    from lora_sweep.sweep.storage import best_trial
 
     record = work / f"demo-s{seed}.json"
     if record.is_file():

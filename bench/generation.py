@@ -1,6 +1,6 @@
 """Benchmark 5: batched greedy generation for the evaluation metric vs one sample at a time.
 
-`lora_sweep.evaluate.generate` answers the demo's test conversations (the prompts the
+`lora_sweep.job.evaluate.generate` answers the demo's test conversations (the prompts the
 `json_fields` metric scores: the inference system prompt, the test samples the study picks)
 with batch_size --batch and with batch_size 1, same model, same max_new_tokens, alternating
 which goes first; one untimed call warms the model up. Timed: wall time of each `generate`
@@ -32,7 +32,7 @@ def margin_at(model: Any, tokenizer: Any, conversation: list[dict], prefix: str)
     """The gap between the two best next-token logits after `prompt + prefix` (no padding), and those tokens."""
     import torch
 
-    from lora_sweep import data as D
+    from lora_sweep.job import data as D
 
     text = D.render(tokenizer, conversation, D.chat_template(tokenizer), generation_prompt=True) + prefix
     ids = torch.tensor([tokenizer(text, add_special_tokens=False).input_ids])
@@ -58,15 +58,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lora_sweep import data as D
-    from lora_sweep.evaluate import generate, generation_system_prompt, prompts
-    from lora_sweep.models import load_tokenizer, pick_dtype
+    from lora_sweep.job import samples as S
+    from lora_sweep.job.evaluate import generate, generation_system_prompt, prompts
+    from lora_sweep.job.models import load_tokenizer, pick_dtype
 
     B.quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
     demo = B.load_demo([f"data.test_nsamples={args.samples}"])
-    _, test = D.load_samples(demo.data)
+    _, test = S.load_samples(demo.data)
     conversations = [q.messages for q in prompts(demo.data, demo.training.seed, test,
                                                  generation_system_prompt(demo.data))]
     with B.workdir(args.workdir) as work:

@@ -363,14 +363,14 @@ class Watch:
                     pass
 
     def runners(self) -> list[int]:
-        """The sweep's warm runner: its child running `-m lora_sweep.warm`."""
+        """The sweep's warm runner: its child running `-m lora_sweep.launch.warm`."""
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
                     stat = (entry / "stat").read_text()
                     if int(stat.rsplit(")", 1)[1].split()[1]) == self.sweep_pid \
-                            and b"lora_sweep.warm" in (entry / "cmdline").read_bytes():
+                            and b"lora_sweep.launch.warm" in (entry / "cmdline").read_bytes():
                         found.append(int(entry.name))
                 except (OSError, ValueError, IndexError):
                     pass
@@ -402,7 +402,7 @@ def sweep(args: argparse.Namespace, model: str, work: Path, per_gpu: int, timeou
     overrides = [*B.demo_overrides(), *budget, f"study.dir={work / 'studies'}", f"study.name={name}",
                  f"study.n_trials={args.trials}", f"study.parallel={per_gpu}", f"study.trials_per_gpu={per_gpu}",
                  "study.launcher=warm", "study.timeout=null", "study.pruner={type: none, options: {}}",
-                 # the base model's evaluation, a job of lora_sweep.evaluate (inference on the GPU), runs before the
+                 # the base model's evaluation, a job of lora_sweep.job.evaluate (inference on the GPU), runs before the
                  # first trial and so does the warm runner's start: trials per hour, from the first trial's start,
                  # count neither, in every sweep alike
                  "objective.baseline=true"]
@@ -459,7 +459,7 @@ def sweep(args: argparse.Namespace, model: str, work: Path, per_gpu: int, timeou
 
 def qlora_reason() -> str | None:
     """Why the 4-bit trial cannot run here, or None when it can."""
-    from lora_sweep.config import JobConfig
+    from lora_sweep.config.job import JobConfig
 
     names = {f"{section}.{field}" for section, model in JobConfig.model_fields.items()
              for field in getattr(model.annotation, "model_fields", {})}
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 line(3, "GPU utilisation of one small trial while it trains", alone["util_training"], "%",
                      "NVML samples every 0.1 s" if alone["util_training"] is not None else "no NVML here")
                 bases = [s["baseline"] for s in sweeps if s["baseline"]]
-                line(4, "base-model evaluation jobs (lora_sweep.evaluate, forked) that finished", len(bases), "",
+                line(4, "base-model evaluation jobs (lora_sweep.job.evaluate, forked) that finished", len(bases), "",
                      f"of {len(sweeps)}; eval_loss {B.num(bases[0].get('eval_loss'))}" if bases else
                      "none: see the sweeps' logs")
                 line(4, "warm launcher: fixed cost per trial (median, one at a time)", alone["fixed_s"], "s",

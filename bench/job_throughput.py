@@ -1,4 +1,4 @@
-"""Benchmark 1: train tokens/s of `lora_sweep.train` vs a minimal hand-written Trainer + PEFT script.
+"""Benchmark 1: train tokens/s of `lora_sweep.job.train` vs a minimal hand-written Trainer + PEFT script.
 
 Both sides train the same model with the same LoRA, the same packed rows (the demo data packed
 into rows of exactly --seqlen tokens), batch, steps, optimizer settings and seed, in this one
@@ -32,11 +32,11 @@ TARGET = 0.97
 
 
 def ours(model: str, args: Any, work: Path, run: int, **training: Any) -> dict[str, float]:
-    """One run of lora_sweep.train.run; figures from its events and result.json. `training`: more
+    """One run of lora_sweep.job.train.run; figures from its events and result.json. `training`: more
     training settings (e.g. gradient_checkpointing=True)."""
-    from lora_sweep.config import validate_job
+    from lora_sweep.config.files import validate_job
     from lora_sweep.events import read_events
-    from lora_sweep.train import run as run_job
+    from lora_sweep.job.train import run as run_job
 
     out = work / f"ours-{run}"
     shutil.rmtree(out, ignore_errors=True)  # events.jsonl is appended to: start from nothing
@@ -67,9 +67,9 @@ def ours(model: str, args: Any, work: Path, run: int, **training: Any) -> dict[s
 def packed_rows(model: str, args: Any, work: Path) -> Any:
     """The packed rows ours trains on (--samples demo samples in rows of --seqlen), from its own
     pipeline; this also warms its cache."""
-    from lora_sweep import data as D
-    from lora_sweep.config import DataSection
-    from lora_sweep.models import load_tokenizer
+    from lora_sweep.job import data as D
+    from lora_sweep.config.job import DataSection
+    from lora_sweep.job.models import load_tokenizer
 
     data = DataSection(dataset=str(B.DEMO_DATA), varied_seqlen=False, train_seqlen=args.seqlen,
                        test_seqlen=args.seqlen, train_nsamples=args.samples, test_nsamples=8,

@@ -60,13 +60,14 @@ def run_hf_search(config: Any, seed: int, trials: int, work: Path, storage: str,
     import optuna
     from transformers import PrinterCallback
 
-    from lora_sweep import train
-    from lora_sweep.data import Collator, RowDataset, load_samples, prepare
-    from lora_sweep.evaluate import GenerationMetric, causal_lm_loss, check_scorer
-    from lora_sweep.models import find_model, load_tokenizer, pick_dtype
-    from lora_sweep.space import build_space, suggest
-    from lora_sweep.search import make_pruner, make_sampler
-    from lora_sweep.trial import job_config
+    from lora_sweep.job import train
+    from lora_sweep.job.data import Collator, RowDataset, prepare
+    from lora_sweep.job.samples import load_samples
+    from lora_sweep.job.evaluate import GenerationMetric, causal_lm_loss, check_scorer
+    from lora_sweep.job.models import find_model, load_tokenizer, pick_dtype
+    from lora_sweep.config.space import build_space, suggest
+    from lora_sweep.sweep.search import make_pruner, make_sampler
+    from lora_sweep.sweep.trial import job_config
 
     space = build_space(config)
     folder = work / f"hf-s{seed}"

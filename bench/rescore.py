@@ -3,7 +3,7 @@ have scored, without training them again.
 
 For each COMPLETE trial numbered below --trials of the study `--study` in `--sweeps` (bench 3's
 `<workdir>/sweeps`: `<study>.db` and the trial folders it names), the trial's own job.yaml with the
-`key=value` overrides evaluates the trial's kept adapter (`lora_sweep.evaluate.evaluate_model`, the
+`key=value` overrides evaluates the trial's kept adapter (`lora_sweep.job.evaluate.evaluate_model`, the
 `rescored.json` and `rescored_predictions.jsonl` files go to --out/<study>/<trial>). It prints each
 trial's value and its new score, and the best of each. It is an estimate: a sweep run with the new
 settings would have sampled other trials after the first ones.
@@ -33,8 +33,8 @@ NAME = "rescored"  # the evaluation's files: rescored.json, rescored_predictions
 def main(argv: list[str] | None = None) -> list[tuple[int, float, float]]:
     import optuna
 
-    from lora_sweep.config import load_job
-    from lora_sweep.evaluate import evaluate_model, output_names
+    from lora_sweep.config.files import load_job
+    from lora_sweep.job.evaluate import evaluate_model, output_names
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="+", help="`key.sub=value` changes to each trial's job, e.g. objective.max_new_tokens=48")

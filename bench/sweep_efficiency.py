@@ -134,7 +134,7 @@ def arm_overrides(arm: str, seed: int) -> list[str]:
 
 def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> dict[str, Any]:
     """One sweep (fresh unless --resume); its study and curve."""
-    from lora_sweep.sweep import run_sweep
+    from lora_sweep.sweep.loop import run_sweep
 
     name = f"{arm}-s{seed}"
     folder = work / "sweeps"
@@ -153,7 +153,7 @@ def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> di
               "maximize": maximize, "metric": config.objective.metric,
               "steps_per_trial": config.training.num_training_steps, "settings": settings(config)}
     if arm == "random":  # its trials all ran to the end: what would the demo's pruner have stopped?
-        from lora_sweep.search import make_pruner
+        from lora_sweep.sweep.search import make_pruner
 
         result["pruning"] = pruning_check(study, make_pruner(B.load_demo()))
     return result

@@ -107,8 +107,8 @@ def simulate(config: Any, seed: int, noise: float, loss_noise: float) -> list[di
     the objective's pruner sign at every evaluation."""
     import optuna
 
-    from lora_sweep import space as S
-    from lora_sweep.search import make_pruner, make_sampler
+    from lora_sweep.config import space as S
+    from lora_sweep.sweep.search import make_pruner, make_sampler
 
     objective = config.objective
     space = S.build_space(config)
@@ -161,7 +161,7 @@ def fit(folder: Path) -> None:
 
     import optuna
 
-    from lora_sweep import space as S
+    from lora_sweep.config import space as S
 
     config = B.load_demo()
     sign, defaults = config.objective.pruner_sign, S.default_params(config, S.build_space(config))[0]

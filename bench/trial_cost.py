@@ -136,7 +136,7 @@ def analyse(study: Any) -> list[dict[str, float]]:
 def run_study(args: Any, work: Path, launcher: str, once: dict[str, float]) -> tuple[Any, str]:
     """A fresh study of args.trials demo trials started by `launcher`; what ran before its first trial
     goes into `once`."""
-    from lora_sweep.sweep import run_sweep
+    from lora_sweep.sweep.loop import run_sweep
 
     name = f"trial-cost-{launcher}"
     shutil.rmtree(work / name, ignore_errors=True)  # a fresh study, never a resumed one

@@ -10,19 +10,20 @@ import argparse
 import sys
 from typing import Any
 
-from lora_sweep.config import ConfigError
+from lora_sweep.config.job import ConfigError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lora_sweep import train
+    from lora_sweep.job import train
 
     return train.main([args.config, *args.overrides])
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study or job YAML and its data files, every problem at once."""
-    from lora_sweep.config import apply_overrides, is_study, load_job, load_study, read_yaml
-    from lora_sweep.data import read_files
+    from lora_sweep.config.files import apply_overrides, load_job, read_yaml
+    from lora_sweep.config.study import is_study, load_study
+    from lora_sweep.job.samples import read_files
 
     tree = apply_overrides(read_yaml(args.config), args.overrides)
     study = is_study(tree)
@@ -34,7 +35,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         config = None
     counts, sides = [], []
     if config is not None and study:
-        from lora_sweep.sweep import preflight
+        from lora_sweep.sweep.loop import preflight
 
         problems += preflight(config)  # what `run` refuses before it starts: storage, folders, warm start, trackers
     if config is not None:
@@ -50,8 +51,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 problems.append(f"objective.metric: {exc}")
     extra = ""
     if not problems and study:
-        from lora_sweep.space import build_space, fit_to_run, past_the_run
-        from lora_sweep.search import make_pruner, make_sampler
+        from lora_sweep.config.space import build_space, fit_to_run, past_the_run
+        from lora_sweep.sweep.search import make_pruner, make_sampler
 
         space = build_space(config)
         for check in (lambda: make_sampler(config, space), lambda: make_pruner(config)):
@@ -82,8 +83,8 @@ def answer_check(config: Any, train: list[dict], test: list[dict]) -> tuple[str 
     warning about answers the seqlens cut away, or None, and the training rows (None: not counted).
     A hub model that is not here yet (a GPU sweep validated offline) only skips the count, with a
     note; a missing folder is a problem."""
-    from lora_sweep import data
-    from lora_sweep.models import find_model, in_hub_cache, is_hub_id, load_tokenizer
+    from lora_sweep.job import data
+    from lora_sweep.job.models import find_model, in_hub_cache, is_hub_id, load_tokenizer
 
     name = config.model.name_or_path
     if is_hub_id(name) and not in_hub_cache(name):  # validate never downloads, nor waits on the network
@@ -96,22 +97,22 @@ def answer_check(config: Any, train: list[dict], test: list[dict]) -> tuple[str 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lora_sweep import sweep
+    from lora_sweep.sweep import loop as sweep
 
     return sweep.main(args.config, args.overrides, join_only=args.command == "worker")
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from lora_sweep import export
-    from lora_sweep.config import load_study
+    from lora_sweep.views import export
+    from lora_sweep.config.study import load_study
 
     print(export.best(load_study(args.config, args.overrides)))
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from lora_sweep import export
-    from lora_sweep.config import load_study
+    from lora_sweep.views import export
+    from lora_sweep.config.study import load_study
 
     config = load_study(args.config, args.overrides)
     answers = export.generate(config, args.trial, args.prompt, args.input, args.base, args.max_new_tokens)
@@ -120,8 +121,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lora_sweep import export
-    from lora_sweep.config import load_study
+    from lora_sweep.views import export
+    from lora_sweep.config.study import load_study
 
     if args.out is None and args.aitk_yaml is None:
         raise ConfigError(["give --out DIR (the adapter), --aitk-yaml FILE (its params as a lora.yaml), or both"])
@@ -140,15 +141,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from lora_sweep import dashboard
-    from lora_sweep.config import load_study
+    from lora_sweep.views import dashboard
+    from lora_sweep.config.study import load_study
 
     return dashboard.serve(load_study(args.config, args.overrides), args.host, args.port, args.read_only)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lora_sweep import report
-    from lora_sweep.config import load_study
+    from lora_sweep.views import report
+    from lora_sweep.config.study import load_study
 
     report.write_report(load_study(args.config, args.overrides), args.output, args.png)
     return 0

@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from helpers import REPO, memorization_samples, run_module, write_jsonl, write_yaml
-from lora_sweep.config import FLAT_KEYS, ConfigError, StudyConfig, get_path, load_job, load_study, validate_job
-from lora_sweep.space import build_space, default_params, param_path
+from lora_sweep.config.files import FLAT_KEYS, get_path, load_job, validate_job
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import StudyConfig, load_study
+from lora_sweep.config.space import build_space, default_params, param_path
 
 TEMPLATE = REPO / "tests/data/aitk/lora.yaml"  # the Phi Silica template, byte for byte
 AION = REPO / "tests/data/aitk/aion-1.1-lora.yaml"  # the newer form, with compare_* and skip_finetune

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import chat, memorization_samples, run_cli, study_tree, write_yaml
-from lora_sweep.config import ConfigError
+from lora_sweep.config.job import ConfigError
 
 
 def lines(samples: list[dict]) -> str:
@@ -81,8 +81,8 @@ def test_a_long_line_is_refused_in_bounded_memory_before_it_is_parsed(tmp_path):
     path.write_text(lines(memorization_samples()[:2]) + big + "\n" + lines(memorization_samples()[2:]),
                     encoding="utf-8")
     # measured in a child process: this one's allocations (the test's own 10 MB string) stay out
-    code = ("import sys, tracemalloc; from lora_sweep import data as D; tracemalloc.start(); "
-            "samples, problems = D.read_samples(sys.argv[1]); "
+    code = ("import sys, tracemalloc; from lora_sweep.job import samples as S; tracemalloc.start(); "
+            "samples, problems = S.read_samples(sys.argv[1]); "
             "print(len(samples), tracemalloc.get_traced_memory()[1]); print(*problems, sep='\\n')")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     head, *problems = done.stdout.splitlines()

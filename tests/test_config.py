@@ -7,7 +7,9 @@ import os
 import pytest
 
 from helpers import run_module, write_yaml
-from lora_sweep.config import ConfigError, JobConfig, load_job, load_study, validate_job
+from lora_sweep.config.job import ConfigError, JobConfig
+from lora_sweep.config.files import load_job, validate_job
+from lora_sweep.config.study import load_study
 from lora_sweep.scorers import ScorerError, check_scorer
 
 

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 
 from helpers import job_processes, run_cli, study_tree, write_yaml
 from lora_sweep.events import EventReader, read_events
-from lora_sweep.storage import StudyFolder, load_existing, masked, owner_is_gone, this_worker
-from lora_sweep.trial import Progress, signal_text
+from lora_sweep.sweep.storage import StudyFolder, load_existing, masked, owner_is_gone, this_worker
+from lora_sweep.sweep.trial import Progress, signal_text
 
 
 # ---------------------------------------------------------------- units
@@ -45,7 +45,7 @@ def test_exit_texts_name_the_signal():
     assert signal_text(-9) == "was killed by SIGKILL"
     assert signal_text(-15) == "was killed by SIGTERM"
     assert signal_text(137) == "exited with code 137 (killed by SIGKILL)"
-    launcher_log = "subprocess.CalledProcessError: Command '['python', '-m', 'lora_sweep.train']' died with <Signals.SIGKILL: 9>."
+    launcher_log = "subprocess.CalledProcessError: Command '['python', '-m', 'lora_sweep.job.train']' died with <Signals.SIGKILL: 9>."
     assert signal_text(1, launcher_log) == "exited with code 1 (killed by SIGKILL)"
 
 
@@ -121,8 +121,8 @@ def open_study(url: str) -> optuna.Study:
 
 def test_a_dead_workers_trial_on_journal_storage_is_failed_and_queued(tmp_path):
     # journal files have no heartbeats: the owner check is what frees a killed sweep's trial
-    from lora_sweep.config import StudySection
-    from lora_sweep.storage import fail_orphaned_trials, make_storage
+    from lora_sweep.config.study import StudySection
+    from lora_sweep.sweep.storage import fail_orphaned_trials, make_storage
 
     study = optuna.create_study(storage=make_storage(str(tmp_path / "s.log"), StudySection()), study_name="s")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -279,7 +279,7 @@ def test_export_onto_an_existing_file_is_one_line(tmp_path):
 
 
 def warm_runners(parent: int) -> list[int]:
-    """The warm runner processes (`python -m lora_sweep.warm`) started by process `parent`."""
+    """The warm runner processes (`python -m lora_sweep.launch.warm`) started by process `parent`."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -288,7 +288,7 @@ def warm_runners(parent: int) -> list[int]:
                             if line.startswith("PPid:")))
         except (OSError, StopIteration):
             continue
-        if b"lora_sweep.warm" in cmdline and ppid == parent:
+        if b"lora_sweep.launch.warm" in cmdline and ppid == parent:
             found.append(int(pid))
     return found
 

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from helpers import memorization_samples, write_jsonl, write_yaml
-from lora_sweep.storage import load_existing
+from lora_sweep.sweep.storage import load_existing
 
 
 def request(url: str, method: str = "GET", body: dict | None = None) -> tuple[int, bytes]:

@@ -9,8 +9,9 @@ import torch
 from transformers import AutoTokenizer
 
 from helpers import chat, memorization_samples, write_jsonl
-from lora_sweep import data as D
-from lora_sweep.config import ConfigError, DataSection
+from lora_sweep.job import data as D
+from lora_sweep.job import samples as S
+from lora_sweep.config.job import ConfigError, DataSection
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_every_bad_line_reported_with_file_and_line(tmp_path):
         json.dumps({"text": "no messages"}),
     ]
     path.write_text("\n".join(lines) + "\n")
-    samples, problems = D.read_samples(path)
+    samples, problems = S.read_samples(path)
     assert len(samples) == 1
     assert problems == [
         f"{path}:3: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
@@ -61,14 +62,14 @@ def test_every_bad_line_reported_with_file_and_line(tmp_path):
 def test_a_symbolic_link_loop_is_called_a_loop(tmp_path):
     loop = tmp_path / "train.json"
     loop.symlink_to(loop)
-    assert D.read_samples(loop) == ([], [f"{loop}: {loop} is a symbolic link loop (it leads back to itself): "
+    assert S.read_samples(loop) == ([], [f"{loop}: {loop} is a symbolic link loop (it leads back to itself): "
                                          f"point it at the data"])
     folder = tmp_path / "data"  # a folder on the way: data -> data2 -> data
     folder.symlink_to(tmp_path / "data2")
     (tmp_path / "data2").symlink_to(folder)
-    assert D.read_samples(folder / "test.json")[1] == [
+    assert S.read_samples(folder / "test.json")[1] == [
         f"{folder / 'test.json'}: {folder} is a symbolic link loop (it leads back to itself): point it at the data"]
-    assert D.read_samples(tmp_path / "missing.json")[1] == [f"{tmp_path / 'missing.json'}: no such file"]
+    assert S.read_samples(tmp_path / "missing.json")[1] == [f"{tmp_path / 'missing.json'}: no such file"]
 
 
 def test_lines_are_split_in_blocks_as_one_read_would_split_them():
@@ -76,9 +77,9 @@ def test_lines_are_split_in_blocks_as_one_read_would_split_them():
     text = b"a\r\nbb\rccc\n\r\ndddd\r"
     for size in range(1, len(text) + 1):
         blocks = [text[i : i + size] for i in range(0, len(text), size)]
-        assert list(D.split_lines(blocks)) == [(b"a", 1), (b"bb", 2), (b"ccc", 3), (b"", 0), (b"dddd", 4)]
+        assert list(S.split_lines(blocks)) == [(b"a", 1), (b"bb", 2), (b"ccc", 3), (b"", 0), (b"dddd", 4)]
         # a line over the limit is its size alone, however the blocks cut it
-        assert list(D.split_lines(blocks, limit=3)) == [(b"a", 1), (b"bb", 2), (b"ccc", 3), (b"", 0), (None, 4)]
+        assert list(S.split_lines(blocks, limit=3)) == [(b"a", 1), (b"bb", 2), (b"ccc", 3), (b"", 0), (None, 4)]
 
 
 def test_problems_are_capped_and_both_files_reported(tmp_path):
@@ -86,7 +87,7 @@ def test_problems_are_capped_and_both_files_reported(tmp_path):
     train.write_text("nope\n" * 25)
     section = DataSection(train_file=str(train), test_file=str(tmp_path / "missing.json"))
     with pytest.raises(ConfigError) as err:
-        D.load_samples(section)
+        S.load_samples(section)
     problems = err.value.problems
     assert len(problems) == 22
     assert problems[20] == "... and 5 more problems in the same file"
@@ -95,9 +96,9 @@ def test_problems_are_capped_and_both_files_reported(tmp_path):
 
 def test_system_prompt_replaces_or_adds():
     with_sys = [{"role": "system", "content": "old"}, {"role": "user", "content": "q"}]
-    assert D.with_system_prompt(with_sys, "new") == [{"role": "system", "content": "new"}, {"role": "user", "content": "q"}]
-    assert D.with_system_prompt(with_sys[1:], "new")[0] == {"role": "system", "content": "new"}
-    assert D.with_system_prompt(with_sys, None) is with_sys
+    assert S.with_system_prompt(with_sys, "new") == [{"role": "system", "content": "new"}, {"role": "user", "content": "q"}]
+    assert S.with_system_prompt(with_sys[1:], "new")[0] == {"role": "system", "content": "new"}
+    assert S.with_system_prompt(with_sys, None) is with_sys
 
 
 def test_labels_cover_answers_and_their_end_of_turn(tok):
@@ -179,10 +180,10 @@ def test_packed_share_and_cache(tmp_path, tok):
 
 def test_nsamples_pick_is_deterministic_by_seed(tmp_path):
     samples = [chat(str(i), str(i)) for i in range(50)]
-    a, b, c = D.select(samples, 10, 1), D.select(samples, 10, 1), D.select(samples, 10, 2)
+    a, b, c = S.select(samples, 10, 1), S.select(samples, 10, 1), S.select(samples, 10, 2)
     assert a == b and a != c and len(a) == 10
     assert [int(s["messages"][0]["content"]) for s in a] == sorted(int(s["messages"][0]["content"]) for s in a)
-    assert D.select(samples, 100, 1) == samples
+    assert S.select(samples, 100, 1) == samples
 
 
 def test_varied_seqlen_stats(tmp_path, tok):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from helpers import REPO, study_tree, write_yaml
-from lora_sweep.config import load_study
+from lora_sweep.config.study import load_study
 
 DEPLOY = REPO / "deploy"
 SBATCH = DEPLOY / "slurm/lora_sweep.sbatch"

@@ -9,8 +9,9 @@ from pathlib import Path
 import optuna
 
 from helpers import REPO, memorization_samples, run_cli, write_jsonl, write_yaml
-from lora_sweep.config import load_job, load_study
-from lora_sweep.space import build_space
+from lora_sweep.config.files import load_job
+from lora_sweep.config.study import load_study
+from lora_sweep.config.space import build_space
 
 TEMPLATE = REPO / "tests" / "data" / "aitk" / "lora.yaml"
 SPACE = {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},

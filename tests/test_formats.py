@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from helpers import chat, job_tree, load, memorization_samples, run_cli, run_module, study_tree, write_yaml
-from lora_sweep import data as D
-from lora_sweep.config import ConfigError, DataSection, load_job
+from lora_sweep.job import data as D
+from lora_sweep.job import samples as S
+from lora_sweep.config.job import ConfigError, DataSection
+from lora_sweep.config.files import load_job
 
 
 def write_lines(path: Path, records: list) -> Path:
@@ -54,34 +56,34 @@ SHAREGPT_AS_CHAT = [
 @pytest.mark.parametrize("fmt", ["auto", "alpaca"])
 def test_alpaca_records_become_chat_samples(tmp_path, fmt):
     path = write_lines(tmp_path / "train.json", ALPACA)
-    assert D.read_samples(path, fmt) == (ALPACA_AS_CHAT, [])
+    assert S.read_samples(path, fmt) == (ALPACA_AS_CHAT, [])
 
 
 @pytest.mark.parametrize("fmt", ["auto", "sharegpt"])
 def test_sharegpt_records_become_chat_samples(tmp_path, fmt):
     path = write_lines(tmp_path / "train.json", SHAREGPT)
-    assert D.read_samples(path, fmt) == (SHAREGPT_AS_CHAT, [])
+    assert S.read_samples(path, fmt) == (SHAREGPT_AS_CHAT, [])
 
 
 def test_a_json_array_is_read_as_llama_factory_writes_it(tmp_path):
     # LLaMA-Factory's data/alpaca_en_demo.json: one array, indented, not ASCII-escaped
     path = tmp_path / "alpaca_en_demo.json"
     path.write_text(json.dumps(ALPACA, indent=2, ensure_ascii=False), encoding="utf-8")
-    assert D.read_samples(path) == (ALPACA_AS_CHAT, [])
+    assert S.read_samples(path) == (ALPACA_AS_CHAT, [])
     # each problem at the line its record starts on; a syntax error ends the array
     text = json.dumps([ALPACA[0], {"instruction": "x"}, ALPACA[1]], indent=2) + "\n"
     path.write_text(text.replace('"Bonjour"', '"Bonjour",'), encoding="utf-8")
-    samples, problems = D.read_samples(path, "alpaca")
+    samples, problems = S.read_samples(path, "alpaca")
     assert samples == ALPACA_AS_CHAT[:1]
     assert problems == [f'{path}:7: no field "output" (fields: instruction)',
                         f"{path}:14: not valid JSON (Expecting property name enclosed in double quotes at column 3)"]
     path.write_text("[]", encoding="utf-8")
-    assert D.read_samples(path) == ([], [f"{path}: has no samples"])
+    assert S.read_samples(path) == ([], [f"{path}: has no samples"])
 
 
 def test_auto_keeps_chat_files_as_they_were(tmp_path):
     path = write_lines(tmp_path / "train.json", memorization_samples())
-    assert D.read_samples(path) == D.read_samples(path, "chat") == (memorization_samples(), [])
+    assert S.read_samples(path) == S.read_samples(path, "chat") == (memorization_samples(), [])
 
 
 def test_every_bad_record_is_reported_with_file_and_line(tmp_path):
@@ -92,7 +94,7 @@ def test_every_bad_record_is_reported_with_file_and_line(tmp_path):
         {"instruction": "x", "output": "y", "history": [["only one"]]},
         "a string",
     ])
-    assert D.read_samples(alpaca, "alpaca") == ([ALPACA_AS_CHAT[0]], [
+    assert S.read_samples(alpaca, "alpaca") == ([ALPACA_AS_CHAT[0]], [
         f'{alpaca}:2: no field "output" (fields: instruction, input)',
         f'{alpaca}:3: "output" must be a string, got int',
         f'{alpaca}:4: "history" must be a list of [instruction, answer] string pairs',
@@ -104,19 +106,19 @@ def test_every_bad_record_is_reported_with_file_and_line(tmp_path):
         {"conversations": [{"from": "bot", "value": "x"}, {"from": "gpt", "value": 1}]},
         {"conversations": [{"from": "human", "value": "only a question"}]},
     ])
-    assert D.read_samples(sharegpt, "sharegpt") == ([SHAREGPT_AS_CHAT[0]], [
+    assert S.read_samples(sharegpt, "sharegpt") == ([SHAREGPT_AS_CHAT[0]], [
         f'{sharegpt}:2: "conversations" must be a non-empty list of {{"from", "value"}} objects',
         f'{sharegpt}:3: conversations[0].from must be "human", "gpt" or "system", got \'bot\'',
         f"{sharegpt}:3: conversations[1].value must be a string, got int",
         f"{sharegpt}:4: has no assistant message: there is nothing to learn from it",
     ])
     # a format given is kept: an Alpaca record in a file said to be chat is a chat sample's problem
-    assert D.read_samples(alpaca, "chat")[1][0] == (
+    assert S.read_samples(alpaca, "chat")[1][0] == (
         f'{alpaca}:1: "messages" must be a non-empty list of {{"role", "content"}} objects')
 
 
 def test_the_format_is_part_of_the_cache_key(tmp_path, tiny_llama):
-    from lora_sweep.models import load_tokenizer
+    from lora_sweep.job.models import load_tokenizer
 
     write_lines(tmp_path / "train.json", ALPACA)
     write_lines(tmp_path / "test.json", ALPACA)
@@ -136,7 +138,7 @@ def test_validate_and_train_read_alpaca_and_refuse_its_bad_records(tiny_llama, t
     tree = job_tree(tiny_llama, folder, tmp_path / "out")
     job = write_yaml(tmp_path / "job.yaml", tree)
     assert run_cli(["validate", str(job)]).stdout == f"{job}: valid job config (8 train and 8 test samples)\n"
-    from lora_sweep import train as T
+    from lora_sweep.job import train as T
 
     result = T.run(load_job(job))  # a real job: trains and evaluates on the Alpaca records
     assert result["best_eval_loss"] > 0 and Path(result["adapter_path"], "adapter_config.json").is_file()
@@ -165,11 +167,11 @@ def test_columns_fill_the_templates_from_each_record(tmp_path):
     # the AI Toolkit's Phi-3 tone data: {"phrase", "tone"} per line, text_cols and a text_template
     path = write_lines(tmp_path / "tone.json", TONES + [{"phrase": "Hm.", "label": "neutral"}, {"phrase": None, "tone": "x"}])
     columns = columns_section(tmp_path).columns
-    assert D.read_samples(path, "columns", columns) == (TONES_AS_CHAT, [
+    assert S.read_samples(path, "columns", columns) == (TONES_AS_CHAT, [
         f'{path}:4: no field "tone" (fields: phrase, label)',
         f'{path}:5: field "phrase" is null',
     ])
-    assert D.read_samples(path, "auto", columns)[0] == TONES_AS_CHAT  # data.columns given: columns
+    assert S.read_samples(path, "auto", columns)[0] == TONES_AS_CHAT  # data.columns given: columns
 
 
 def test_a_csv_saved_by_a_spreadsheet_program(tmp_path):
@@ -182,17 +184,17 @@ def test_a_csv_saved_by_a_spreadsheet_program(tmp_path):
                      "only one cell\r\n"
                      "How dare you!,anger\r\n".encode("utf-8"))
     columns = columns_section(tmp_path).columns
-    samples, problems = D.read_samples(path, "columns", columns)
+    samples, problems = S.read_samples(path, "columns", columns)
     assert samples == [TONES_AS_CHAT[0], chat("Which tone is this? Well, I lost my keys\r\nagain.", "sadness",
                                               system="Answer with one word."), TONES_AS_CHAT[2]]
     assert problems == [f"{path}:6: has 1 cells, the header row 2 (phrase, tone)"]
     # an Alpaca spreadsheet, tab-separated, recognised by its header
     tsv = tmp_path / "alpaca.tsv"
     tsv.write_text("instruction\tinput\toutput\nTranslate to French.\tGood morning\tBonjour\n", encoding="utf-8")
-    assert D.read_samples(tsv) == ([ALPACA_AS_CHAT[1]], [])
+    assert S.read_samples(tsv) == ([ALPACA_AS_CHAT[1]], [])
     broken = tmp_path / "broken.csv"
     broken.write_text('phrase,tone\n"never closed,joy\n', encoding="utf-8")
-    assert D.read_samples(broken, "columns", columns) == ([], [f"{broken}:2: not valid CSV (unexpected end of data)"])
+    assert S.read_samples(broken, "columns", columns) == ([], [f"{broken}:2: not valid CSV (unexpected end of data)"])
 
 
 def test_columns_and_their_templates_are_checked_with_the_config(tmp_path):
@@ -244,11 +246,11 @@ def test_convert_writes_the_ai_toolkits_chat_files_from_any_format(tiny_llama, t
     job = write_yaml(tmp_path / "job.yaml", tree)
     assert D.main(["convert", str(job), str(tmp_path / "aitk")]) == 0
     for name in ("train.json", "test.json"):  # what the AI Toolkit (and data.format: chat) reads
-        assert D.read_samples(tmp_path / "aitk" / name, "chat") == (TONES_AS_CHAT, [])
+        assert S.read_samples(tmp_path / "aitk" / name, "chat") == (TONES_AS_CHAT, [])
     # a second time: the files are there; bad data: refused; nothing written either way
     before = (tmp_path / "aitk" / "train.json").read_bytes()
     with pytest.raises(ConfigError) as err:
-        D.convert(load_job(job).data, tmp_path / "aitk")
+        S.convert(load_job(job).data, tmp_path / "aitk")
     assert err.value.problems == [f"{tmp_path / 'aitk' / name}: exists: give a new or empty folder"
                                   for name in ("train.json", "test.json")]
     assert (tmp_path / "aitk" / "train.json").read_bytes() == before

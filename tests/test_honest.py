@@ -12,9 +12,9 @@ import pytest
 
 from helpers import load, memorization_samples, run_cli, run_module, study_tree, write_jsonl, write_yaml
 from lora_sweep.events import read_events
-from lora_sweep.report import write_html
+from lora_sweep.views.report import write_html
 from lora_sweep.stats import paired_bootstrap
-from lora_sweep.storage import best_trial
+from lora_sweep.sweep.storage import best_trial
 
 pytestmark = pytest.mark.integration  # every test here reads a launched sweep
 

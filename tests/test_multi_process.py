@@ -23,7 +23,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import job_processes, job_tree, load, memorization_samples, study_tree, write_jsonl, write_yaml
-from lora_sweep import launch
+from lora_sweep.launch import local as launch
 from lora_sweep.events import read_events
 
 pytestmark = pytest.mark.integration  # launched multi-process jobs and a sweep

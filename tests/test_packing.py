@@ -11,11 +11,12 @@ from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from helpers import job_tree, memorization_samples, write_jsonl
-from lora_sweep import data as D
-from lora_sweep import train as T
-from lora_sweep.config import ConfigError, DataSection, validate_job
-from lora_sweep.evaluate import eval_loss
-from lora_sweep.models import load_for_inference
+from lora_sweep.job import data as D
+from lora_sweep.job import train as T
+from lora_sweep.config.job import ConfigError, DataSection
+from lora_sweep.config.files import validate_job
+from lora_sweep.job.evaluate import eval_loss
+from lora_sweep.job.models import load_for_inference
 
 UNMASKED = "lora_sweep_test_unmasked"  # an attention kernel that takes no mask, as custom kernels may
 

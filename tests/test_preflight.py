@@ -58,6 +58,6 @@ def test_a_plain_db_path_is_a_sqlite_file(tiny_llama, chat_data, tmp_path):
     config = write_yaml(tmp_path / "study.yaml", tree)
     proc = run_cli(["validate", str(config)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    from lora_sweep.config import load_study
+    from lora_sweep.config.study import load_study
 
     assert load_study(config).storage_url == f"sqlite:///{tmp_path}/plain.db"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, run_module
-from lora_sweep.config import reference_tables
+from lora_sweep.config.study import reference_tables
 
 
 @pytest.mark.integration  # the real command line, as the README tells a new user to run it
@@ -27,3 +27,16 @@ def test_readme_parameter_tables_match_the_code():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (REPO / "README.md").read_text()
     assert (REPO / ".ci/run").read_text().strip().endswith("make test")
+
+
+def test_no_two_modules_import_each_other_and_none_is_over_600_lines():
+    import grimp  # import-linter's own graph of the package's imports, those inside functions too
+
+    graph = grimp.build_graph("lora_sweep")
+    modules = sorted(m for m in graph.modules if m.startswith("lora_sweep"))
+    cycles = [(a, b) for a in modules for b in graph.find_modules_directly_imported_by(a)
+              if b.startswith("lora_sweep") and a < b and graph.chain_exists(importer=b, imported=a)]
+    assert cycles == []
+    long = {p.relative_to(REPO).as_posix(): n for p in (REPO / "lora_sweep").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 600}
+    assert long == {}

@@ -32,8 +32,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from helpers import REPO, run_module, write_jsonl, write_yaml
-from lora_sweep import dashboard, report
-from lora_sweep.config import ConfigError, StudyConfig
+from lora_sweep.sweep import records
+from lora_sweep.views import report
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import StudyConfig
 
 NOTEBOOK = REPO / "notebooks" / "sweep_report.ipynb"
 N_FIGURES = 6  # report.views: history, curves, parallel, importance, slices, best vs base
@@ -411,7 +413,7 @@ def test_trial_artifacts_are_served(tmp_path):
     (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"\0" * 64)
     write_jsonl(folder / "predictions.jsonl", [{"input": "a", "reference": "b", "prediction": "c", "score": 0.0}])
     trial.set_user_attr("trial_dir", str(folder))
-    ids = dashboard.upload_trial_artifacts(study, trial, config)  # while the trial runs
+    ids = records.upload_trial_artifacts(study, trial, config)  # while the trial runs
     study.tell(trial, 1.0)
     assert (tmp_path / "studies/up/artifacts").is_dir()
     metas = {m.filename: m for m in optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=study._storage)}
@@ -420,7 +422,7 @@ def test_trial_artifacts_are_served(tmp_path):
 
     from optuna_dashboard import wsgi
 
-    app = wsgi(study._storage, artifact_store=dashboard.artifact_store(config))
+    app = wsgi(study._storage, artifact_store=records.artifact_store(config))
     environ: dict = {}
     setup_testing_defaults(environ)
     environ["PATH_INFO"] = f"/artifacts/{study._study_id}/{study.trials[0]._trial_id}/{ids['adapter']}"

@@ -7,7 +7,7 @@ import json
 import optuna
 from optuna.trial import create_trial
 
-from lora_sweep import report
+from lora_sweep.views import report
 
 
 def test_ties_go_to_the_lower_eval_loss_and_compare_is_shown(tmp_path):
@@ -34,7 +34,7 @@ def test_ties_go_to_the_lower_eval_loss_and_compare_is_shown(tmp_path):
 
 
 def test_best_trial_breaks_ties_by_eval_loss(tmp_path):
-    from lora_sweep.storage import best_trial
+    from lora_sweep.sweep.storage import best_trial
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s", direction="maximize")
     for value, loss in [(0.5, 4.33), (0.5, 3.62), (0.25, 1.0)]:

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import REPO, job_tree, memorization_samples, run_cli, write_jsonl, write_yaml
-from lora_sweep import train as T
-from lora_sweep.config import validate_job
+from lora_sweep.job import train as T
+from lora_sweep.config.files import validate_job
 from lora_sweep.events import EventReader, evals_before, last_checkpoint, read_events
 
 # Float noise between two CPU runs of the same steps: the same kernels on the same data give the
@@ -41,9 +41,9 @@ def training(**more) -> dict:
 
 
 def start_job(config: Path, log: Path) -> subprocess.Popen:
-    """`python -m lora_sweep.train job.yaml` in a session of its own, as the launcher runs it."""
+    """`python -m lora_sweep.job.train job.yaml` in a session of its own, as the launcher runs it."""
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "lora_sweep.train", str(config)], cwd=REPO, stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "lora_sweep.job.train", str(config)], cwd=REPO, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -6,9 +6,10 @@ import logging
 
 import pytest
 
-from lora_sweep.config import ConfigError, StudyConfig
-from lora_sweep.sweep import device_groups
-from lora_sweep.trial import slot_launch
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import StudyConfig
+from lora_sweep.sweep.loop import device_groups
+from lora_sweep.sweep.trial import slot_launch
 
 
 def study(tmp_path, **fields) -> StudyConfig:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from lora_sweep.config import ConfigError, load_study
-from lora_sweep.space import build_space
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import load_study
+from lora_sweep.config.space import build_space
 
 STUDY = """\
 study: {{dir: {dir}, base_space: none}}

@@ -11,8 +11,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from helpers import memorization_samples, run_cli, write_jsonl, write_yaml
-from lora_sweep import space as S
-from lora_sweep.config import StudyConfig
+from lora_sweep.config import space as S
+from lora_sweep.config.study import StudyConfig
 
 
 def study_config(tmp_path, training: dict | None = None, search_space: dict | None = None,
@@ -108,8 +108,8 @@ def test_validate_warns_once_and_keeps_the_range(tiny_llama, tmp_path):
     assert proc.returncode == 0, proc.stderr
     # 8 samples packed into rows of 32 tokens, 2 a batch, 5 epochs: what the job would count
     config = StudyConfig.model_validate(tree)
-    from lora_sweep import data
-    from lora_sweep.models import find_model, load_tokenizer
+    from lora_sweep.job import data
+    from lora_sweep.job.models import find_model, load_tokenizer
 
     tokenizer = load_tokenizer(find_model(str(tiny_llama)), False)
     rows = len(data.tokenize(config.data, 42, tokenizer, memorization_samples(), memorization_samples()).train)
@@ -135,7 +135,8 @@ def test_a_sweep_of_40_step_trials_searches_what_the_run_can_use(tiny_llama, cha
     import yaml
 
     from helpers import run_module, study_tree
-    from lora_sweep import dashboard, report
+    from lora_sweep.sweep import records
+    from lora_sweep.views import report
 
     def sweep(name: str, search_space: dict) -> tuple[optuna.Study, str, Path]:
         tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", name=name, n_trials=2)
@@ -152,7 +153,7 @@ def test_a_sweep_of_40_step_trials_searches_what_the_run_can_use(tiny_llama, cha
             "value from 40 up is one and the same schedule (the learning rate rises for the whole run)")
     assert log.count(note) == 1 and f"search space: {note}" in log  # the start-up line, once
     assert study.user_attrs["run"] == {"steps": 40, "notes": [note]}
-    assert f"- search space: {note}" in dashboard.study_note(study)
+    assert f"- search space: {note}" in records.study_note(study)
     assert report.summary_lines(report.load_frame(study))[-1] == f"Search space: {note}."
     assert len(study.trials) == 2
     for trial in study.trials:

@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy
 
 from helpers import free_port, run_cli, run_module, study_tree, write_yaml
-from lora_sweep.config import ConfigError
-from lora_sweep.dashboard import has_note
-from lora_sweep.storage import PASSWORD_FILE_ENV, check_reachable, load_existing
+from lora_sweep.config.job import ConfigError
+from lora_sweep.sweep.records import has_note
+from lora_sweep.sweep.storage import PASSWORD_FILE_ENV, check_reachable, load_existing
 
 PASSWORD = "s3cret-pw-7731"
 

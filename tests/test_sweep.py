@@ -21,9 +21,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from helpers import job_processes, load, run_cli, run_module, study_tree, write_yaml
-from lora_sweep.config import StudyConfig
+from lora_sweep.config.study import StudyConfig
 from lora_sweep.events import read_events
-from lora_sweep.space import build_space, default_params
+from lora_sweep.config.space import build_space, default_params
 
 
 def test_default_space_is_the_reference_table():
@@ -106,8 +106,8 @@ def test_bad_sampler_and_pruner_options_are_refused_before_anything_is_written(t
 
 def test_every_sampler_type_samples_guided_trials_from_the_space():
     """Each sampler the config offers imports what it needs and keeps to the space past its startup trials."""
-    from lora_sweep.config import SamplerSection
-    from lora_sweep.search import make_sampler
+    from lora_sweep.config.study import SamplerSection
+    from lora_sweep.sweep.search import make_sampler
 
     space_spec = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
                   "num_warmup_steps": {"type": "int", "low": 0, "high": 4},
@@ -134,7 +134,7 @@ def test_every_sampler_type_samples_guided_trials_from_the_space():
 
 
 def test_percentile_and_threshold_pruners_judge_a_trial():
-    from lora_sweep.search import make_pruner
+    from lora_sweep.sweep.search import make_pruner
 
     def verdict(pruner: dict, values: list[list[float]], new: float) -> bool:
         config = StudyConfig.model_validate({"data": {"dataset": "d"}, "study": {"pruner": pruner}})
@@ -285,7 +285,7 @@ def test_resume_after_the_sweep_is_killed(tiny_llama, chat_data, tmp_path):
 
 
 def test_the_summary_never_leaves_the_defaults_or_the_base_model_silently_out():
-    from lora_sweep.sweep import summary
+    from lora_sweep.sweep.loop import summary
 
     config = StudyConfig.model_validate({"data": {"dataset": "d"}, "study": {"name": "s"}})
     x = FloatDistribution(0, 1)

@@ -16,8 +16,10 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import job_tree, memorization_samples, run_module, working_directory, write_jsonl, write_yaml
-from lora_sweep.config import StudyConfig, TrackingSection
-from lora_sweep.tracking import absolute, job_environment, study_callbacks, trainer_kwargs, wandb_run_id
+from lora_sweep.config.study import StudyConfig
+from lora_sweep.config.job import TrackingSection
+from lora_sweep.job.tracking import absolute, job_environment, trainer_kwargs, wandb_run_id
+from lora_sweep.sweep.trackers import study_callbacks
 
 STUDY = "tracked"
 PROJECT = "lora-sweep-tests"
@@ -292,7 +294,7 @@ def test_relative_tracker_paths_are_made_absolute(tmp_path):
 
 @pytest.mark.integration
 def test_a_job_without_tracking_writes_no_tracker_files(tiny_llama, tmp_path):
-    from lora_sweep import train
+    from lora_sweep.job import train
 
     data = tmp_path / "data"
     data.mkdir()

@@ -14,10 +14,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from helpers import REPO, chat, job_tree, memorization_samples, run_module, write_jsonl, write_yaml
-from lora_sweep import data as D
-from lora_sweep import train as T
-from lora_sweep.config import validate_job
-from lora_sweep.evaluate import eval_loss
+from lora_sweep.job import data as D
+from lora_sweep.job import samples as S
+from lora_sweep.job import train as T
+from lora_sweep.config.files import validate_job
+from lora_sweep.job.evaluate import eval_loss
 from lora_sweep.events import read_events
 
 ACCELERATE_CPU = ["--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
@@ -142,7 +143,7 @@ def test_flat_lora_yaml_on_phi3_through_accelerate_launch(tiny_phi3, chat_data, 
             "learning_rate": 1e-2, "system_prompt": "Answer briefly."}
     job = write_yaml(tmp_path / "lora.yaml", flat)
     env = {**os.environ, "LORA_SWEEP_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *ACCELERATE_CPU, "-m", "lora_sweep.train", str(job),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *ACCELERATE_CPU, "-m", "lora_sweep.job.train", str(job),
            f"model.name_or_path={tiny_phi3}", "lora.target_modules=[qkv_proj, o_proj]", f"output_dir={tmp_path / 'out'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -160,7 +161,7 @@ LONG = "The whale likes a deep, dark and very old blue."
 
 
 def test_a_max_new_tokens_shorter_than_the_answers_is_named_with_what_would_fit(tiny_llama, chat_data, tmp_path):
-    from lora_sweep.evaluate import GenerationMetric, check_scorer
+    from lora_sweep.job.evaluate import GenerationMetric, check_scorer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
 
@@ -168,7 +169,7 @@ def test_a_max_new_tokens_shorter_than_the_answers_is_named_with_what_would_fit(
         tree = {**job_tree(tiny_llama, chat_data, tmp_path / "job"),
                 "objective": {"metric": "token_f1", "max_new_tokens": max_new_tokens}}
         job = validate_job(tree)
-        samples = D.load_samples(job.data)
+        samples = S.load_samples(job.data)
         metric = GenerationMetric(job.objective, job.data, job.training.seed, samples[1],
                                   check_scorer(job.objective, samples[1]))
         return metric.cut_warning(tokenizer)

@@ -1,5 +1,5 @@
 """An honest validation set: data.validation_split / data.validation_file take over a job's
-evaluations from test.json; `python -m lora_sweep.evaluate --split test` scores an adapter (or the
+evaluations from test.json; `python -m lora_sweep.job.evaluate --split test` scores an adapter (or the
 base model) on test.json afterwards; a paired bootstrap says whether a difference is noise."""
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from helpers import chat, job_tree, memorization_samples, write_jsonl
-from lora_sweep import data as D
-from lora_sweep import evaluate as E
-from lora_sweep import train as T
-from lora_sweep.config import ConfigError, DataSection, validate_job
+from lora_sweep.job import data as D
+from lora_sweep.job import samples as S
+from lora_sweep.job import evaluate as E
+from lora_sweep.job import train as T
+from lora_sweep.config.job import ConfigError, DataSection
+from lora_sweep.config.files import validate_job
 from lora_sweep.events import read_events
-from lora_sweep.models import load_for_inference
+from lora_sweep.job.models import load_for_inference
 from lora_sweep.stats import paired_bootstrap
 
 
@@ -40,26 +42,26 @@ def answers(samples: list[dict]) -> list[str]:
 
 
 def test_split_by_share_and_count_is_seeded_and_disjoint(files):
-    assert D.load_samples(files) == (numbered(10, "train"), numbered(4, "test"))  # no validation: test.json
+    assert S.load_samples(files) == (numbered(10, "train"), numbered(4, "test"))  # no validation: test.json
     for split, held in ((0.3, 3), (4, 4), (4.0, 4)):
         section = files.model_copy(update={"validation_split": split})
-        train, validation = D.load_samples(section)
+        train, validation = S.load_samples(section)
         assert (len(train), len(validation)) == (10 - held, held)
         assert set(answers(train)).isdisjoint(answers(validation))
         assert sorted(answers(train) + answers(validation)) == sorted(answers(numbered(10, "train")))
         assert answers(train) == sorted(answers(train), key=lambda a: int(a.split()[-1][:-1]))  # file order
-        assert D.load_samples(section) == (train, validation)  # the same every time (every trial)
-        assert D.load_samples(section, "test") == (train, numbered(4, "test"))  # test.json, train still less it
-        assert (D.eval_set(section), D.eval_set(section, "test")) == ("validation", "test")
+        assert S.load_samples(section) == (train, validation)  # the same every time (every trial)
+        assert S.load_samples(section, "test") == (train, numbered(4, "test"))  # test.json, train still less it
+        assert (S.eval_set(section), S.eval_set(section, "test")) == ("validation", "test")
     # seeded, not the first rows: the held-out samples of a share are spread over the file
-    _, validation = D.load_samples(files.model_copy(update={"validation_split": 0.3}))
+    _, validation = S.load_samples(files.model_copy(update={"validation_split": 0.3}))
     assert answers(validation) != answers(numbered(3, "train"))
 
 
 def test_validation_file(files, tmp_path):
     section = files.model_copy(update={"validation_file": str(tmp_path / "val.json")})
-    assert D.load_samples(section) == (numbered(10, "train"), numbered(3, "val"))
-    assert D.load_samples(section, "test") == (numbered(10, "train"), numbered(4, "test"))
+    assert S.load_samples(section) == (numbered(10, "train"), numbered(3, "val"))
+    assert S.load_samples(section, "test") == (numbered(10, "train"), numbered(4, "test"))
 
 
 @pytest.mark.parametrize("update, message", [
@@ -74,7 +76,7 @@ def test_validation_file(files, tmp_path):
 def test_bad_validation_is_refused_before_anything_is_written(files, tmp_path, tiny_llama, update, message):
     update = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in update.items()}
     with pytest.raises(ConfigError) as err:
-        D.load_samples(files.model_copy(update=update))
+        S.load_samples(files.model_copy(update=update))
     assert str(err.value) == message.format(tmp=tmp_path)
     tree = job_tree(tiny_llama, tmp_path, tmp_path / "out")
     tree["data"] = {**files.model_dump(), **update, "cache_dir": str(tmp_path / "cache")}

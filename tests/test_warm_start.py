@@ -12,12 +12,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from helpers import memorization_samples, write_jsonl, write_yaml
-from lora_sweep.config import ConfigError, StudyConfig, load_study
-from lora_sweep.space import build_space
-from lora_sweep.storage import WARM_START_ATTR
-from lora_sweep.search import make_pruner, make_sampler
-from lora_sweep.sweep import start_study
-from lora_sweep.warmstart import seed_study
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import StudyConfig, load_study
+from lora_sweep.config.space import build_space
+from lora_sweep.sweep.storage import WARM_START_ATTR
+from lora_sweep.sweep.search import make_pruner, make_sampler
+from lora_sweep.sweep.loop import start_study
+from lora_sweep.sweep.warmstart import seed_study
 
 LR = FloatDistribution(1e-4, 1e-2, log=True)
 R = CategoricalDistribution([8, 16])

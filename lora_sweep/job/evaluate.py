@@ -3,7 +3,7 @@ the answer with the reference (the conversation's last assistant message). Also 
 (one function for the Trainer and for evaluations outside it), and the AI Toolkit's compare step:
 the base model's and the adapter's answers to a file of prompts, side by side.
 
-    python -m lora_sweep.evaluate job.yaml [--adapter DIR] [--split test] [--out NAME]
+    python -m lora_sweep.job.evaluate job.yaml [--adapter DIR] [--split test] [--out NAME]
 
 scores the base model (or it with the adapter in DIR) on the set a job evaluates (the validation
 set when the job has one, else test.json; `--split test`: test.json always) and writes
@@ -31,31 +31,25 @@ import torch
 from transformers import set_seed
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from lora_sweep.data import (
-    IGNORE,
-    Collator,
-    RowDataset,
-    Rows,
+from lora_sweep.job.data import IGNORE, Collator, RowDataset, Rows, chat_template, check_bounded, prepare, render
+from lora_sweep.job.samples import (
     Split,
     Unreadable,
     capped,
-    chat_template,
-    check_bounded,
     check_sample,
     eval_set,
     load_samples,
-    prepare,
-    render,
     select,
     text_lines,
     with_system_prompt,
 )
-from lora_sweep.config import CompareSection, ConfigError, DataSection, JobConfig, ObjectiveSection, load_job
-from lora_sweep.models import load_for_inference
+from lora_sweep.config.job import CompareSection, ConfigError, DataSection, JobConfig, ObjectiveSection
+from lora_sweep.config.files import load_job
+from lora_sweep.job.models import load_for_inference
 from lora_sweep.scorers import Scorer, ScorerError
 from lora_sweep.scorers import check_scorer as try_scorer
 
-log = logging.getLogger("lora_sweep.evaluate")
+log = logging.getLogger("lora_sweep.job.evaluate")
 
 
 @dataclass
@@ -318,7 +312,7 @@ def checked_name(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lora_sweep.evaluate", description="Evaluate a model on the test data.")
+    parser = argparse.ArgumentParser(prog="lora_sweep.job.evaluate", description="Evaluate a model on the test data.")
     parser.add_argument("config", help="job YAML")
     parser.add_argument("--adapter", help="a LoRA adapter folder to evaluate on top of the base model")
     parser.add_argument("--split", choices=["eval", "test"], default="eval",

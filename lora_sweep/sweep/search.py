@@ -9,8 +9,9 @@ from typing import Iterator
 import numpy as np
 import optuna
 
-from lora_sweep.config import ConfigError, StudyConfig
-from lora_sweep.space import Space
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import StudyConfig
+from lora_sweep.config.space import Space
 
 
 def make_sampler(config: StudyConfig, space: Space, draw: int | None = None) -> optuna.samplers.BaseSampler:

@@ -1,7 +1,7 @@
 """One LoRA fine-tuning job: load data, load model, wrap with LoRA, train, save, report.
 
     python -m lora_sweep train job.yaml [key.sub=value ...]
-    accelerate launch <flags> -m lora_sweep.train job.yaml
+    accelerate launch <flags> -m lora_sweep.job.train job.yaml
 
 Leaves in `output_dir`: config.yaml (what ran), events.jsonl, adapter/ (the adapter of the
 best evaluation), result.json, Trainer checkpoints under checkpoints/, and with compare.enabled
@@ -38,17 +38,12 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
-from lora_sweep.data import (
-    Collator,
-    RowDataset,
-    Tokenized,
-    answer_warning,
-    check_packing,
-    load_samples,
-    prepare,
-)
-from lora_sweep.config import ConfigError, JobConfig, dump_yaml, load_job, plan_steps
-from lora_sweep.evaluate import (
+from lora_sweep.job.data import Collator, RowDataset, Tokenized, answer_warning, check_packing, prepare
+from lora_sweep.job.samples import load_samples
+from lora_sweep.config.job import ConfigError, JobConfig
+from lora_sweep.config.files import dump_yaml, load_job
+from lora_sweep.config.space import plan_steps
+from lora_sweep.job.evaluate import (
     GenerationMetric,
     Prompt,
     causal_lm_loss,
@@ -68,7 +63,7 @@ from lora_sweep.events import (
     checkpoint_step,
     evals_before,
 )
-from lora_sweep.models import (
+from lora_sweep.job.models import (
     find_model,
     load_base_model,
     load_for_inference,
@@ -78,9 +73,9 @@ from lora_sweep.models import (
     primed,
     tokenizer_key,
 )
-from lora_sweep.tracking import trainer_kwargs
+from lora_sweep.job.tracking import trainer_kwargs
 
-log = logging.getLogger("lora_sweep.train")
+log = logging.getLogger("lora_sweep.job.train")
 
 EXIT_ERROR = 1
 EXIT_ORPHANED = 75

@@ -1,4 +1,4 @@
-"""Launch one job as `accelerate launch ... -m lora_sweep.train job.yaml`, follow its events,
+"""Launch one job as `accelerate launch ... -m lora_sweep.job.train job.yaml`, follow its events,
 and stop it (terminate, then kill) when asked or when it runs past its time.
 
 The job runs in a session of its own, so stopping it stops the launcher and every process
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from lora_sweep import warm
+from lora_sweep.launch import warm
 from lora_sweep.events import PARENT_PID_ENV, EventReader
 
 POLL_S = 0.2  # how often the events file and the process are looked at (a stat and a read)
@@ -45,7 +45,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def command(job_path: Path, flags: list[str], module: str = "lora_sweep.train",
+def command(job_path: Path, flags: list[str], module: str = "lora_sweep.job.train",
             launcher: str = "accelerate") -> tuple[list[str], dict[str, str]]:
     """The job's command line and the environment it adds. `accelerate`: `accelerate launch
     <flags> -m module job.yaml`. `direct` (a single-process job): the job's own interpreter with the
@@ -71,7 +71,7 @@ def direct_env(flags: tuple[str, ...]) -> dict[str, str]:
     from accelerate.utils.launch import prepare_simple_launcher_cmd_env
 
     try:
-        args = launch_command_parser().parse_args([*flags, "-m", "lora_sweep.train", "job.yaml"])
+        args = launch_command_parser().parse_args([*flags, "-m", "lora_sweep.job.train", "job.yaml"])
         args, _, _ = _validate_launch_command(args)
     except SystemExit:  # argparse refused a flag (its usage line is on stderr): the trial fails, not the sweep
         raise RuntimeError(f"accelerate launch refuses the launcher flags {list(flags)}") from None
@@ -208,7 +208,7 @@ def run_local(
     env: dict[str, str] | None = None,
     timeout: float | None = None,
     stop_grace: float = 10.0,
-    module: str = "lora_sweep.train",
+    module: str = "lora_sweep.job.train",
     silence_limit: Callable[[], float] | None = None,
     launcher: str = "accelerate",
 ) -> JobRun:

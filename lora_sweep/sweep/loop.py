@@ -26,13 +26,17 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lora_sweep import cluster, launch
-from lora_sweep.config import ConfigError, StudyConfig, creation_problem, load_study, storage_file, storage_problem
-from lora_sweep.dashboard import write_study_note
+from lora_sweep.launch import ray_tasks as cluster
+from lora_sweep.launch import local as launch
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import StudyConfig, load_study
+from lora_sweep.config.places import creation_problem, storage_file, storage_problem
+from lora_sweep.sweep.records import write_study_note
 from lora_sweep.events import LauncherLost
-from lora_sweep.holdout import BASE_ERROR_ATTR, DEFAULTS, honest_lines, honest_scores
-from lora_sweep.space import Space, build_space, default_params, describe, fit_to_run, record
-from lora_sweep.storage import (
+from lora_sweep.sweep.records import BASE_ERROR_ATTR, DEFAULTS, honest_lines
+from lora_sweep.sweep.holdout import honest_scores
+from lora_sweep.config.space import Space, build_space, default_params, describe, fit_to_run, record
+from lora_sweep.sweep.storage import (
     OWNER_ATTR,
     StudyClaim,
     StudyFolder,
@@ -47,11 +51,11 @@ from lora_sweep.storage import (
     shown_config,
     this_worker,
 )
-from lora_sweep.tracking import study_callbacks, tracker_problems
-from lora_sweep import trial as trial_life
-from lora_sweep.search import make_pruner, make_sampler
-from lora_sweep.trial import TrialFailed, run_base_model
-from lora_sweep.warmstart import seed_study, source_study
+from lora_sweep.sweep.trackers import study_callbacks, tracker_problems
+from lora_sweep.sweep import trial as trial_life
+from lora_sweep.sweep.search import make_pruner, make_sampler
+from lora_sweep.sweep.trial import TrialFailed, run_base_model
+from lora_sweep.sweep.warmstart import seed_study, source_study
 
 log = logging.getLogger("lora_sweep.sweep")
 
@@ -261,11 +265,12 @@ def owner_text(trial: FrozenTrial) -> str:
 def prepare_data(config: StudyConfig) -> int:
     """Check the data and tokenize it once into the study's cache, before any trial starts; the
     training rows (the run's length follows from them)."""
-    from lora_sweep import data
-    from lora_sweep.evaluate import GenerationMetric, check_scorer
-    from lora_sweep.models import find_model, load_tokenizer
+    from lora_sweep.job import data
+    from lora_sweep.job.samples import load_samples
+    from lora_sweep.job.evaluate import GenerationMetric, check_scorer
+    from lora_sweep.job.models import find_model, load_tokenizer
 
-    samples = data.load_samples(config.data)
+    samples = load_samples(config.data)
     scorer = check_scorer(config.objective, samples[1])
     section = config.data.model_copy(update={"cache_dir": str(StudyFolder(config.folder.resolve()).cache)})
     tokenizer = load_tokenizer(find_model(config.model.name_or_path), config.model.trust_remote_code)

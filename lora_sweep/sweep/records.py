@@ -1,32 +1,56 @@
-"""optuna-dashboard on a study's storage, with the study's artifact store.
-
-    python -m lora_sweep dashboard study.yaml [--port N] [--host H]
-
-Binds 127.0.0.1 unless --host says otherwise: the dashboard can edit and delete studies, so it
-is not for the network by default. The artifact store is a folder beside the trial folders,
-`<study.dir>/<name>/artifacts`; `upload_trial_artifacts` fills it from a sweep, so each
-trial's adapter (zipped) and predictions can be downloaded from the trial's page.
-"""
+"""What a sweep records on its study beside the trials, and how it reads back, for the views and
+the sweep alike (none of it launches anything): the names of the study's and trials' attrs (the
+defaults trial, the base model's evaluation, the test.json scores and bootstrap intervals), the
+summary's honest lines, the dashboard's note and each trial's artifacts (adapter, predictions)."""
 
 from __future__ import annotations
 
 import shutil
-import signal
-import socketserver
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
-from lora_sweep.config import ConfigError, StudyConfig
-from lora_sweep.storage import StudyFolder, load_existing, masked, shown_config
+from lora_sweep.config.study import StudyConfig
+from lora_sweep.sweep.storage import StudyFolder, own_trials, shown_config
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+TEST_ATTR = "test_scores"  # study user attr: {"best"|"defaults"|"base": {...}}
+
+
+BOOTSTRAP_ATTR = "bootstrap"  # study user attr: {"best - defaults"|"best - base": {...}}
+
+
+DEFAULTS = "documented defaults"  # the `baseline` user attr of the defaults trial
+
+
+BASE_ERROR_ATTR = "baseline_error"  # study user attr: why the base model has no evaluation
+
+
+
+def defaults_trial(study: optuna.Study) -> FrozenTrial | None:
+    done = own_trials(study, (TrialState.COMPLETE,))
+    return next((t for t in done if t.user_attrs.get("baseline") == DEFAULTS), None)
+
+
+def honest_lines(study: optuna.Study, metric: str) -> list[str]:
+    """The summary's lines: test.json scores and bootstrap intervals, when recorded."""
+    lines = []
+    tests = study.user_attrs.get(TEST_ATTR) or {}
+    for name in ("best", "defaults", "base"):
+        figures = tests.get(name)
+        if figures:
+            value = figures["score"] if figures.get("score") is not None else figures["eval_loss"]
+            shown = metric if figures.get("score") is not None else "eval_loss"
+            which = f"trial {figures['trial']}" if figures.get("trial") is not None else "base model"
+            lines.append(f"on test.json, {name} ({which}): {shown} {value:.4f}")
+    for name, ci in (study.user_attrs.get(BOOTSTRAP_ATTR) or {}).items():
+        verdict = "a real difference" if ci["low"] > 0 or ci["high"] < 0 else "within noise"
+        lines.append(f"{name}: {ci['mean']:+.4f} (95 % paired bootstrap interval {ci['low']:+.4f} .. "
+                     f"{ci['high']:+.4f}, {ci['n']} prompts: {verdict})")
+    return lines
 
 
 def artifact_store(config: StudyConfig) -> FileSystemArtifactStore:
@@ -69,7 +93,7 @@ def study_note(study: optuna.Study, config: StudyConfig | None = None) -> str:
     sweep recorded in the study's user attrs comes first, `config` fills in what is missing."""
     import yaml
 
-    from lora_sweep.space import RUN_ATTR, build_space, describe
+    from lora_sweep.config.space import RUN_ATTR, build_space, describe
 
     attrs = study.user_attrs
     tree = shown_config(attrs.get("config") or (config.model_dump(mode="json") if config else None))
@@ -107,75 +131,3 @@ def has_note(study: optuna.Study) -> bool:
 
     attrs = study._storage.get_study_system_attrs(study._study_id)  # optuna 5 dropped Study.system_attrs
     return bool(get_note_from_system_attrs(attrs, None).get("body"))
-
-
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # an open browser tab must not keep the process alive at exit
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # one line per request is noise here
-        pass
-
-
-class _Stop(BaseException):
-    """SIGTERM: stop serving and exit 0, as on Ctrl+C. Not an Exception: socketserver swallows
-    those when the signal lands while a request is being handed to its thread."""
-
-
-def _stop(signum: int, frame: Any) -> None:
-    raise _Stop
-
-
-def read_only(app: Any) -> Any:
-    """The dashboard app refusing every request that could change the study (optuna-dashboard
-    0.21 has no read-only mode of its own): only GET and HEAD pass."""
-
-    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("REQUEST_METHOD", "GET") in ("GET", "HEAD"):
-            return app(environ, start_response)
-        body = b"read-only dashboard (lora_sweep dashboard --read-only): the study cannot be changed here\n"
-        start_response("403 Forbidden", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-        return [body]
-
-    return guarded
-
-
-def serve(config: StudyConfig, host: str = "127.0.0.1", port: int = 8080, readonly: bool = False) -> int:
-    """Serve optuna-dashboard on the study's storage until Ctrl+C or SIGTERM; port 0: any free one."""
-    from optuna_dashboard import wsgi
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = load_existing(config.storage_url, config.study.name)
-    try:
-        if not has_note(study):
-            write_study_note(study, config)
-    except Exception as exc:  # a note is a nicety: a locked or read-only database must not stop the dashboard
-        print(f"warning: the study note was not written: {exc}", file=sys.stderr)
-    app = wsgi(study._storage, artifact_store=artifact_store(config))
-    if readonly:
-        app = read_only(app)
-    try:
-        server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
-    except OSError as exc:
-        raise ConfigError([f"cannot listen on {host}:{port}: {exc.strerror}"]) from None
-    shown = f"[{host}]" if ":" in host else host
-    # the URL first, flushed: a test or a script waits for this line
-    print(f"http://{shown}:{server.server_address[1]}/dashboard/studies/{study._study_id}", flush=True)
-    print(f"optuna-dashboard for study {config.study.name!r} in {masked(config.storage_url)}; "
-          f"artifacts in {StudyFolder(config.folder).artifacts}; Ctrl+C to stop", flush=True)
-    if host not in LOOPBACK:
-        print(f"warning: --host {host} serves the study to the network with no login: anyone who reaches "
-              f"port {server.server_address[1]} can read every trial, params and artifact (adapters, predictions)"
-              + ("" if readonly else ", and edit or delete the study, its trials and notes; "
-                 "add --read-only to refuse changes"), file=sys.stderr, flush=True)
-    previous = signal.signal(signal.SIGTERM, _stop)
-    try:
-        server.serve_forever()
-    except (KeyboardInterrupt, _Stop):
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.server_close()
-    print("dashboard stopped", flush=True)
-    return 0

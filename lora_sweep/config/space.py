@@ -12,37 +12,23 @@ maps names to their place in the job config; there is no per-parameter code.
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from pydantic import ValidationError
+
 import dataclasses
 import logging
-import math
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
 import optuna
-from optuna.distributions import CategoricalDistribution, IntDistribution
-
-from lora_sweep.config import (  # the space's names and checks are part of the config's validation
-    LIST_VALUED,
-    SEARCHABLE,
-    STANDARD_SPACE,
-    DataSection,
-    TrainingSection,
-    as_choice,
-    Space,
-    build_space,
-    get_path,
-    param_path,
-    plan_steps,
-    set_path,
-    to_config_value,
-)
 from lora_sweep.events import read_events
+from lora_sweep.config.job import DataSection, JobConfig, TrainingSection
+from lora_sweep.config.files import FLAT_KEYS, get_path, parse_scalar, set_path
 
-if TYPE_CHECKING:
-    from lora_sweep.config import StudyConfig
-
-__all__ = ["LIST_VALUED", "SEARCHABLE", "STANDARD_SPACE", "Space", "apply", "build_space", "default_params",
-           "describe", "fit_to_run", "param_path", "past_the_run", "ran", "suggest", "trial_ran"]
+# A study.StudyConfig: study.py imports this module to check its space, so the type is named, not imported
+StudyConfig = Any
 
 log = logging.getLogger("lora_sweep.space")
 
@@ -243,3 +229,185 @@ def trial_ran(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str,
     """`ran` for a trial of the study: its folder's start event, else the study's run length."""
     steps = (study.user_attrs.get(RUN_ATTR) or {}).get("steps")
     return ran(trial.params, start_event(trial.user_attrs.get("trial_dir")), steps)
+
+
+# ---------------------------------------------------------------- the space's names and checks (the config validates it, every problem at once)
+
+SEARCHABLE: dict[str, str] = {
+    **FLAT_KEYS,
+    "r": "lora.r",
+    "alpha": "lora.alpha",
+    "target_modules": "lora.target_modules",
+}
+# optuna's categorical choices are scalars: a list choice travels as "a,b" and is split back.
+LIST_VALUED = {"lora.target_modules"}
+
+# The reference's standard search space, exactly.
+STANDARD_SPACE: dict[str, dict[str, Any]] = {
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "weight_decay": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+    "adam_beta1": {"type": "float", "low": 0.9, "high": 0.99},
+    "adam_beta2": {"type": "float", "low": 0.9, "high": 0.999},
+    "adam_epsilon": {"type": "float", "low": 1e-9, "high": 1e-6, "log": True},
+    "num_warmup_steps": {"type": "int", "low": 0, "high": 10000},
+    "lora_dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    "lr_scheduler_type": {"type": "categorical", "choices": ["linear_with_warmup", "cosine_with_warmup"]},
+}
+
+
+@dataclass
+class Space:
+    """Searched parameters (name -> optuna distribution), fixed ones, and each name's config path;
+    once fitted to the run (`space.fit_to_run`), the run's length in steps and what was narrowed."""
+
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+    run_steps: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_steps(config: Any, train_rows: int, world_size: int) -> int:
+    """Optimizer steps of the run: num_training_steps, or epochs over the rows. `config` is a job's
+    or a study's (both have `training` and `data`): the job runs this, the study's space is fitted to it."""
+    t = config.training
+    if t.num_training_steps is not None:
+        return t.num_training_steps
+    batches = math.ceil(train_rows / (config.data.train_batch_size * world_size))
+    per_epoch = max(1, batches // t.gradient_accumulation_steps)
+    return max(1, math.ceil(t.epochs * per_epoch))
+
+
+def param_path(name: str) -> str | None:
+    """Where a parameter lives in the job config, or None if it is not a parameter."""
+    if name in SEARCHABLE:
+        return SEARCHABLE[name]
+    group, _, leaf = name.partition(".")
+    section = JobConfig.model_fields.get(group)
+    if leaf and section is not None and leaf in section.annotation.model_fields:
+        return name
+    return None
+
+
+def as_choice(value: Any) -> Any:
+    return ",".join(value) if isinstance(value, list) else value
+
+
+def as_number(value: Any, whole: bool) -> tuple[int | float | None, str | None]:
+    """A bound or step as a number, or why it is not one. A string is read as an override is
+    (`"1e-4"` is the number the user meant); an int parameter takes whole numbers only."""
+    if isinstance(value, str):
+        value = parse_scalar(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, "not a number"
+    if not math.isfinite(value):
+        return None, "not a finite number"
+    if whole:
+        # optuna would silently run low 0.7 as 0 and step 1.5 as 1
+        return (int(value), None) if value == int(value) else (None, "not a whole number")
+    return float(value), None
+
+
+def distribution(where: str, spec: dict[str, Any]) -> BaseDistribution:
+    """One optuna distribution from its YAML form at `where`; ValueError lists every problem, a line each."""
+    kind = spec.get("type")
+    allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
+               "categorical": {"type", "choices"}}
+    if kind not in allowed:
+        raise ValueError(f"{where}: type must be float, int or categorical, got {kind!r}")
+    unknown = sorted(set(spec) - allowed[kind])
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} for type {kind}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ValueError(f"{where}: categorical needs a non-empty list of choices")
+        return CategoricalDistribution([as_choice(c) for c in choices])
+    if "low" not in spec or "high" not in spec:
+        raise ValueError(f"{where}: {kind} needs low and high")
+    problems, numbers = [], {}
+    for key in ("low", "high", "step"):
+        if key == "step" and spec.get("step") is None:
+            continue  # no step: a continuous range (or every integer)
+        numbers[key], problem = as_number(spec[key], whole=kind == "int")
+        if problem is None and key == "step" and numbers[key] <= 0:
+            problem = "must be greater than 0"
+        if problem:
+            problems.append(f"{where}.{key}: {problem} (got {spec[key]!r})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        problems.append(f"{where}.log: must be true or false (got {log!r})")
+    if problems:
+        raise ValueError("\n".join(problems))
+    low, high, step = numbers["low"], numbers["high"], numbers.get("step")
+    if not low <= high:
+        raise ValueError(f"{where}: low <= high must hold, but got (low={spec['low']}, high={spec['high']})")
+    if log and low <= 0:
+        raise ValueError(f"{where}: a log distribution needs low > 0, got low={spec['low']}")
+    try:  # optuna's own rules beside ours (a step with log, ...), in its words
+        if kind == "int":
+            return IntDistribution(low, high, log=log, step=step or 1)
+        return FloatDistribution(low, high, log=log, step=step)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def candidates(dist: BaseDistribution) -> list[Any]:
+    """Values to check against the job config: the bounds or every choice."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    return [dist.low, dist.high]
+
+
+def to_config_value(path: str, value: Any) -> Any:
+    if path in LIST_VALUED and isinstance(value, str) and "," in value:
+        return value.split(",")
+    return value
+
+
+def job_errors(tree: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """(location, message) of each problem of a job tree; none when it is a valid job."""
+    try:
+        JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        return [(tuple(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+    return []
+
+
+def build_space(config: StudyConfig) -> Space:
+    """The study's space: the standard one (unless base_space: none) changed by search_space."""
+    entries: dict[str, Any] = dict(STANDARD_SPACE) if config.study.base_space == "standard" else {}
+    entries.update(config.search_space)
+    space, problems = Space(), []
+    job = config.job_tree()
+    known = job_errors(job)  # the study reports those once; a value is judged by what it adds
+    for name, spec in entries.items():
+        where = f"search_space.{name}"
+        path = param_path(name)
+        if path is None:
+            problems.append(f"{where}: unknown parameter; use a reference name ({', '.join(sorted(SEARCHABLE))}) "
+                            "or a dotted path such as data.train_seqlen")
+            continue
+        space.paths[name] = path
+        try:
+            if isinstance(spec, dict):
+                space.distributions[name] = distribution(where, spec)
+                values = candidates(space.distributions[name])
+            else:
+                space.fixed[name] = as_choice(spec)
+                values = [space.fixed[name]]
+        except ValueError as exc:
+            problems += str(exc).split("\n")
+            continue
+        for value in values:  # every bound and choice must make a valid job
+            trial_tree = copy.deepcopy(job)
+            set_path(trial_tree, path, to_config_value(path, value))
+            problems += [f"{where}: value {value!r} is not valid for {loc[-1] if loc else path}: {msg}"
+                         for loc, msg in job_errors(trial_tree) if (loc, msg) not in known]
+    if not any(isinstance(spec, dict) for spec in entries.values()) and config.study.sampler.type != "grid":
+        problems.append("search_space: nothing to search: every parameter is fixed")
+    if problems:
+        raise ValueError("\n".join(problems))
+    return space
+
+

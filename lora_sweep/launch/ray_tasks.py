@@ -39,8 +39,9 @@ from typing import Any
 
 import yaml
 
-from lora_sweep import launch
-from lora_sweep.config import ConfigError, StudyConfig
+from lora_sweep.launch import local as launch
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import StudyConfig
 from lora_sweep.events import LauncherLost
 
 log = logging.getLogger("lora_sweep.cluster")
@@ -222,7 +223,7 @@ class RayJob:
 
 
 def run_on_ray(config: StudyConfig, folder: Path, on_event: Callable[[dict[str, Any]], bool], *,
-               module: str = "lora_sweep.train", timeout: float | None = None,
+               module: str = "lora_sweep.job.train", timeout: float | None = None,
                silence_limit: Callable[[], float] | None = None,
                placed: Callable[[dict[str, Any]], None] | None = None) -> launch.JobRun:
     """Run the job of `folder` (its job.yaml written) as a Ray task, followed as launch.run_local

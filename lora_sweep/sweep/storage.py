@@ -31,7 +31,9 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from lora_sweep.config import ConfigError, StudySection, storage_file
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import StudySection
+from lora_sweep.config.places import storage_file
 from lora_sweep.events import best_eval
 
 log = logging.getLogger("lora_sweep.storage")

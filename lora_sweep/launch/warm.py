@@ -34,7 +34,7 @@ from typing import Any
 
 from lora_sweep.events import LauncherLost
 
-log = logging.getLogger("lora_sweep.warm")
+log = logging.getLogger("lora_sweep.launch.warm")
 
 START_TIMEOUT_S = 300  # the runner's own imports, on a slow disk
 
@@ -53,8 +53,8 @@ def serve() -> int:
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     import torch
 
-    import lora_sweep.evaluate  # noqa: F401 (the imports every job does, done once here)
-    import lora_sweep.train  # noqa: F401
+    import lora_sweep.job.evaluate  # noqa: F401 (the imports every job does, done once here)
+    import lora_sweep.job.train  # noqa: F401
 
     if torch.cuda.is_initialized():  # a child would inherit a CUDA context it cannot use
         raise RuntimeError("CUDA was initialised while importing; the warm runner cannot fork jobs")
@@ -107,10 +107,18 @@ def reap() -> None:
 def prime(request: dict[str, Any]) -> None:
     """Load a training job's tokenizer and base model (CPU, no CUDA) once, in the runner, for this
     job and every later one on the same model. Whatever fails here the job meets and reports itself."""
-    if request["module"] != "lora_sweep.train":
+    if request["module"] != "lora_sweep.job.train":
         return
-    from lora_sweep.config import load_job
-    from lora_sweep.models import PRIMED, find_model, load_base_model, load_tokenizer, model_key, pick_dtype, tokenizer_key
+    from lora_sweep.config.files import load_job
+    from lora_sweep.job.models import (
+        PRIMED,
+        find_model,
+        load_base_model,
+        load_tokenizer,
+        model_key,
+        pick_dtype,
+        tokenizer_key,
+    )
 
     import torch
 
@@ -223,7 +231,7 @@ class Runner:
 
     def __init__(self):
         self.errors = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "lora_sweep.warm"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "lora_sweep.launch.warm"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.errors, start_new_session=True)
         self.ids = itertools.count()
         self.lock = threading.Lock()

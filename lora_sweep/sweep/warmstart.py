@@ -22,9 +22,11 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from lora_sweep.config import ConfigError, StudyConfig, load_study, storage_file
-from lora_sweep.space import Space
-from lora_sweep.storage import WARM_START_ATTR, load_existing, make_storage, masked, own_trials
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import StudyConfig, load_study
+from lora_sweep.config.places import storage_file
+from lora_sweep.config.space import Space
+from lora_sweep.sweep.storage import WARM_START_ATTR, load_existing, make_storage, masked, own_trials
 
 log = logging.getLogger("lora_sweep.warmstart")
 

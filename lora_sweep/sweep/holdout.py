@@ -20,26 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from lora_sweep.config import StudyConfig, dump_yaml
+from lora_sweep.config.study import StudyConfig
+from lora_sweep.config.files import dump_yaml
 from lora_sweep.events import JobResult
-from lora_sweep.space import Space
+from lora_sweep.config.space import Space
 from lora_sweep.stats import paired_bootstrap
-from lora_sweep.storage import StudyFolder, best_trial, own_trials
-from lora_sweep.trial import TrialFailed, job_config, signal_text, start_job
+from lora_sweep.sweep.records import BOOTSTRAP_ATTR, TEST_ATTR, defaults_trial
+from lora_sweep.sweep.storage import StudyFolder, best_trial
+from lora_sweep.sweep.trial import TrialFailed, job_config, signal_text, start_job
 
 log = logging.getLogger("lora_sweep.holdout")
 
-TEST_ATTR = "test_scores"  # study user attr: {"best"|"defaults"|"base": {...}}
-BOOTSTRAP_ATTR = "bootstrap"  # study user attr: {"best - defaults"|"best - base": {...}}
-DEFAULTS = "documented defaults"  # the `baseline` user attr of the defaults trial
-BASE_ERROR_ATTR = "baseline_error"  # study user attr: why the base model has no evaluation
 
 
-def defaults_trial(study: optuna.Study) -> FrozenTrial | None:
-    done = own_trials(study, (TrialState.COMPLETE,))
-    return next((t for t in done if t.user_attrs.get("baseline") == DEFAULTS), None)
 
 
 def test_folder(config: StudyConfig, name: str) -> Path:
@@ -54,11 +49,11 @@ def score_on_test(config: StudyConfig, space: Space, trial: FrozenTrial | None, 
     folder.mkdir(parents=True)
     job = job_config(config, space, trial.params if trial else {}, folder)
     job.data = job.data.model_copy(update={"validation_split": None, "validation_file": None})  # test.json
-    module = "lora_sweep.evaluate"
+    module = "lora_sweep.job.evaluate"
     if trial is not None:  # the adapter the trial kept, evaluated as a job's one evaluation
         job.model = job.model.model_copy(update={"adapter_path": trial.user_attrs["adapter_path"]})
         job.training = job.training.model_copy(update={"skip_finetune": True})
-        module = "lora_sweep.train"
+        module = "lora_sweep.job.train"
     dump_yaml(job, folder / "job.yaml")
     run = start_job(config, folder, slot, lambda event: False, module=module)  # here, or a Ray task
     out = folder / ("result.json" if trial else "baseline.json")
@@ -135,19 +130,3 @@ def honest_scores(config: StudyConfig, space: Space, study: optuna.Study, slot: 
         study.set_user_attr(BOOTSTRAP_ATTR, found)
 
 
-def honest_lines(study: optuna.Study, metric: str) -> list[str]:
-    """The summary's lines: test.json scores and bootstrap intervals, when recorded."""
-    lines = []
-    tests = study.user_attrs.get(TEST_ATTR) or {}
-    for name in ("best", "defaults", "base"):
-        figures = tests.get(name)
-        if figures:
-            value = figures["score"] if figures.get("score") is not None else figures["eval_loss"]
-            shown = metric if figures.get("score") is not None else "eval_loss"
-            which = f"trial {figures['trial']}" if figures.get("trial") is not None else "base model"
-            lines.append(f"on test.json, {name} ({which}): {shown} {value:.4f}")
-    for name, ci in (study.user_attrs.get(BOOTSTRAP_ATTR) or {}).items():
-        verdict = "a real difference" if ci["low"] > 0 or ci["high"] < 0 else "within noise"
-        lines.append(f"{name}: {ci['mean']:+.4f} (95 % paired bootstrap interval {ci['low']:+.4f} .. "
-                     f"{ci['high']:+.4f}, {ci['n']} prompts: {verdict})")
-    return lines

@@ -37,14 +37,24 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
-from lora_sweep import cluster, launch
-from lora_sweep.config import JobConfig, ObjectiveSection, StudyConfig, dump_yaml, format_errors
-from lora_sweep.dashboard import upload_trial_artifacts
+from lora_sweep.launch import ray_tasks as cluster
+from lora_sweep.launch import local as launch
+from lora_sweep.config.job import JobConfig, ObjectiveSection
+from lora_sweep.config.study import StudyConfig
+from lora_sweep.config.files import dump_yaml, format_errors
+from lora_sweep.sweep.records import upload_trial_artifacts
 from lora_sweep.events import EvalEvent, JobResult, LauncherLost, best_eval, last_checkpoint
-from lora_sweep.search import make_sampler
-from lora_sweep.space import Space, apply, suggest
-from lora_sweep.tracking import absolute
-from lora_sweep.storage import OWNER_ATTR, RESUMES_ATTR, StudyFolder, fail_and_requeue, set_trial_attrs, this_worker
+from lora_sweep.sweep.search import make_sampler
+from lora_sweep.config.space import Space, apply, suggest
+from lora_sweep.job.tracking import absolute
+from lora_sweep.sweep.storage import (
+    OWNER_ATTR,
+    RESUMES_ATTR,
+    StudyFolder,
+    fail_and_requeue,
+    set_trial_attrs,
+    this_worker,
+)
 
 log = logging.getLogger("lora_sweep.trial")
 
@@ -309,7 +319,7 @@ def slot_launch(config: StudyConfig, slot: list[int] | None) -> tuple[list[str],
 
 
 def start_job(config: StudyConfig, folder: Path, slot: list[int] | None, on_event: Callable[[dict[str, Any]], bool],
-              *, module: str = "lora_sweep.train", timeout: float | None = None,
+              *, module: str = "lora_sweep.job.train", timeout: float | None = None,
               silence_limit: Callable[[], float] | None = None,
               placed: Callable[[dict[str, Any]], None] | None = None) -> launch.JobRun:
     """Run the job of `folder` (its job.yaml written) to its end: here on `slot`, or with
@@ -444,7 +454,7 @@ def run_base_model(config: StudyConfig, space: Space, slot: list[int] | None) ->
     folder.mkdir(parents=True)
     dump_yaml(job_config(config, space, {}, folder), folder / "job.yaml")
     log.info("evaluating the base model (once per study)")
-    run = start_job(config, folder, slot, lambda event: False, module="lora_sweep.evaluate")
+    run = start_job(config, folder, slot, lambda event: False, module="lora_sweep.job.evaluate")
     if run.lost:
         raise LauncherLost(f"the base-model evaluation stopped: {run.lost}")
     if run.returncode != 0 or not (folder / "baseline.json").is_file():

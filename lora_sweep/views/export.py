@@ -20,18 +20,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 import yaml
 
-from lora_sweep.config import (
-    FLAT_KEYS,
-    ConfigError,
-    StudyConfig,
-    creation_problem,
-    flat_names,
-    get_path,
-    is_flat,
-    read_yaml,
-)
-from lora_sweep.space import trial_ran
-from lora_sweep.storage import best_trial, load_existing
+from lora_sweep.config.files import FLAT_KEYS, flat_names, get_path, is_flat, read_yaml
+from lora_sweep.config.job import ConfigError
+from lora_sweep.config.study import StudyConfig
+from lora_sweep.config.places import creation_problem
+from lora_sweep.config.space import trial_ran
+from lora_sweep.sweep.storage import best_trial, load_existing
 
 
 def pick_trial(study: optuna.Study, which: str) -> FrozenTrial:
@@ -83,14 +77,14 @@ def best(config: StudyConfig) -> str:
 
 def load(config: StudyConfig, trial: FrozenTrial | None) -> tuple[Any, Any]:
     """The base model (with the trial's adapter unless `trial` is None) and its tokenizer."""
-    from lora_sweep.models import load_for_inference
+    from lora_sweep.job.models import load_for_inference
 
     return load_for_inference(config.model, trial.user_attrs["adapter_path"] if trial else None)
 
 
 def read_conversations(path: str) -> list[list[dict]]:
     """Conversations of a JSONL file, each cut before its last assistant message if it has one."""
-    from lora_sweep.data import read_samples
+    from lora_sweep.job.samples import read_samples
 
     samples, problems = read_samples(path)
     if problems:
@@ -107,9 +101,9 @@ def read_conversations(path: str) -> list[list[dict]]:
 def generate(config: StudyConfig, which: str, prompt: str | None, input_path: str | None, base: bool,
              max_new_tokens: int | None) -> list[str]:
     """Answers with the base model + the trial's adapter (or the base model alone)."""
-    from lora_sweep.data import with_system_prompt
-    from lora_sweep.evaluate import generate as answer
-    from lora_sweep.evaluate import generation_system_prompt
+    from lora_sweep.job.samples import with_system_prompt
+    from lora_sweep.job.evaluate import generate as answer
+    from lora_sweep.job.evaluate import generation_system_prompt
 
     if (prompt is None) == (input_path is None):
         raise ConfigError(["give exactly one of --prompt TEXT or --input file.jsonl"])
@@ -190,7 +184,7 @@ def aitk_yaml(config: StudyConfig, which: str, out: str) -> tuple[Path, list[str
     comments, untouched values), only the values of the searched keys changed (a proxy's shortcuts,
     such as fewer steps, stay here); else the study's job values with the trial's params are
     written under the template's keys, in its order. Nothing is written on an error."""
-    from lora_sweep.space import apply, build_space
+    from lora_sweep.config.space import apply, build_space
 
     target = Path(out)
     problem = (f"--aitk-yaml {out}: a folder of that name exists; give a file path" if target.is_dir() else
