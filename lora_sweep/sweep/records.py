@@ -14,6 +14,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from lora_sweep.config.study import StudyConfig
+from lora_sweep.sweep.optuna_private import dashboard_note, storage_of
 from lora_sweep.sweep.storage import StudyFolder, own_trials, shown_config
 
 
@@ -73,7 +74,7 @@ def upload_trial_artifacts(study: optuna.Study, trial: optuna.Trial | FrozenTria
     adapter = Path(trial.user_attrs.get("adapter_path") or folder / "adapter")
     predictions = Path(trial.user_attrs.get("predictions_path") or folder / "predictions.jsonl")
     # a FrozenTrial carries no storage of its own; an optuna.Trial does
-    storage = study._storage if isinstance(trial, FrozenTrial) else None
+    storage = storage_of(study) if isinstance(trial, FrozenTrial) else None
     uploaded: dict[str, str] = {}
     if adapter.is_dir() and any(adapter.iterdir()):
         with tempfile.TemporaryDirectory() as tmp:
@@ -127,7 +128,4 @@ def write_study_note(study: optuna.Study, config: StudyConfig | None = None) -> 
 
 
 def has_note(study: optuna.Study) -> bool:
-    from optuna_dashboard._note import get_note_from_system_attrs  # no public reader in 0.21
-
-    attrs = study._storage.get_study_system_attrs(study._study_id)  # optuna 5 dropped Study.system_attrs
-    return bool(get_note_from_system_attrs(attrs, None).get("body"))
+    return bool(dashboard_note(study))

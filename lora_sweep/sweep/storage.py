@@ -35,6 +35,7 @@ from lora_sweep.config.job import ConfigError
 from lora_sweep.config.study import StudySection
 from lora_sweep.config.places import storage_file
 from lora_sweep.events import best_eval
+from lora_sweep.sweep.optuna_private import storage_of, trial_id, write_user_attrs_at_once
 
 log = logging.getLogger("lora_sweep.storage")
 
@@ -187,18 +188,10 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
 def set_trial_attrs(study: optuna.Study, trial_id: int, attrs: dict[str, Any]) -> None:
     """A running trial's user attrs, all in one database transaction on an RDB storage (one commit:
     for SQLite one lock and one fsync, not one per attr); one write each on other storages."""
-    backend = getattr(study._storage, "_backend", study._storage)  # optuna wraps RDB in a cache
-    write = getattr(backend, "_set_trial_attr_without_commit", None)  # optuna's own per-attr write
-    if not isinstance(backend, RDBStorage) or write is None or not attrs:
-        for key, value in attrs.items():
-            study._storage.set_trial_user_attr(trial_id, key, value)
+    if attrs and write_user_attrs_at_once(study, trial_id, attrs):
         return
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    with _create_scoped_session(backend.scoped_session) as session:
-        for key, value in attrs.items():
-            write(session, models.TrialUserAttributeModel, trial_id, key, value)
+    for key, value in attrs.items():
+        storage_of(study).set_trial_user_attr(trial_id, key, value)
 
 
 # ---------------------------------------------------------------- the claim
@@ -315,11 +308,11 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
 
 def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
     """Mark a RUNNING trial FAIL with `reason` and queue its params to run again."""
-    storage = study._storage  # the trial may belong to another worker: write through the storage
-    storage.set_trial_user_attr(trial._trial_id, "error", reason)
-    storage.set_trial_user_attr(trial._trial_id, "stop_reason", "error")
+    storage = storage_of(study)  # the trial may belong to another worker: write through the storage
+    storage.set_trial_user_attr(trial_id(trial), "error", reason)
+    storage.set_trial_user_attr(trial_id(trial), "stop_reason", "error")
     try:
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
     except RuntimeError:  # finished meanwhile (its worker was alive after all)
         return
     if trial.params:

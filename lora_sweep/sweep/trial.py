@@ -44,6 +44,7 @@ from lora_sweep.config.study import StudyConfig
 from lora_sweep.config.files import dump_yaml, format_errors
 from lora_sweep.sweep.records import upload_trial_artifacts
 from lora_sweep.events import EvalEvent, JobResult, LauncherLost, best_eval, last_checkpoint
+from lora_sweep.sweep.optuna_private import storage_of, trial_id
 from lora_sweep.sweep.search import make_sampler
 from lora_sweep.config.space import Space, apply, suggest
 from lora_sweep.job.tracking import absolute
@@ -124,7 +125,7 @@ def run(config: StudyConfig, space: Space, study: optuna.Study, trial: optuna.Tr
         # stopped by Ctrl+C / SIGTERM: failed, and its params queued for the next run
         requeue, lost = f"interrupted by {loop.interrupted}", False
     if requeue:
-        fail_and_requeue(study, study._storage.get_trial(trial._trial_id), requeue)
+        fail_and_requeue(study, storage_of(study).get_trial(trial_id(trial)), requeue)
     else:
         study.tell(trial, values, state=state)
     return study.get_trials(deepcopy=False)[trial.number], error, lost
@@ -134,7 +135,7 @@ def run(config: StudyConfig, space: Space, study: optuna.Study, trial: optuna.Tr
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """Record the trial's heartbeat while its job runs (RDB storages that have them), so a killed
     sweep's trials are found stale by the next run."""
-    storage = study._storage
+    storage = storage_of(study)
     interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
     if not interval:
         yield
@@ -144,7 +145,7 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     def beat() -> None:
         while True:
             try:
-                storage.record_heartbeat(trial._trial_id)
+                storage.record_heartbeat(trial_id(trial))
             except Exception:  # noqa: BLE001 (a storage gone mid-trial: the slot says so, once)
                 return
             if stop.wait(interval):
@@ -237,7 +238,7 @@ def launch_and_follow(config: StudyConfig, space: Space, study: optuna.Study, tr
     try:
         return outcome(config, trial, run, folder, progress, attrs)
     finally:
-        set_trial_attrs(study, trial._trial_id, attrs)
+        set_trial_attrs(study, trial_id(trial), attrs)
         with uploader:  # before the trial is finished: artifacts are trial system attrs
             (upload or uploader.submit(upload_trial_artifacts, study, trial, config)).result()
 

@@ -20,6 +20,7 @@ import optuna
 
 from lora_sweep.config.job import ConfigError
 from lora_sweep.config.study import StudyConfig
+from lora_sweep.sweep.optuna_private import storage_of, study_id
 from lora_sweep.sweep.records import artifact_store, has_note, write_study_note
 from lora_sweep.sweep.storage import StudyFolder, load_existing, masked
 
@@ -79,7 +80,7 @@ def serve(config: StudyConfig, host: str = "127.0.0.1", port: int = 8080, readon
             write_study_note(study, config)
     except Exception as exc:  # a note is a nicety: a locked or read-only database must not stop the dashboard
         print(f"warning: the study note was not written: {exc}", file=sys.stderr)
-    app = wsgi(study._storage, artifact_store=artifact_store(config))
+    app = wsgi(storage_of(study), artifact_store=artifact_store(config))
     if readonly:
         app = read_only(app)
     try:
@@ -88,7 +89,7 @@ def serve(config: StudyConfig, host: str = "127.0.0.1", port: int = 8080, readon
         raise ConfigError([f"cannot listen on {host}:{port}: {exc.strerror}"]) from None
     shown = f"[{host}]" if ":" in host else host
     # the URL first, flushed: a test or a script waits for this line
-    print(f"http://{shown}:{server.server_address[1]}/dashboard/studies/{study._study_id}", flush=True)
+    print(f"http://{shown}:{server.server_address[1]}/dashboard/studies/{study_id(study)}", flush=True)
     print(f"optuna-dashboard for study {config.study.name!r} in {masked(config.storage_url)}; "
           f"artifacts in {StudyFolder(config.folder).artifacts}; Ctrl+C to stop", flush=True)
     if host not in LOOPBACK:
