@@ -106,9 +106,10 @@ def postgres_url():
 # The files that take longest, first: pytest-xdist (--dist loadfile) hands each worker the next file
 # when it is free, so the long ones start early and the short ones fill the end, instead of one
 # worker running a long file alone at the end. Within a file the order stays.
-LONGEST_FIRST = ["test_crash_safety.py", "test_ray.py", "test_sweep.py", "test_workers.py", "test_evaluate.py",
-                 "test_launcher.py", "test_multi_process.py", "test_train.py", "test_tracking.py", "test_bench.py",
-                 "test_models.py", "test_honest.py", "test_report.py", "test_storage_secrets.py", "test_resume.py"]
+LONGEST_FIRST = ["test_crash_safety.py", "test_ray.py", "test_workers.py", "test_sweep.py", "test_bench.py",
+                 "test_multi_process.py", "test_gpu_check.py", "test_formats.py", "test_honest.py", "test_evaluate.py",
+                 "test_launcher.py", "test_tracking.py", "test_space_fit.py", "test_train.py", "test_models.py",
+                 "test_report.py", "test_storage_secrets.py", "test_resume.py"]
 
 
 def pytest_collection_modifyitems(items):

@@ -297,9 +297,9 @@ def warm_runners(parent: int) -> list[int]:
 def test_a_dying_warm_runner_is_not_the_trials_fault(tiny_llama, chat_data, tmp_path):
     # kill -9 of the warm runner while the defaults trial trains: that trial fails as the runner's
     # fault, its params run again from its checkpoint on a fresh runner, and it costs no max_failures
-    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=2, launcher="warm", max_failures=1,
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=1, launcher="warm", max_failures=1,
                       stop_grace=2)
-    tree["training"].update(num_training_steps=40)
+    tree["training"].update(num_training_steps=24)
     config = write_yaml(tmp_path / "study.yaml", tree)
     trials = tmp_path / "studies/tiny/trials"
     sweep = start_sweep(config, tmp_path)
@@ -312,7 +312,7 @@ def test_a_dying_warm_runner_is_not_the_trials_fault(tiny_llama, chat_data, tmp_
     died = f"the warm runner (pid {runner[0]}) was killed by SIGKILL mid-trial; a fresh runner starts for the next job"
     assert f"trial 0 failed: {died}; its params run again" in err
     study = load_existing(f"sqlite:///{tmp_path}/studies/tiny.db", "tiny")
-    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[0].user_attrs["error"] == died
     rerun = study.trials[1]
     assert rerun.params == study.trials[0].params and rerun.user_attrs["baseline"] == "documented defaults"
@@ -325,8 +325,8 @@ def test_a_dying_warm_runner_is_not_the_trials_fault(tiny_llama, chat_data, tmp_
 
 @pytest.mark.integration
 def test_a_study_database_deleted_mid_sweep_stops_it_in_one_line(tiny_llama, chat_data, tmp_path, caplog):
-    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=3, stop_grace=2)
-    tree["training"].update(num_training_steps=40)
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=2, stop_grace=2)
+    tree["training"].update(num_training_steps=24)
     config = write_yaml(tmp_path / "study.yaml", tree)
     trials, db = tmp_path / "studies/tiny/trials", tmp_path / "studies/tiny.db"
     sweep = start_sweep(config, tmp_path)
