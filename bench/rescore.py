@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float, float]]:
     import optuna
 
     from lora_sweep.config.files import load_job
-    from lora_sweep.job.evaluate import evaluate_model, output_names
+    from lora_sweep.events import JobFolder
+    from lora_sweep.job.evaluate import evaluate_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="+", help="`key.sub=value` changes to each trial's job, e.g. objective.max_new_tokens=48")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float, float]]:
         job = load_job(folder / "job.yaml", [*args.overrides, f"output_dir={args.out / args.study / str(trial.number)}"])
         result: dict[str, Any] = evaluate_model(job, folder / "adapter", "eval", NAME)
         rows.append((trial.number, trial.value, result["score"]))
-        predictions[trial.number] = str((Path(job.output_dir) / output_names(NAME)[1]).resolve())
+        predictions[trial.number] = str(JobFolder(job.output_dir).evaluation(NAME)[1].resolve())
     if not rows:
         raise SystemExit(f"{args.study}: no complete trial to re-score")
     print(B.table(["trial", f"{study.metric_names[0] if study.metric_names else 'value'}", "re-scored"], rows))

@@ -84,6 +84,57 @@ class EventReader:
         return events
 
 
+# ---------------------------------------------------------------- a job's folder
+
+
+BASE_EVALUATION = "baseline"  # the base model's evaluation: baseline.json (and predictions.jsonl) in its folder
+
+
+class JobFolder:
+    """The files of one job's folder (a trial's, the base model's, a test.json scoring's), named in
+    one place: what the job writes there, and the sweep, the launchers and the views read."""
+
+    JOB, EVENTS, RESULT, LOG, PREDICTIONS = "job.yaml", "events.jsonl", "result.json", "train.log", "predictions.jsonl"
+    ADAPTER, CHECKPOINTS = "adapter", "checkpoints"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def job_yaml(self) -> Path:
+        return self.root / self.JOB
+
+    @property
+    def events(self) -> Path:
+        return self.root / self.EVENTS
+
+    @property
+    def result(self) -> Path:
+        return self.root / self.RESULT
+
+    @property
+    def log(self) -> Path:
+        return self.root / self.LOG
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / self.PREDICTIONS
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / self.ADAPTER
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / self.CHECKPOINTS
+
+    def evaluation(self, name: str = BASE_EVALUATION) -> tuple[Path, Path]:
+        """The figures and the per-sample predictions of an evaluation named `name` (`python -m
+        lora_sweep.job.evaluate --out NAME`): the base model's are baseline.json and predictions.jsonl."""
+        predictions = self.PREDICTIONS if name == BASE_EVALUATION else f"{name}_predictions.jsonl"
+        return self.root / f"{name}.json", self.root / predictions
+
+
 # ---------------------------------------------------------------- what a job reports
 
 
@@ -105,6 +156,41 @@ class EvalEvent:
     def value(self, key: str) -> float | None:
         """The objective's value at this evaluation (`key`: eval_loss, perplexity or score)."""
         return getattr(self, key)
+
+    def event(self) -> dict[str, Any]:
+        """The fields of its `eval` event line (a metric not scored at this evaluation left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluation of a model outside training (`evaluate.evaluate_model`): the base model's
+    (baseline.json, the study's `baseline` attr), or an adapter's on test.json. `score` is the
+    generation metric, when the objective is one."""
+
+    eval_loss: float
+    perplexity: float | None = None
+    metric: str = "eval_loss"
+    score: float | None = None
+    split: str | None = None  # the set it ran on: validation or test
+    n: int | None = None  # its samples
+    adapter: str | None = None
+    wall_time_s: float | None = None
+
+    @classmethod
+    def of(cls, tree: dict[str, Any]) -> Evaluation:
+        return cls(**{f.name: tree[f.name] for f in dataclasses.fields(cls) if f.name in tree})
+
+    @classmethod
+    def read(cls, path: str | Path) -> Evaluation:
+        return cls.of(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def value(self, key: str) -> float | None:
+        return getattr(self, key)
+
+    def record(self) -> dict[str, Any]:
+        """As it is written and recorded (a metric not scored left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k == "adapter"}
 
 
 @dataclass(frozen=True)
@@ -142,6 +228,18 @@ class JobResult:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         return cls(**{k: v for k, v in tree.items() if k in known},
                    extra={k: v for k, v in tree.items() if k not in known})
+
+    def value(self, key: str) -> float | None:
+        """The objective's value at the evaluation the job kept (`key`: eval_loss, perplexity, score)."""
+        return getattr(self, f"best_{key}")
+
+    def record(self) -> dict[str, Any]:
+        """As result.json holds it (keys this version does not know, from `read`, kept)."""
+        tree = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**tree, **self.extra}
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.record(), indent=2), encoding="utf-8")
 
     def trial_attrs(self) -> dict[str, Any]:
         """The user attrs a trial records from its job (None values left out)."""
@@ -220,7 +318,7 @@ def last_checkpoint(folder: str | Path) -> Path | None:
              if (m := CHECKPOINT_NAME.fullmatch(p.name)) and checkpoint_problem(p) is None]
     if found:
         return max(found)[1]
-    resumed = [e["from"] for e in read_events(folder / "events.jsonl") if e["event"] == "resume" and e.get("from")]
+    resumed = [e["from"] for e in read_events(JobFolder(folder).events) if e["event"] == "resume" and e.get("from")]
     if resumed and checkpoint_problem(resumed[-1]) is None:
         return Path(resumed[-1])
     return None
@@ -238,7 +336,7 @@ def evals_before(checkpoint: str | Path) -> tuple[list[dict[str, Any]], int | No
         raise ValueError(checkpoint_problem(checkpoint) or f"{checkpoint}: no trainer_state.json")
     records: dict[int, dict[str, Any]] = {}
     adapter_step: int | None = None
-    for event in read_events(checkpoint.parent.parent / "events.jsonl"):
+    for event in read_events(JobFolder(checkpoint.parent.parent).events):
         if event["event"] == "start":  # a folder run again from scratch: what came before is not this run
             records, adapter_step = {}, None
         elif event["event"] == "resume":

@@ -323,6 +323,11 @@ class ObjectiveSection(Section):
         """The field of an `eval` event that holds the metric."""
         return "score" if self.is_generation else self.metric
 
+    def value(self, evaluation: Any) -> float | None:
+        """The objective's value in a typed evaluation (events.EvalEvent, JobResult, Evaluation): read
+        through here, never by a bare key."""
+        return evaluation.value(self.key)
+
     @property
     def direction(self) -> str:
         return "maximize" if self.is_generation else "minimize"

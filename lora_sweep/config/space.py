@@ -23,7 +23,7 @@ from pydantic import ValidationError
 import dataclasses
 import logging
 import optuna
-from lora_sweep.events import read_events
+from lora_sweep.events import JobFolder, read_events
 from lora_sweep.config.job import DataSection, JobConfig, TrainingSection
 from lora_sweep.config.files import FLAT_KEYS, get_path, parse_scalar, set_path
 
@@ -203,9 +203,9 @@ def record(study: optuna.Study, space: Space) -> None:
 
 def start_event(trial_dir: str | Path | None) -> dict[str, Any] | None:
     """The last `start` event of a trial's job (max_steps, warmup_steps), if its folder is here."""
-    if not trial_dir or not (Path(trial_dir) / "events.jsonl").is_file():
+    if not trial_dir or not JobFolder(trial_dir).events.is_file():
         return None
-    starts = [e for e in read_events(Path(trial_dir) / "events.jsonl") if e["event"] == "start"]
+    starts = [e for e in read_events(JobFolder(trial_dir).events) if e["event"] == "start"]
     return starts[-1] if starts else None
 
 

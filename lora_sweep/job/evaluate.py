@@ -43,6 +43,7 @@ from lora_sweep.job.samples import (
     text_lines,
     with_system_prompt,
 )
+from lora_sweep.events import BASE_EVALUATION, Evaluation, JobFolder
 from lora_sweep.config.job import CompareSection, ConfigError, DataSection, JobConfig, ObjectiveSection
 from lora_sweep.config.files import load_job
 from lora_sweep.job.models import load_for_inference
@@ -264,19 +265,11 @@ def compare(config: JobConfig, adapter: str | Path, prompts_: list[Prompt]) -> l
             for p, b, a in zip(prompts_, base, tuned)]
 
 
-BASELINE = "baseline"  # the sweep's base-model evaluation: baseline.json and predictions.jsonl
-
-
-def output_names(name: str) -> tuple[str, str]:
-    """The result and predictions file names of an evaluation named `name`."""
-    return f"{name}.json", "predictions.jsonl" if name == BASELINE else f"{name}_predictions.jsonl"
-
-
 def evaluate_model(config: JobConfig, adapter: str | Path | None = None, split: Split = "eval",
-                   name: str = BASELINE) -> dict[str, Any]:
+                   name: str = BASE_EVALUATION) -> dict[str, Any]:
     """Loss, perplexity and (for a generation objective) the metric of the base model, or of
     the base model with `adapter`, on the set a job evaluates (`split` "eval") or on test.json
-    ("test"); writes output_names(name) to output_dir: the figures, with the set's name ("split")
+    ("test"); writes JobFolder.evaluation(name) in output_dir: the figures, with the set's name ("split")
     and its samples ("n"), and the per-sample predictions."""
     started = time.time()
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
@@ -287,20 +280,20 @@ def evaluate_model(config: JobConfig, adapter: str | Path | None = None, split: 
     model, tokenizer = load_for_inference(config.model, adapter)
     tokenized = prepare(config.data, config.training.seed, tokenizer, samples, split)
     loss = eval_loss(model, tokenized.test, config.data.test_batch_size, tokenizer.pad_token_id)
-    result: dict[str, Any] = {
-        "split": eval_set(config.data, split), "n": tokenized.stats["eval_samples"],
-        "adapter": str(Path(adapter).resolve()) if adapter is not None else None,
-        "eval_loss": loss, "perplexity": perplexity(loss), "metric": config.objective.metric,
-    }
+    score = None
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures, predictions = output_names(name)
+    figures, predictions = JobFolder(out).evaluation(name)
     if scorer is not None:
         metric = GenerationMetric(config.objective, config.data, config.training.seed, samples[1], scorer)
-        result["score"], records = metric(model, tokenizer)
-        write_predictions(out / predictions, records)
-    result["wall_time_s"] = round(time.time() - started, 3)
-    (out / figures).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        score, records = metric(model, tokenizer)
+        write_predictions(predictions, records)
+    result = Evaluation(  # the typed figures the sweep reads back (Evaluation.read)
+        eval_loss=loss, perplexity=perplexity(loss), metric=config.objective.metric, score=score,
+        split=eval_set(config.data, split), n=tokenized.stats["eval_samples"],
+        adapter=str(Path(adapter).resolve()) if adapter is not None else None,
+        wall_time_s=round(time.time() - started, 3)).record()
+    figures.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 
 
@@ -318,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=["eval", "test"], default="eval",
                         help="eval: the set a job evaluates (the validation set when the job has one, else "
                         "test.json); test: test.json")
-    parser.add_argument("--out", default=BASELINE, type=checked_name,
+    parser.add_argument("--out", default=BASE_EVALUATION, type=checked_name,
                         help="writes <output_dir>/OUT.json and OUT_predictions.jsonl (default: baseline.json "
                         "and predictions.jsonl)")
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 
+from lora_sweep.events import JobFolder
 from lora_sweep.config.job import TrackingSection
 
 log = logging.getLogger("lora_sweep.tracking")
@@ -66,7 +67,7 @@ def wandb_run_id(group: str, run_name: str, trial_dir: Path) -> str:
     """The W&B run id of a sweep's trial, the same in its job and in the sweep: study name and
     run name, and a hash of the trial folder and the time its job.yaml was written, so that a
     study deleted and run again under its name never resumes the old study's runs."""
-    job = trial_dir / "job.yaml"
+    job = JobFolder(trial_dir).job_yaml
     stamp = job.stat().st_mtime_ns if job.is_file() else 0
     digest = hashlib.sha1(f"{trial_dir.resolve()}:{stamp}".encode()).hexdigest()[:10]
     return re.sub(r"[^\w.-]", "_", f"{group}-{run_name}")[:50] + f"-{digest}"  # W&B ids: at most 64 characters

@@ -13,7 +13,7 @@ With training.resume_from_checkpoint it goes on from a killed job's checkpoint: 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import math
 import os
@@ -56,7 +56,10 @@ from lora_sweep.job.evaluate import (
 )
 from lora_sweep.events import (
     PARENT_PID_ENV,
+    EvalEvent,
     EventLog,
+    JobFolder,
+    JobResult,
     best_eval,
     better,
     checkpoint_problem,
@@ -143,7 +146,7 @@ def training_arguments(config: JobConfig, out: Path, max_steps: int, warmup: int
     t, d = config.training, config.data
     on_gpu = torch.cuda.is_available()
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(JobFolder(out).checkpoints),
         max_steps=max_steps,
         per_device_train_batch_size=d.train_batch_size,
         per_device_eval_batch_size=d.test_batch_size,
@@ -234,8 +237,8 @@ class Reporter(TrainerCallback):
         self.max_steps = max_steps
         self.tokenizer = tokenizer
         self.metric = metric
-        self.best: dict[str, Any] | None = None
-        self.evals: list[dict[str, Any]] = []
+        self.best: EvalEvent | None = None
+        self.evals: list[EvalEvent] = []
         self.eval_seconds = 0.0  # evaluations, generation included
         self.save_seconds = 0.0  # best-adapter saves
         # The collator counts every batch, evaluations' too: the tokens collated up to a step's end
@@ -254,21 +257,21 @@ class Reporter(TrainerCallback):
         the same from its own checkpoints. (When the killed job's adapter is of a step past the
         checkpoint, this run evaluates that step again and keeps its own.)"""
         step = checkpoint_step(checkpoint)
-        self.evals, adapter_step = evals_before(checkpoint)
-        for record in self.evals:
-            record.setdefault("perplexity", perplexity(record["eval_loss"]))
-        self.best = best_eval(self.evals, self.objective.key, self.objective.direction)
-        old = checkpoint.parent.parent
-        if self.best is None or adapter_step != self.best["step"] or not (old / "adapter").is_dir():
+        before, adapter_step = evals_before(checkpoint)
+        self.evals = [EvalEvent.of({"perplexity": perplexity(e["eval_loss"]), **e, "best": False}) for e in before]
+        found = best_eval([e.event() for e in self.evals], self.objective.key, self.objective.direction)
+        self.best = EvalEvent.of(found) if found else None
+        old, here = JobFolder(checkpoint.parent.parent), JobFolder(self.out)
+        if self.best is None or adapter_step != self.best.step or not old.adapter.is_dir():
             adapter_step = None
-        elif main_process and old.resolve() != self.out.resolve():
-            shutil.copytree(old / "adapter", self.out / "adapter", dirs_exist_ok=True)
-            if (old / "predictions.jsonl").is_file():
-                shutil.copy2(old / "predictions.jsonl", self.out / "predictions.jsonl")
-        self.resumed = {"step": step, "from": str(checkpoint.resolve()), "evals": list(self.evals),
+        elif main_process and old.root.resolve() != here.root.resolve():
+            shutil.copytree(old.adapter, here.adapter, dirs_exist_ok=True)
+            if old.predictions.is_file():
+                shutil.copy2(old.predictions, here.predictions)
+        self.resumed = {"step": step, "from": str(checkpoint.resolve()), "evals": [e.event() for e in self.evals],
                         "adapter_step": adapter_step}
         log.info("resuming from %s (step %d): %d evaluations before it, best at step %s", checkpoint, step,
-                 len(self.evals), self.best and self.best["step"])
+                 len(self.evals), self.best and self.best.step)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.tokens_before = state.num_input_tokens_seen  # the Trainer has loaded a checkpoint's state by now
@@ -303,39 +306,40 @@ class Reporter(TrainerCallback):
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"evaluation loss is {loss} at step {state.global_step}")
         self.eval_seconds += metrics.get("eval_runtime", 0.0)
-        record = {"step": state.global_step, "eval_loss": loss, "perplexity": perplexity(loss)}
-        self.evals.append(record)
+        self.evals.append(EvalEvent(step=state.global_step, eval_loss=loss, perplexity=perplexity(loss)))
         due = len(self.evals) % self.objective.generate_every == 0 or state.global_step >= self.max_steps
-        self.conclude(record, model, state.is_world_process_zero, score=self.metric is not None and due)
+        self.conclude(model, state.is_world_process_zero, score=self.metric is not None and due)
 
-    def conclude(self, record: dict[str, Any], model: Any, main_process: bool, score: bool) -> None:
-        """Score the evaluation if asked, keep it if it is the best so far, and report it."""
-        records = None
+    def conclude(self, model: Any, main_process: bool, score: bool) -> None:
+        """Score the last evaluation if asked, keep it if it is the best so far, and report it."""
+        record, records = self.evals[-1], None
         if score:
             began = time.time()
-            record["score"], records = self.metric(model, self.tokenizer)
+            scored, records = self.metric(model, self.tokenizer)
+            record = self.evals[-1] = dataclasses.replace(record, score=scored)
             self.eval_seconds += time.time() - began
-        value, best = record.get(self.objective.key), self.best or {}
+        value, best = self.objective.value(record), self.best
         # on equal values (a generation metric often ties) the lower eval loss wins
-        improved = value is not None and better(self.objective.direction, value, record["eval_loss"],
-                                                best.get(self.objective.key), best.get("eval_loss"))
+        improved = value is not None and better(self.objective.direction, value, record.eval_loss,
+                                                best and self.objective.value(best), best and best.eval_loss)
         if improved:
             self.best = record
             if main_process:
                 began = time.time()
-                model.save_pretrained(self.out / "adapter")  # small: only the LoRA weights
+                folder = JobFolder(self.out)
+                model.save_pretrained(folder.adapter)  # small: only the LoRA weights
                 if records is not None:
-                    write_predictions(self.out / "predictions.jsonl", records)
+                    write_predictions(folder.predictions, records)
                 self.save_seconds += time.time() - began
-        self.events.emit("eval", **record, best=improved)
-        scored = f"  {self.objective.metric} {record['score']:.4f}" if "score" in record else ""
-        log.info("step %d/%d  eval_loss %.4f  perplexity %.2f%s%s", record["step"], self.max_steps,
-                 record["eval_loss"], record["perplexity"], scored, "  (best)" if improved else "")
+        self.events.emit("eval", **dataclasses.replace(record, best=improved).event())
+        scored = f"  {self.objective.metric} {record.score:.4f}" if record.score is not None else ""
+        log.info("step %d/%d  eval_loss %.4f  perplexity %.2f%s%s", record.step, self.max_steps,
+                 record.eval_loss, record.perplexity, scored, "  (best)" if improved else "")
 
     def score_last(self, model: Any, main_process: bool) -> None:
         """Score the last evaluation when the run ended (early stop) between scored ones."""
-        if self.metric is not None and self.evals and "score" not in self.evals[-1]:
-            self.conclude(self.evals[-1], model, main_process, score=True)
+        if self.metric is not None and self.evals and self.evals[-1].score is None:
+            self.conclude(model, main_process, score=True)
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -388,7 +392,7 @@ def run(config: JobConfig) -> dict[str, Any]:
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml(config, out / "config.yaml")
-    events = EventLog(out / "events.jsonl", enabled=main_process)
+    events = EventLog(JobFolder(out).events, enabled=main_process)
     try:
         metric = None
         if scorer is not None:
@@ -403,8 +407,8 @@ def run(config: JobConfig) -> dict[str, Any]:
         events.emit("error", message=f"{type(exc).__name__}: {exc}")
         raise
     result["wall_time_s"] = round(time.time() - started, 3)
-    if main_process:
-        (out / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if main_process:  # the typed result the sweep reads back (JobResult.read): the same schema on both sides
+        JobResult(**result).write(JobFolder(out).result)
     events.emit("done", **{k: v for k, v in result.items() if k not in ("evals", "data")})
     return result
 
@@ -476,7 +480,7 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: Tokenized
     trainer.remove_callback(PrinterCallback)  # our events and log lines replace its dict dumps
     output = trainer.train(resume_from_checkpoint=resume)
     eval_in_train = reporter.eval_seconds  # train_runtime holds these evaluations, not the ones below
-    if not reporter.evals or reporter.evals[-1]["step"] != trainer.state.global_step:
+    if not reporter.evals or reporter.evals[-1].step != trainer.state.global_step:
         trainer.evaluate()  # the end of training is always evaluated
     reporter.score_last(model, trainer.is_world_process_zero())
     trained = time.time()
@@ -521,8 +525,8 @@ def evaluate_adapter(config: JobConfig, tokenized: Tokenized, events: EventLog, 
     reporter = Reporter(config, events, 0, tokenizer, metric)
     loss = eval_loss(model, tokenized.test, config.data.test_batch_size, tokenizer.pad_token_id)
     reporter.eval_seconds = time.time() - model_ready
-    reporter.evals.append({"step": 0, "eval_loss": loss, "perplexity": perplexity(loss)})
-    reporter.conclude(reporter.evals[0], model, main_process=events.enabled, score=metric is not None)
+    reporter.evals.append(EvalEvent(step=0, eval_loss=loss, perplexity=perplexity(loss)))
+    reporter.conclude(model, main_process=events.enabled, score=metric is not None)
     return {
         **kept(config, reporter, tokenized),
         "steps_run": 0,
@@ -539,12 +543,12 @@ def kept(config: JobConfig, reporter: Reporter, tokenized: Tokenized) -> dict[st
     best = reporter.best
     return {
         "metric": config.objective.metric,
-        "best_step": best["step"],
-        "best_eval_loss": best["eval_loss"],
-        "best_perplexity": best["perplexity"],
-        "best_score": best.get("score"),
-        "adapter_path": str((Path(config.output_dir) / "adapter").resolve()),
-        "evals": reporter.evals,
+        "best_step": best.step,
+        "best_eval_loss": best.eval_loss,
+        "best_perplexity": best.perplexity,
+        "best_score": best.score,
+        "adapter_path": str(JobFolder(config.output_dir).adapter.resolve()),
+        "evals": [e.event() for e in reporter.evals],
         "data": tokenized.stats,
     }
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lora_sweep.launch import warm
-from lora_sweep.events import PARENT_PID_ENV, EventReader
+from lora_sweep.events import JobFolder, PARENT_PID_ENV, EventReader
 
 POLL_S = 0.2  # how often the events file and the process are looked at (a stat and a read)
 LOG_TAIL_LINES = 40
@@ -215,7 +215,7 @@ def run_local(
     """Run the job to its end; `on_event` sees each event and returns True to stop the job.
     `timeout`: seconds after which the job is stopped; `silence_limit()`: seconds without a new
     event after which it is stopped as hung; `launcher`: study.launcher."""
-    log_path = folder / "train.log"
+    log_path = JobFolder(folder).log
     cmd, launch_env = command(job_path, flags, module, launcher)
     child_env = {**os.environ, **launch_env, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
     # a single-process job, where processes fork (not Windows): forked, no interpreter start
@@ -227,7 +227,7 @@ def run_local(
                                     env=child_env, cwd=folder, start_new_session=True)
     with _running_lock:
         _running.add(proc)
-    job = LocalJob(proc, folder / "events.jsonl", stop_grace)
+    job = LocalJob(proc, JobFolder(folder).events, stop_grace)
     run = JobRun(returncode=0)
     try:
         follow(job, run, on_event, timeout, silence_limit)

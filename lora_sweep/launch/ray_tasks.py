@@ -42,7 +42,7 @@ import yaml
 from lora_sweep.launch import local as launch
 from lora_sweep.config.job import ConfigError
 from lora_sweep.config.study import StudyConfig
-from lora_sweep.events import LauncherLost
+from lora_sweep.events import JobFolder, LauncherLost
 
 log = logging.getLogger("lora_sweep.cluster")
 
@@ -204,7 +204,7 @@ class RayJob:
         log.info("%s: on node %s (%s)", f"trial {self.folder.name}" if self.folder.name.isdigit() else self.folder.name,
                  self.node["host"], ", ".join(self.node["resources"]) or self.node["id"][:12])
         if not item["shared"]:
-            self.copy = (self.folder / "events.jsonl").open("a", encoding="utf-8")
+            self.copy = JobFolder(self.folder).events.open("a", encoding="utf-8")
         if self.placed:
             self.placed(self.node)
 
@@ -235,7 +235,7 @@ def run_on_ray(config: StudyConfig, folder: Path, on_event: Callable[[dict[str, 
     session = _session
     if session is None:
         raise RuntimeError("cluster.run_on_ray outside cluster.executor()")
-    job_yaml = (folder / "job.yaml").read_text(encoding="utf-8")
+    job_yaml = JobFolder(folder).job_yaml.read_text(encoding="utf-8")
     tree = yaml.safe_load(job_yaml)
     ray_section = config.study.ray
     spec = {
@@ -308,7 +308,7 @@ def pack(folder: Path) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in sorted(folder.iterdir()):
-            if path.name not in ("checkpoints", "job.yaml"):
+            if path.name not in (JobFolder.CHECKPOINTS, JobFolder.JOB):
                 tar.add(path, arcname=path.name)
     return buffer.getvalue()
 
@@ -416,7 +416,7 @@ def follow(spec: dict[str, Any], folder: Path, shared: bool, events: queue.Queue
     """The task's job thread: write the job (node-local when the study folder is not shared), run it
     with launch.run_local and queue each event; the JobRun or the exception goes into `outcome`."""
     try:
-        job_path = folder / "job.yaml"
+        job_path = JobFolder(folder).job_yaml
         if not shared:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)

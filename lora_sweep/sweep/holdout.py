@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial
 
 from lora_sweep.config.study import StudyConfig
 from lora_sweep.config.files import dump_yaml
-from lora_sweep.events import JobResult
+from lora_sweep.events import Evaluation, JobFolder, JobResult
 from lora_sweep.config.space import Space
 from lora_sweep.stats import paired_bootstrap
 from lora_sweep.sweep.records import BOOTSTRAP_ATTR, TEST_ATTR, defaults_trial
@@ -54,19 +54,17 @@ def score_on_test(config: StudyConfig, space: Space, trial: FrozenTrial | None, 
         job.model = job.model.model_copy(update={"adapter_path": trial.user_attrs["adapter_path"]})
         job.training = job.training.model_copy(update={"skip_finetune": True})
         module = "lora_sweep.job.train"
-    dump_yaml(job, folder / "job.yaml")
+    files = JobFolder(folder)
+    dump_yaml(job, files.job_yaml)
     run = start_job(config, folder, slot, lambda event: False, module=module)  # here, or a Ray task
-    out = folder / ("result.json" if trial else "baseline.json")
+    out, predictions = (files.result, files.predictions) if trial else files.evaluation()
     if run.returncode != 0 or not out.is_file():
         raise TrialFailed(f"scoring {folder.name} on test.json {signal_text(run.returncode, run.log_tail)}; "
-                          f"see {folder / 'train.log'}")
-    if trial is not None:
-        result = JobResult.read(out)
-        figures = {"trial": trial.number, "eval_loss": result.best_eval_loss, "score": result.best_score}
-    else:
-        base = json.loads(out.read_text(encoding="utf-8"))
-        figures = {"trial": None, "eval_loss": base["eval_loss"], "score": base.get("score")}
-    predictions = folder / "predictions.jsonl"
+                          f"see {files.log}")
+    scored = JobResult.read(out) if trial is not None else Evaluation.read(out)
+    objective = config.objective
+    figures = {"trial": trial.number if trial else None, "eval_loss": scored.value("eval_loss"),
+               objective.key: objective.value(scored) if objective.is_generation else None}
     return {**figures, "predictions_path": str(predictions) if predictions.is_file() else None}
 
 
@@ -121,7 +119,7 @@ def honest_scores(config: StudyConfig, space: Space, study: optuna.Study, slot: 
             scored["base"] = score_on_test(config, space, None, slot)
         study.set_user_attr(TEST_ATTR, scored)
     else:  # the trials' own predictions, on test.json already
-        base = StudyFolder(config.folder.resolve()).baseline / "predictions.jsonl"
+        base = JobFolder(StudyFolder(config.folder.resolve()).baseline).evaluation()[1]
         scored = {"best": {"predictions_path": best.user_attrs.get("predictions_path")},
                   "defaults": {"predictions_path": defaults.user_attrs.get("predictions_path") if defaults else None},
                   "base": {"predictions_path": str(base) if base.is_file() else None}}

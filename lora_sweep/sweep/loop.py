@@ -32,11 +32,13 @@ from lora_sweep.config.job import ConfigError
 from lora_sweep.config.study import StudyConfig, load_study
 from lora_sweep.config.places import creation_problem, storage_file, storage_problem
 from lora_sweep.sweep.records import write_study_note
-from lora_sweep.events import LauncherLost
+from lora_sweep.events import Evaluation, LauncherLost
 from lora_sweep.sweep.records import BASE_ERROR_ATTR, DEFAULTS, honest_lines
 from lora_sweep.sweep.holdout import honest_scores
 from lora_sweep.config.space import Space, build_space, default_params, describe, fit_to_run, record
 from lora_sweep.sweep.storage import (
+    BASE_ATTR,
+    DEFAULTS_ATTR,
     OWNER_ATTR,
     StudyClaim,
     StudyFolder,
@@ -325,7 +327,7 @@ def setup_study(config: StudyConfig, space: Space, study: optuna.Study) -> None:
         study.set_metric_names([config.objective.metric, *([config.objective.also] if config.objective.also else [])])
     if config.study.enqueue_defaults:
         params, notes = default_params(config, space)
-        study.enqueue_trial(params, user_attrs={"baseline": DEFAULTS})
+        study.enqueue_trial(params, user_attrs={DEFAULTS_ATTR: DEFAULTS})
         study.set_user_attr("defaults_notes", notes)
         for note in notes:
             log.info("defaults trial: %s", note)
@@ -380,13 +382,13 @@ def run_trials(config: StudyConfig, space: Space, study: optuna.Study,
     """The base-model evaluation, then the slots' trials until the budget is spent or the sweep stops."""
     sweep = Sweep(config, space, study)
     slots = device_groups(config)
-    if config.objective.baseline and "baseline" not in study.user_attrs:
+    if config.objective.baseline and BASE_ATTR not in study.user_attrs:
         evaluate_base_model(config, space, study, slots[0])
     write_study_note(study, config)  # the dashboard's note: objective, space, baseline, config
-    if "baseline" in study.user_attrs:
-        base = study.user_attrs["baseline"]
-        log.info("base model: eval_loss %.4f%s", base["eval_loss"],
-                 f", {base['metric']} {base['score']:.4f}" if "score" in base else "")
+    if BASE_ATTR in study.user_attrs:
+        base = Evaluation.of(study.user_attrs[BASE_ATTR])
+        log.info("base model: eval_loss %.4f%s", base.eval_loss,
+                 f", {base.metric} {base.score:.4f}" if base.score is not None else "")
     fail_dead_trials(study)  # a killed sweep's trials: failed, their params queued again
     log.info("study %s in %s: %d of %d trials finished", config.study.name, masked(config.storage_url),
              finished(study), config.study.n_trials)
@@ -432,7 +434,7 @@ def evaluate_base_model(config: StudyConfig, space: Space, study: optuna.Study, 
     runner killed under it). When it fails, why is recorded too: the summary says it."""
     for attempt in (1, 2):
         try:
-            study.set_user_attr("baseline", run_base_model(config, space, slot))
+            study.set_user_attr(BASE_ATTR, run_base_model(config, space, slot))
             return
         except LauncherLost as exc:
             reason = str(exc)
@@ -486,7 +488,7 @@ def summary(config: StudyConfig, study: optuna.Study, config_path: str) -> str:
         [best_trial(study)] if any(t.state == TrialState.COMPLETE for t in trials) else [])
     if not winners:
         return "\n".join(lines + ["no trial completed"])
-    base = study.user_attrs.get("baseline")
+    base = study.user_attrs.get(BASE_ATTR)
     if base is not None and base.get(config.objective.key) is not None:
         lines.append(f"base model: {metric} {base[config.objective.key]:.4f}")
     elif base is None and config.objective.baseline:  # never silently missing: say why
@@ -509,7 +511,7 @@ def summary(config: StudyConfig, study: optuna.Study, config_path: str) -> str:
 
 def defaults_lines(config: StudyConfig, trials: list[FrozenTrial]) -> list[str]:
     """The summary's line on the documented-defaults trial: its value, or why it has none."""
-    tried = [t for t in trials if t.user_attrs.get("baseline") == DEFAULTS]
+    tried = [t for t in trials if t.user_attrs.get(DEFAULTS_ATTR) == DEFAULTS]
     done = next((t for t in tried if t.state == TrialState.COMPLETE), None)
     head = "documented defaults"
     if done is not None:

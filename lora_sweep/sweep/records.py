@@ -13,9 +13,10 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
+from lora_sweep.events import JobFolder
 from lora_sweep.config.study import StudyConfig
 from lora_sweep.sweep.optuna_private import dashboard_note, storage_of
-from lora_sweep.sweep.storage import StudyFolder, own_trials, shown_config
+from lora_sweep.sweep.storage import BASE_ATTR, DEFAULTS_ATTR, StudyFolder, own_trials, shown_config
 
 
 TEST_ATTR = "test_scores"  # study user attr: {"best"|"defaults"|"base": {...}}
@@ -33,7 +34,7 @@ BASE_ERROR_ATTR = "baseline_error"  # study user attr: why the base model has no
 
 def defaults_trial(study: optuna.Study) -> FrozenTrial | None:
     done = own_trials(study, (TrialState.COMPLETE,))
-    return next((t for t in done if t.user_attrs.get("baseline") == DEFAULTS), None)
+    return next((t for t in done if t.user_attrs.get(DEFAULTS_ATTR) == DEFAULTS), None)
 
 
 def honest_lines(study: optuna.Study, metric: str) -> list[str]:
@@ -71,8 +72,8 @@ def upload_trial_artifacts(study: optuna.Study, trial: optuna.Trial | FrozenTria
     finished. Each call uploads again, so call it once per trial."""
     store = artifact_store(config)
     folder = Path(trial.user_attrs.get("trial_dir") or StudyFolder(config.folder.resolve()).trial(trial.number))
-    adapter = Path(trial.user_attrs.get("adapter_path") or folder / "adapter")
-    predictions = Path(trial.user_attrs.get("predictions_path") or folder / "predictions.jsonl")
+    adapter = Path(trial.user_attrs.get("adapter_path") or JobFolder(folder).adapter)
+    predictions = Path(trial.user_attrs.get("predictions_path") or JobFolder(folder).predictions)
     # a FrozenTrial carries no storage of its own; an optuna.Trial does
     storage = storage_of(study) if isinstance(trial, FrozenTrial) else None
     uploaded: dict[str, str] = {}
@@ -106,7 +107,7 @@ def study_note(study: optuna.Study, config: StudyConfig | None = None) -> str:
         lines += ["**Search space**", "", *(f"- `{name}`: {text}" for name, text in space.items()), ""]
     fitted = (attrs.get(RUN_ATTR) or {}).get("notes") or []  # ranges fitted to the run's length
     lines += [*(f"- search space: {note}" for note in fitted), *([""] if fitted else [])]
-    baseline = attrs.get("baseline")
+    baseline = attrs.get(BASE_ATTR)
     if isinstance(baseline, dict):
         parts = [f"{k} {baseline[k]:.4g}" for k in ("eval_loss", "perplexity")
                  if isinstance(baseline.get(k), (int, float))]

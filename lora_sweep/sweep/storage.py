@@ -162,6 +162,9 @@ def load_existing(url: str, name: str | None) -> optuna.Study:
 # The user attr of a trial copied from an earlier study by study.warm_start: it seeds the sampler,
 # but it is neither a trial of this study's budget nor a candidate for its best (its adapter is
 # the earlier study's).
+# "baseline" names two things a study records (kept as it was, for the studies that hold it):
+DEFAULTS_ATTR = "baseline"  # trial user attr: records.DEFAULTS marks the documented-defaults trial
+BASE_ATTR = "baseline"  # study user attr: the base model's evaluation (events.Evaluation.record())
 WARM_START_ATTR = "warm_start"
 # The user attr of a trial that re-runs a killed one: {"trial": its number, "dir": its folder},
 # whose last checkpoint the re-run resumes from.
@@ -316,7 +319,7 @@ def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> No
     except RuntimeError:  # finished meanwhile (its worker was alive after all)
         return
     if trial.params:
-        attrs = {k: v for k, v in trial.user_attrs.items() if k == "baseline"}
+        attrs = {k: v for k, v in trial.user_attrs.items() if k == DEFAULTS_ATTR}
         if "trial_dir" in trial.user_attrs:  # the re-run resumes from its last checkpoint
             attrs[RESUMES_ATTR] = {"trial": trial.number, "dir": trial.user_attrs["trial_dir"]}
         study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)

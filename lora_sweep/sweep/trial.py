@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import logging
 import math
 import os
@@ -43,7 +42,7 @@ from lora_sweep.config.job import JobConfig, ObjectiveSection
 from lora_sweep.config.study import StudyConfig
 from lora_sweep.config.files import dump_yaml, format_errors
 from lora_sweep.sweep.records import upload_trial_artifacts
-from lora_sweep.events import EvalEvent, JobResult, LauncherLost, best_eval, last_checkpoint
+from lora_sweep.events import EvalEvent, Evaluation, JobFolder, JobResult, LauncherLost, best_eval, last_checkpoint
 from lora_sweep.sweep.optuna_private import storage_of, trial_id
 from lora_sweep.sweep.search import make_sampler
 from lora_sweep.config.space import Space, apply, suggest
@@ -177,7 +176,7 @@ def launch_and_follow(config: StudyConfig, space: Space, study: optuna.Study, tr
         job.training = job.training.model_copy(update={"resume_from_checkpoint": str(checkpoint)})
         log.info("trial %d resumes trial %d from %s", trial.number, trial.user_attrs[RESUMES_ATTR]["trial"],
                  checkpoint.name)
-    dump_yaml(job, folder / "job.yaml")
+    dump_yaml(job, JobFolder(folder).job_yaml)
 
     progress = Progress(objective.key, objective.direction)
     steps = StepLine(trial.number)
@@ -254,7 +253,8 @@ def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder
         attrs["stop_reason"] = "pruned"
         raise optuna.TrialPruned(f"pruned at step {progress.evals[-1].step}")
     errors = [e.get("message", "") for e in run.events if e["event"] == "error"]
-    if run.timed_out or run.stalled or run.returncode != 0 or errors or not (folder / "result.json").is_file():
+    files = JobFolder(folder)
+    if run.timed_out or run.stalled or run.returncode != 0 or errors or not files.result.is_file():
         if run.timed_out:
             message = f"timed out after {config.study.trial_timeout} s (study.trial_timeout)"
         elif run.stalled:
@@ -265,15 +265,14 @@ def outcome(config: StudyConfig, trial: optuna.Trial, run: launch.JobRun, folder
         else:
             message = f"job {signal_text(run.returncode, run.log_tail)}"
         attrs.update(error=message, log_tail=run.log_tail, stop_reason="error")
-        raise TrialFailed(f"trial {trial.number}: {message} (log: {folder / 'train.log'})")
-    result = JobResult.read(folder / "result.json")
+        raise TrialFailed(f"trial {trial.number}: {message} (log: {files.log})")
+    result = JobResult.read(files.result)
     attrs.update(result.trial_attrs())
-    if (folder / "predictions.jsonl").is_file():
-        attrs["predictions_path"] = str(folder / "predictions.jsonl")
-    best = progress.best()  # the best evaluation, not the last
-    key = config.objective.key
-    # no evaluation seen (their event lines were unreadable): the job's own account of its best
-    value = best.value(key) if best else getattr(result, "best_score" if key == "score" else f"best_{key}")
+    if JobFolder(folder).predictions.is_file():
+        attrs["predictions_path"] = str(JobFolder(folder).predictions)
+    # the best evaluation, not the last; none seen (their event lines were unreadable): the job's own
+    # account of its best
+    value = config.objective.value(progress.best() or result)
     if config.objective.also == "eval_loss":
         return value, result.best_eval_loss
     if config.objective.also == "wall_time":
@@ -329,7 +328,7 @@ def start_job(config: StudyConfig, folder: Path, slot: list[int] | None, on_even
         return cluster.run_on_ray(config, folder, on_event, module=module, timeout=timeout,
                                silence_limit=silence_limit, placed=placed)
     flags, env = slot_launch(config, slot)
-    return launch.run_local(folder / "job.yaml", folder, flags, on_event, env=env, timeout=timeout,
+    return launch.run_local(JobFolder(folder).job_yaml, folder, flags, on_event, env=env, timeout=timeout,
                           stop_grace=config.study.stop_grace, module=module, silence_limit=silence_limit,
                           launcher=config.study.launcher)
 
@@ -453,11 +452,13 @@ def run_base_model(config: StudyConfig, space: Space, slot: list[int] | None) ->
     folder = StudyFolder(config.folder.resolve()).baseline
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    dump_yaml(job_config(config, space, {}, folder), folder / "job.yaml")
+    files = JobFolder(folder)
+    dump_yaml(job_config(config, space, {}, folder), files.job_yaml)
     log.info("evaluating the base model (once per study)")
     run = start_job(config, folder, slot, lambda event: False, module="lora_sweep.job.evaluate")
     if run.lost:
         raise LauncherLost(f"the base-model evaluation stopped: {run.lost}")
-    if run.returncode != 0 or not (folder / "baseline.json").is_file():
-        raise TrialFailed(f"the base-model evaluation {signal_text(run.returncode, run.log_tail)}; see {folder / 'train.log'}")
-    return json.loads((folder / "baseline.json").read_text())
+    figures = files.evaluation()[0]
+    if run.returncode != 0 or not figures.is_file():
+        raise TrialFailed(f"the base-model evaluation {signal_text(run.returncode, run.log_tail)}; see {files.log}")
+    return Evaluation.read(figures).record()

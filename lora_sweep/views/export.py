@@ -25,7 +25,7 @@ from lora_sweep.config.job import ConfigError
 from lora_sweep.config.study import StudyConfig
 from lora_sweep.config.places import creation_problem
 from lora_sweep.config.space import trial_ran
-from lora_sweep.sweep.storage import best_trial, load_existing
+from lora_sweep.sweep.storage import BASE_ATTR, DEFAULTS_ATTR, best_trial, load_existing
 
 
 def pick_trial(study: optuna.Study, which: str) -> FrozenTrial:
@@ -61,7 +61,7 @@ def describe(config: StudyConfig, study: optuna.Study, trial: FrozenTrial) -> di
         **({"requested_params": requested} if requested else {}),
         "adapter_path": trial.user_attrs.get("adapter_path"),
         "best_step": trial.user_attrs.get("best_step"),
-        "baseline": trial.user_attrs.get("baseline"),
+        "baseline": trial.user_attrs.get(DEFAULTS_ATTR),
     }
 
 
@@ -69,7 +69,7 @@ def best(config: StudyConfig) -> str:
     study = load_existing(config.storage_url, config.study.name)
     trial = pick_trial(study, "best")
     info = describe(config, study, trial)
-    base = study.user_attrs.get("baseline", {}).get(config.objective.key)
+    base = study.user_attrs.get(BASE_ATTR, {}).get(config.objective.key)
     if base is not None:
         info["base_model"] = base
     return json.dumps(info, indent=2)
@@ -135,7 +135,7 @@ def export(config: StudyConfig, which: str, out: str, merge: bool) -> Path:
     else:
         shutil.copytree(adapter, target, dirs_exist_ok=True)
     info = describe(config, study, trial)
-    base = study.user_attrs.get("baseline", {}).get(config.objective.key)
+    base = study.user_attrs.get(BASE_ATTR, {}).get(config.objective.key)
     load_hint = (f'AutoModelForCausalLM.from_pretrained("{target}")' if merge else
                  f'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{config.model.name_or_path}"), '
                  f'"{target}")')

@@ -21,7 +21,8 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
-from lora_sweep.sweep.storage import StudyFolder
+from lora_sweep.events import JobFolder
+from lora_sweep.sweep.storage import BASE_ATTR, StudyFolder
 
 from lora_sweep.views.frame import (
     _missing,
@@ -63,7 +64,7 @@ def _fmt(value: Any) -> str:
 
 def base_value(frame: pd.DataFrame, metric: str) -> float | None:
     """The base model's value of `metric`, if the sweep evaluated the base model."""
-    baseline = frame.attrs.get("baseline") or {}
+    baseline = frame.attrs.get(BASE_ATTR) or {}
     if metric in baseline and isinstance(baseline[metric], (int, float)):
         return float(baseline[metric])
     if baseline.get("metric") == metric and isinstance(baseline.get("score"), (int, float)):
@@ -174,7 +175,7 @@ def curves_figure(frame: pd.DataFrame) -> go.Figure:
                             line={"color": colour, "width": 1, "dash": dash}, opacity=0.45,
                             hovertemplate=f"trial {number}<br>step %{{x}}<br>training loss %{{y:.4g}}<extra></extra>",
                             row=1, col=1)
-    baseline = frame.attrs.get("baseline") or {}
+    baseline = frame.attrs.get(BASE_ATTR) or {}
     base_loss = number_or_none(baseline.get("eval_loss"))
     if base_loss is not None:
         fig.add_hline(y=base_loss, line_dash="dot", line_color="black", annotation_text="base model", row=1, col=1)
@@ -357,7 +358,7 @@ def compared_metrics(frame: pd.DataFrame) -> list[tuple[str, float | None, Calla
     """(name, base-model value, a trial row's value) of each metric the comparison shows: the
     objective, then the other of eval_loss / the generation score where the sweep recorded it."""
     metric = frame.attrs.get("metric", "objective")
-    baseline = frame.attrs.get("baseline") or {}
+    baseline = frame.attrs.get(BASE_ATTR) or {}
     panels: list[tuple[str, float | None, Callable[[pd.Series], float | None]]] = [
         (metric, base_value(frame, metric), lambda row: number_or_none(row["value"]))]
     task = baseline.get("metric")
@@ -439,7 +440,7 @@ def prompt_text(value: Any) -> str:
 
 def predictions_path(row: pd.Series) -> Path | None:
     for candidate in (row.get("predictions_path"),
-                      None if _missing(row.get("trial_dir")) else Path(row["trial_dir"]) / "predictions.jsonl"):
+                      None if _missing(row.get("trial_dir")) else JobFolder(row["trial_dir"]).predictions):
         if isinstance(candidate, (str, Path)) and Path(candidate).is_file():
             return Path(candidate)
     return None
@@ -460,7 +461,7 @@ def predictions_frame(frame: pd.DataFrame, n: int = 5) -> pd.DataFrame | None:
         "score": [r.get("score") for r in rows],
     })
     # the sweep evaluates the base model in <study folder>/baseline, on the same prompts in order
-    base = StudyFolder(Path(best["trial_dir"]).parents[1]).baseline / "predictions.jsonl" if not _missing(
+    base = JobFolder(StudyFolder(Path(best["trial_dir"]).parents[1]).baseline).evaluation()[1] if not _missing(
         best.get("trial_dir")) else None
     if base is not None and base.is_file():
         base_rows = read_predictions(base, n)

@@ -16,15 +16,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lora_sweep.config.job import ConfigError, ObjectiveSection
 from lora_sweep.config.study import StudyConfig, load_study
-from lora_sweep.events import best_eval, read_events
+from lora_sweep.events import JobFolder, best_eval, read_events
 from lora_sweep.config.space import RUN_ATTR, ran, start_event
-from lora_sweep.sweep.storage import WARM_START_ATTR, load_existing
+from lora_sweep.sweep.storage import BASE_ATTR, DEFAULTS_ATTR, WARM_START_ATTR, load_existing
 from lora_sweep.config.places import storage_file
 
 
 # Trial user attrs worth a column, in this order; any other scalar user attr follows them
 # (so a score-like metric the sweep adds later shows up without a change here).
-KEY_ATTRS = ("baseline", "best_step", "steps_run", "stop_reason", "train_tokens_per_s", "peak_memory_mb",
+KEY_ATTRS = (DEFAULTS_ATTR, "best_step", "steps_run", "stop_reason", "train_tokens_per_s", "peak_memory_mb",
              "wall_time_s", "job_wall_time_s", "adapter_path", "error", "trial_dir")
 # Long or list-valued attrs that have a better place than a table cell.
 SKIP_ATTRS = {"eval_curve", "log_tail"}
@@ -137,7 +137,7 @@ class Ran:
     @classmethod
     def of(cls, trial: FrozenTrial) -> Ran:
         folder = trial.user_attrs.get("trial_dir")
-        path = Path(folder) / "events.jsonl" if folder else None
+        path = JobFolder(folder).events if folder else None
         if path is None or not path.is_file():
             return cls([], [], None)
         evals: dict[int, dict[str, Any]] = {}
@@ -194,7 +194,7 @@ def thin(points: list[list[float]], most: int) -> list[list[float]]:
 
 def baseline_attr(study: optuna.Study) -> dict[str, Any] | None:
     """The base model's evaluation, when the sweep recorded one (a dict study user attr)."""
-    value = study.user_attrs.get("baseline")
+    value = study.user_attrs.get(BASE_ATTR)
     return value if isinstance(value, dict) else None
 
 
@@ -306,8 +306,8 @@ def best_row(frame: pd.DataFrame) -> pd.Series | None:
 
 def defaults_row(frame: pd.DataFrame) -> pd.Series | None:
     """The documented-defaults trial (trial 0 unless the study enqueued none)."""
-    if "baseline" in frame:
-        marked = frame[frame["baseline"] == DEFAULTS_LABEL]
+    if DEFAULTS_ATTR in frame:
+        marked = frame[frame[DEFAULTS_ATTR] == DEFAULTS_LABEL]
         if not marked.empty:
             return marked.iloc[0]
     return None
