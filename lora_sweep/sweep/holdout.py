@@ -38,7 +38,7 @@ log = logging.getLogger("lora_sweep.holdout")
 
 
 def test_folder(config: StudyConfig, name: str) -> Path:
-    return StudyFolder(config.folder.resolve()).root / "test" / name
+    return StudyFolder(config.folder.resolve()).test(name)
 
 
 def score_on_test(config: StudyConfig, space: Space, trial: FrozenTrial | None, slot: list[int] | None) -> dict[str, Any]:

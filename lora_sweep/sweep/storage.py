@@ -343,7 +343,8 @@ def file_identity(url: str) -> tuple[int, int] | None:
 @dataclass(frozen=True)
 class StudyFolder:
     """The files of a study, in one place: `<study.dir>/<name>/` holds `trials/<number>/`, the
-    tokenized-data `cache/`, the base-model evaluation in `baseline/` and the dashboard's
+    tokenized-data `cache/`, the base-model evaluation in `baseline/`, the test.json scorings in
+    `test/`, the lost trials set aside in `lost-trials/` and the dashboard's
     `artifacts/`. `storage.json` says which storage the trials belong to, so two studies of one
     name and folder but different storages never delete each other's trials."""
 
@@ -359,6 +360,10 @@ class StudyFolder:
     @property
     def baseline(self) -> Path:
         return self.root / "baseline"
+
+    def test(self, name: str) -> Path:
+        """The folder of one test.json scoring after the sweep (holdout): `trial-<n>` or `base`."""
+        return self.root / "test" / name
 
     @property
     def artifacts(self) -> Path:
