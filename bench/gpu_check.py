@@ -52,7 +52,8 @@ DEVICE_PACKAGES = frozenset({"torch", "transformers", "accelerate", "peft", "pan
                              "numpy", "packaging", "tqdm", "markupsafe", "safetensors", "huggingface-hub",
                              "tokenizers", "psutil", "jinja2", "requests", "typing-extensions", "nvidia-ml-py"})
 # pyproject dependencies a sweep does not import, so the wheels leave them out (gpu_requirements.txt)
-NOT_CARRIED = {"plotly": "the report", "gguf": "the embedded SmolLM2's one conversion"}
+NOT_CARRIED = {"plotly": "the report", "gguf": "the embedded SmolLM2's one conversion",
+               "pyarrow": "Parquet and save_to_disk data only (the GPU check's data is chat JSON lines)"}
 
 PHI35_MINI = {"kind": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
               "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,

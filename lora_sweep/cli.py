@@ -61,10 +61,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             except ConfigError as exc:
                 problems += exc.problems
         extra = f", {len(space.distributions)} parameters searched over {config.study.n_trials} trials"
-    warning, rows = None, None
+    warning, rows, tokenizer = None, None, None
     if not problems:
         try:  # the answers the seqlens cut away: needs the tokenizer (not the weights); writes no cache
-            warning, rows = answer_check(config, *sides)
+            warning, rows, tokenizer = answer_check(config, *sides)
         except ConfigError as exc:
             problems += exc.problems
     if problems:
@@ -75,12 +75,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"warning: {line}", file=sys.stderr)
     kind = "study" if study else "job"
     print(f"{args.config}: valid {kind} config ({counts[0]} train and {counts[1]} test samples{extra})")
+    from lora_sweep.job import data
+
+    found = data.formats(config.data)
+    if any(fmt != "chat" for fmt, _ in found.values()):  # converted records: how they came out (a template's check)
+        print(data.described(config.data, found, tokenizer, sides[0][0]))
     return 0
 
 
-def answer_check(config: Any, train: list[dict], test: list[dict]) -> tuple[str | None, int | None]:
+def answer_check(config: Any, train: list[dict], test: list[dict]) -> tuple[str | None, int | None, Any]:
     """Tokenize the data in memory as a job would (sampled, system prompt applied) and return the
-    warning about answers the seqlens cut away, or None, and the training rows (None: not counted).
+    warning about answers the seqlens cut away, or None, the training rows (None: not counted) and
+    the tokenizer (None: not loaded).
     A hub model that is not here yet (a GPU sweep validated offline) only skips the count, with a
     note; a missing folder is a problem."""
     from lora_sweep.job import data
@@ -89,11 +95,18 @@ def answer_check(config: Any, train: list[dict], test: list[dict]) -> tuple[str 
     name = config.model.name_or_path
     if is_hub_id(name) and not in_hub_cache(name):  # validate never downloads, nor waits on the network
         return (f"note: answers cut away by the seqlens not counted: model.name_or_path {name!r} is not in the "
-                f"Hugging Face cache yet"), None
+                f"Hugging Face cache yet"), None, None
     tokenizer = load_tokenizer(find_model(name), config.model.trust_remote_code)
     tokenized = data.tokenize(config.data, config.training.seed, tokenizer, train, test)
     warning = data.answer_warning(tokenized.stats, config.data)
-    return f"warning: {warning}" if warning else None, len(tokenized.train)
+    return f"warning: {warning}" if warning else None, len(tokenized.train), tokenizer
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from lora_sweep.job import data
+
+    print(data.converted(data.load_config(args.config, args.overrides), args.out))
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -130,10 +143,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(["--merge needs --out DIR: the folder of the merged model"])
     config = load_study(args.config, args.overrides)
     if args.aitk_yaml is not None:  # first: it checks its path, so a bad one leaves no adapter copy either
-        path, unmapped = export.aitk_yaml(config, args.trial, args.aitk_yaml)
+        path, unmapped, data_note = export.aitk_yaml(config, args.trial, args.aitk_yaml, args.config, args.overrides)
         print(f"AI Toolkit lora.yaml written to {path}")
         if unmapped:
             print(f"note: no lora.yaml key for {', '.join(unmapped)}: set them in the AI Toolkit", file=sys.stderr)
+        if data_note:
+            print(f"note: {data_note}", file=sys.stderr)
     if args.out is not None:
         out = export.export(config, args.trial, args.out, args.merge)
         print(f"{'merged model' if args.merge else 'adapter'} written to {out}")
@@ -162,6 +177,10 @@ def add_trial(p: argparse.ArgumentParser) -> None:
 COMMANDS = {
     "train": (cmd_train, "run one fine-tuning job from a job YAML (or a flat AI Toolkit lora.yaml)", None),
     "validate": (cmd_validate, "check a study or job YAML and its data files; print every problem", None),
+    "convert": (cmd_convert, "write the data, from any data.format and file type, as the AI Toolkit's chat "
+                "train.json and test.json in OUT", lambda p: (
+        p.add_argument("out", help="the folder to write them in (new, or without those files)"),
+    )),
     "run": (cmd_run, "run (or resume) the sweep of a study YAML", None),
     "worker": (cmd_run, "join a study that `run` started, from another process or machine", None),
     "best": (cmd_best, "print the best trial: value, params, adapter path", None),
@@ -199,9 +218,9 @@ def parser() -> argparse.ArgumentParser:
     for name, (_, help_text, extra) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("config", help="study or job YAML")
-        p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. study.n_trials=4")
-        if extra:
+        if extra:  # before the overrides: a command's own positional (convert's OUT) comes first
             extra(p)
+        p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. study.n_trials=4")
     return top
 
 

@@ -132,3 +132,45 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path):
     proc = run_cli(["export", str(config)])
     assert proc.stderr == ("error: give --out DIR (the adapter), --aitk-yaml FILE (its params as a lora.yaml), "
                            "or both\n")
+
+
+def test_data_in_another_format_comes_with_the_command_that_converts_it(tmp_path):
+    # an Alpaca study: the AI Toolkit reads chat JSON lines only; the note's command, run, gets the data there
+    config = make_study(tmp_path, None)
+    alpaca = [{"instruction": s["messages"][0]["content"], "input": "", "output": s["messages"][1]["content"]}
+              for s in memorization_samples()]
+    for name in ("train.json", "test.json"):
+        write_jsonl(tmp_path / "data" / name, alpaca)
+    out = tmp_path / "out" / "lora.yaml"
+    proc = run_cli(["export", str(config), "data.format=alpaca", "--trial", "0", "--aitk-yaml", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    command = ["python", "-m", "lora_sweep", "convert", str(config), str(tmp_path / "out" / "aitk-data"),
+               "data.format=alpaca"]
+    note = ("the AI Toolkit reads chat JSON lines only ({\"messages\": [...]} per line), and this study's data is "
+            f"alpaca records: `{' '.join(command)}` writes it as the AI Toolkit's train.json and test.json in "
+            f"{tmp_path / 'out' / 'aitk-data'}, the folder to give as finetune_dataset")
+    assert proc.stderr == f"note: no lora.yaml key for r: 8: set them in the AI Toolkit\nnote: {note}\n"
+    assert out.read_text(encoding="utf-8").splitlines()[-1] == f"# {note}"
+    done = run_cli(command[3:])  # the command as the note gives it
+    assert (done.returncode, done.stderr) == (0, "")
+    from lora_sweep.job.samples import load_samples
+
+    job = load_job(out, [f"finetune_dataset={tmp_path / 'out' / 'aitk-data'}"])  # as the AI Toolkit's user sets it
+    assert load_samples(job.data) == (memorization_samples(), memorization_samples())
+    # chat JSON lines: no note
+    chat_out = tmp_path / "chat.yaml"
+    proc = run_cli(["export", str(config), "data.format=chat", f"data.dataset={tmp_path / 'out' / 'aitk-data'}",
+                    "--trial", "0", "--aitk-yaml", str(chat_out)])
+    assert proc.stderr == "note: no lora.yaml key for r: 8: set them in the AI Toolkit\n"
+    assert "convert" not in chat_out.read_text(encoding="utf-8")
+    # chat records, but in a table: the AI Toolkit cannot read it either
+    import pandas as pd
+
+    from lora_sweep.views.export import conversion_note
+
+    pd.DataFrame(memorization_samples()).to_parquet(tmp_path / "chat.parquet")
+    study = load_study(config, ["data.format=chat", f"data.train_file={tmp_path / 'chat.parquet'}"])
+    assert conversion_note(study, ["python", "-m", "lora_sweep", "convert", "study.yaml", "my data"]) == (
+        "the AI Toolkit reads chat JSON lines only ({\"messages\": [...]} per line), and this study's data is a "
+        ".parquet file: `python -m lora_sweep convert study.yaml 'my data'` writes it as the AI Toolkit's train.json "
+        "and test.json in my data, the folder to give as finetune_dataset")

@@ -137,7 +137,11 @@ def test_validate_and_train_read_alpaca_and_refuse_its_bad_records(tiny_llama, t
     write_lines(folder / "test.json", records)
     tree = job_tree(tiny_llama, folder, tmp_path / "out")
     job = write_yaml(tmp_path / "job.yaml", tree)
-    assert run_cli(["validate", str(job)]).stdout == f"{job}: valid job config (8 train and 8 test samples)\n"
+    assert run_cli(["validate", str(job)]).stdout.splitlines()[:4] == [  # then the first sample, rendered
+        f"{job}: valid job config (8 train and 8 test samples)",
+        f"{folder / 'train.json'}: alpaca (recognised from line 1: fields instruction, input, output)",
+        f"{folder / 'test.json'}: alpaca (recognised from line 1: fields instruction, input, output)",
+        "the first training sample as the model sees it; the loss is on what [[ ]] marks:"]
     from lora_sweep.job import train as T
 
     result = T.run(load_job(job))  # a real job: trains and evaluates on the Alpaca records

@@ -314,7 +314,12 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    with Path(path).open("rb") as file:
+    """The data file's sha256; a folder's (a dataset saved with save_to_disk): of its files' names and digests."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return hashlib.sha256(json.dumps([[str(p.relative_to(path)), file_digest(p)] for p in files]).encode()).hexdigest()
+    with path.open("rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()  # read in blocks, not whole
 
 
@@ -508,29 +513,54 @@ def shown(tokenizer: Any, data: DataSection, sample: Sample) -> str:
     return "".join(f"[[{text}]]" if answer or data.train_on_prompt else text for text, answer in pieces)
 
 
+def formats(data: DataSection) -> dict[str, tuple[str, str]]:
+    """Each of `data`'s files and the format it is read in, and why (`format_found`)."""
+    return {path: format_found(path, data.format, data.columns)
+            for path in (data.train_file, data.test_file, data.validation_file) if path is not None}
+
+
+def described(data: DataSection, found: dict[str, tuple[str, str]], tokenizer: Any | None, sample: Sample) -> str:
+    """What `show` prints, and `validate` for data not in the chat format: each file's format and why
+    (`found`, from `formats`), and `sample` (the first training one) as the model sees it; without a
+    tokenizer, the formats only."""
+    lines = [f"{path}: {fmt} ({why})" for path, (fmt, why) in found.items()]
+    if tokenizer is not None:
+        lines += ["the first training sample as the model sees it; the loss is on what [[ ]] marks:",
+                  shown(tokenizer, data, sample)]
+    return "\n".join(lines)
+
+
 def show(config: Any) -> str:
     """What `python -m lora_sweep.job.data show` prints: each file's format and why, and the first
     training sample as the model sees it (needs the model's tokenizer, not its weights)."""
     from lora_sweep.job.models import find_model, load_tokenizer
 
-    data = config.data
-    train, _, _, problems = read_files(data)
+    train, _, _, problems = read_files(config.data)
     if problems:
         raise ConfigError(problems, "data")
-    lines = [f"{path}: {format_found(path, data.format, data.columns)}"
-             for path in (data.train_file, data.test_file, data.validation_file) if path is not None]
     tokenizer = load_tokenizer(find_model(config.model.name_or_path), config.model.trust_remote_code)
-    return "\n".join([*lines, "the first training sample as the model sees it; the loss is on what [[ ]] marks:",
-                      shown(tokenizer, data, train[0])])
+    return described(config.data, formats(config.data), tokenizer, train[0])
+
+
+def load_config(path: str, overrides: list[str]) -> Any:
+    """A study YAML (StudyConfig) or a job YAML (JobConfig), whichever `path` holds, with `overrides`."""
+    from lora_sweep.config.files import load_job, read_yaml
+    from lora_sweep.config.study import is_study, load_study
+
+    return (load_study if is_study(read_yaml(path)) else load_job)(path, overrides)
+
+
+def converted(config: Any, out: str) -> str:
+    """`convert` `config`'s data into the folder `out`; what the command prints: each file written
+    and its samples. ConfigError (nothing written) on bad data or files already there."""
+    return "\n".join(f"{path}: {len(samples)} chat samples" for path, samples in convert(config.data, out))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lora_sweep.job.data show CONFIG` and `... convert CONFIG OUT`, with overrides."""
+    """`python -m lora_sweep.job.data show CONFIG` and `... convert CONFIG OUT` (also `python -m
+    lora_sweep convert`), with overrides."""
     import argparse
     import sys
-
-    from lora_sweep.config.study import is_study, load_study
-    from lora_sweep.config.files import load_job, read_yaml
 
     parser = argparse.ArgumentParser(prog="lora_sweep.job.data", description="Look at a job's or study's data as it "
                                      "is read, or write it as the AI Toolkit's chat JSON lines.")
@@ -544,15 +574,11 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.format=alpaca")
     args = parser.parse_args(argv)
     try:
-        config = (load_study if is_study(read_yaml(args.config)) else load_job)(args.config, args.overrides)
-        if args.command == "show":
-            print(show(config))
-            return 0
-        written = convert(config.data, args.out)
+        config = load_config(args.config, args.overrides)
+        print(show(config) if args.command == "show" else converted(config, args.out))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(f"{path}: {sum(1 for _ in path.open(encoding='utf-8'))} chat samples" for path in written))
     return 0
 
 

@@ -1,7 +1,8 @@
 """The user's data as samples: train.json / test.json (and a validation set) read in bounded memory
 in any accepted format (chat, Alpaca, ShareGPT, columns with templates; JSON lines, a JSON array,
-CSV/TSV), checked with every problem at once as `file:line: ...`, sampled and held out; and written
-back as the AI Toolkit's chat files (`convert`). Tokenizing them is data.py's."""
+CSV/TSV, and through tables.py Parquet and `datasets`' save_to_disk folders), checked with every
+problem at once as `file:line: ...` (`file:row N: ...` in a table), sampled and held out; and
+written back as the AI Toolkit's chat files (`convert`). Tokenizing them is data.py's."""
 
 from __future__ import annotations
 
@@ -18,10 +19,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-
 from lora_sweep.config.job import ColumnsSection, ConfigError, DataFormat, DataSection, template_fields
-
-log = logging.getLogger(__name__)
+from lora_sweep.job import tables
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,8 @@ def no_field(obj: dict, name: str) -> str:
 
 def string_fields(obj: dict, required: tuple[str, ...], optional: tuple[str, ...]) -> list[str]:
     """What is wrong with a record's text fields: a required one missing, or any not a string."""
-    problems = [no_field(obj, name) for name in required if name not in obj]
+    problems = [no_field(obj, name) if name not in obj else f'field "{name}" is null'
+                for name in required if obj.get(name) is None]  # a table's column holds null where a row has none
     for name in required + optional:
         if obj.get(name) is not None and not isinstance(obj[name], str):
             problems.append(f'"{name}" must be a string, got {type(obj[name]).__name__}')
@@ -271,7 +271,15 @@ def text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
         yield from decoded_lines(utf8_blocks(file))
 
 
-Record = tuple[int, Any, str | None]  # (line, the parsed record, None) or (line, None, what is wrong)
+# Where a record is: the line a text file's record starts on, or a table's "row N" (Parquet, a saved
+# dataset; counted from 0, as `datasets`' ds[N] and pandas' df.iloc[N] count), for `file:line: ...`.
+Where = int | str
+Record = tuple[Where, Any, str | None]  # (where, the parsed record, None) or (where, None, what is wrong)
+
+
+def at(where: Where) -> str:
+    """`where` in words: "line 3" or "row 2"."""
+    return f"line {where}" if isinstance(where, int) else where
 
 
 def json_records(path: Path) -> Iterator[Record]:
@@ -371,6 +379,26 @@ def column(text: str, pos: int) -> int:
     return pos - text.rfind("\n", 0, pos)
 
 
+def table_records(rows: Iterator[tuple[str, dict]]) -> Iterator[Record]:
+    """A table's rows (tables.py: Parquet, a saved dataset) as records; a file pyarrow cannot read
+    as such a table is Unreadable."""
+    try:
+        for where, record in rows:
+            yield where, record, None
+    except tables.NotATable as exc:
+        raise Unreadable(str(exc)) from None
+
+
+def records(path: Path) -> Iterator[Record]:
+    """The records of a data file of any accepted type, by its suffix; a folder is a saved dataset."""
+    if path.is_dir():
+        return table_records(tables.saved_rows(path))
+    suffix = path.suffix.lower()
+    if suffix in CSV_DELIMITERS:
+        return csv_records(path)
+    return table_records(tables.parquet_rows(path)) if suffix == ".parquet" else json_records(path)
+
+
 def link_loop(path: Path) -> Path | None:
     """The symbolic link on the way to `path` that leads back to itself (the first one), or None."""
     for part in [*reversed(path.parents), path]:
@@ -384,30 +412,30 @@ def link_loop(path: Path) -> Path | None:
 
 def read_samples(path: str | Path, fmt: DataFormat = "auto", columns: ColumnsSection | None = None
                  ) -> tuple[list[Sample], list[str]]:
-    """Parse a file of records in format `fmt` (JSON lines, a JSON array, CSV or TSV); return them as
-    chat samples and every problem as `file:line: ...`. With "auto", `columns` when given, else the
-    first record with a known format's fields decides (chat when none has)."""
+    """Parse a file of records in format `fmt` (JSON lines, a JSON array, CSV, TSV, Parquet, or a
+    folder saved with `datasets`' save_to_disk); return them as chat samples and every problem as
+    `file:line: ...` (`file:row N: ...` in a table). With "auto", `columns` when given, else the first
+    record with a known format's fields decides (chat when none has)."""
     path = Path(path)
     loop = link_loop(path)
     if loop is not None:
         return [], [f"{path}: {loop} is a symbolic link loop (it leads back to itself): point it at the data"]
-    if path.is_dir():
-        return [], [f"{path}: is a directory, not a data file (data.dataset takes the folder holding "
-                    f"train.json and test.json)"]
-    if not path.is_file():
+    if path.is_dir() and (problem := tables.folder_problem(path)):
+        return [], [problem]
+    if not path.is_dir() and not path.is_file():
         return [], [f"{path}: no such file"]
     samples, problems = [], []
     try:
         if fmt == "auto" and columns is not None:
             fmt = "columns"
-        for number, obj, unreadable in (csv_records if path.suffix.lower() in CSV_DELIMITERS else json_records)(path):
+        for where, obj, unreadable in records(path):
             if unreadable:
-                problems.append(f"{path}:{number}: {unreadable}")
+                problems.append(f"{path}:{where}: {unreadable}")
                 continue
             if fmt == "auto":
                 fmt = recognise(obj) or "auto"
             sample, found = as_chat(obj, "chat" if fmt == "auto" else fmt, columns)
-            problems += [f"{path}:{number}: {p}" for p in found]
+            problems += [f"{path}:{where}: {p}" for p in found]
             samples += [sample] if sample else []
     except OSError as exc:
         return [], [f"{path}: cannot be read ({exc.strerror})"]
@@ -495,11 +523,12 @@ def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[
 # ---------------------------------------------------------------- converting to the AI Toolkit's chat files
 
 
-def convert(data: DataSection, out: str | Path) -> list[Path]:
+def convert(data: DataSection, out: str | Path) -> list[tuple[Path, list[Sample]]]:
     """Write `data`'s files, in whatever format and file type they are, as chat JSON lines (the AI
     Toolkit's train.json and test.json, and validation.json for a data.validation_file) in the folder
-    `out`, and return their paths. The records are written as they are read (no system prompt added);
-    bad data or a file already there: ConfigError, and nothing is written."""
+    `out`, and return each path with its samples. The records are written as they are read (no system
+    prompt added; a table's other columns kept, a value JSON has no type for, such as a date, as its
+    text); bad data or a file already there: ConfigError, and nothing is written."""
     train, test, validation, problems = read_files(data)
     out = Path(out)
     files = {"train.json": train, "test.json": test, **({"validation.json": validation} if validation else {})}
@@ -508,24 +537,22 @@ def convert(data: DataSection, out: str | Path) -> list[Path]:
         raise ConfigError(problems, "data")
     out.mkdir(parents=True, exist_ok=True)
     for name, samples in files.items():
-        (out / name).write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
-    return [out / name for name in files]
+        (out / name).write_text("".join(json.dumps(s, ensure_ascii=False, default=str) + "\n"
+                                          for s in samples), encoding="utf-8")
+    return [(out / name, samples) for name, samples in files.items()]
 
 
-def format_found(path: str | Path, fmt: DataFormat, columns: ColumnsSection | None) -> str:
+def format_found(path: str | Path, fmt: DataFormat, columns: ColumnsSection | None) -> tuple[str, str]:
     """The format `read_samples` reads `path` in, and why (a file that cannot be read: chat)."""
     if fmt != "auto":
-        return f"{fmt} (data.format)"
+        return fmt, "data.format"
     if columns is not None:
-        return "columns (data.columns is given)"
-    path = Path(path)
+        return "columns", "data.columns is given"
     try:
-        for number, obj, problem in (csv_records if path.suffix.lower() in CSV_DELIMITERS else json_records)(path):
+        for where, obj, problem in records(Path(path)):
             found = None if problem else recognise(obj)
             if found:
-                return f"{found} (recognised from line {number}: fields {', '.join(obj)})"
+                return found, f"recognised from {at(where)}: fields {', '.join(obj)}"
     except (OSError, Unreadable):
         pass
-    return "chat (no record has another format's fields)"
-
-
+    return "chat", "no record has another format's fields"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -176,9 +177,33 @@ def yaml_scalar(value: Any, quoted: bool = False) -> str:
     return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 
-def aitk_yaml(config: StudyConfig, which: str, out: str) -> tuple[Path, list[str]]:
+def conversion_note(config: StudyConfig, command: list[str]) -> str | None:
+    """What to run to give the AI Toolkit this study's data, when it is not already the chat JSON
+    lines the AI Toolkit reads (another data.format, or a CSV, Parquet or saved-dataset file); None
+    when it is. `command` is `python -m lora_sweep convert` with its arguments."""
+    from lora_sweep.job.data import formats
+
+    other = set()
+    for path, (fmt, _) in formats(config.data).items():
+        if fmt != "chat":
+            other.add(f"{fmt} records")
+        elif Path(path).is_dir():
+            other.add("a saved dataset")
+        elif Path(path).suffix.lower() not in (".json", ".jsonl"):
+            other.add(f"a {Path(path).suffix} file")
+    if not other:
+        return None
+    return (f"the AI Toolkit reads chat JSON lines only ({{\"messages\": [...]}} per line), and this study's data is "
+            f"{' and '.join(sorted(other))}: `{shlex.join(command)}` writes it as the AI Toolkit's train.json and test.json "
+            f"in {command[5]}, the folder to give as finetune_dataset")
+
+
+def aitk_yaml(config: StudyConfig, which: str, out: str, study_yaml: str, overrides: list[str]
+              ) -> tuple[Path, list[str], str | None]:
     """Write the trial's params (and the study's job values) as an AI Toolkit lora.yaml; return
-    its path and the searched values that have no lora.yaml key (r, alpha, target_modules).
+    its path, the searched values that have no lora.yaml key (r, alpha, target_modules), and how to
+    convert the data for the AI Toolkit when it is not chat JSON lines (`conversion_note`; also the
+    file's closing comment). `study_yaml` and `overrides` are the study's, as given, for that command.
 
     When the study's `job:` is a flat lora.yaml, that file is copied line for line (layout,
     comments, untouched values), only the values of the searched keys changed (a proxy's shortcuts,
@@ -220,9 +245,13 @@ def aitk_yaml(config: StudyConfig, which: str, out: str) -> tuple[Path, list[str
     if unmapped:
         lines += ["# searched here, no lora.yaml key (set them in the AI Toolkit's LoRA settings):",
                   *[f"#   {line}" for line in unmapped]]
+    note = conversion_note(config, ["python", "-m", "lora_sweep", "convert", study_yaml,
+                                    str(target.parent / "aitk-data"), *overrides])
+    if note:
+        lines += [f"# {note}"]
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return target, unmapped
+    return target, unmapped, note
 
 
 def swap_value(line: str, values: dict[str, Any]) -> str:
