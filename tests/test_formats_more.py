@@ -83,12 +83,16 @@ def test_a_dataset_saved_to_disk_is_read_without_the_datasets_library(tmp_path):
                                            f"writes it (KeyError('_data_files'))"])
 
 
-def test_a_saved_datasets_digest_follows_its_files(tmp_path):
+def test_the_cache_key_follows_a_saved_datasets_files(tmp_path, tiny_llama):
+    from lora_sweep.job.models import load_tokenizer
+
     folder = saved(tmp_path / "d", ALPACA_ROWS)
-    before = D.file_digest(folder)
-    assert D.file_digest(folder) == before
+    data = DataSection(train_file=str(folder), test_file=str(folder), cache_dir=str(tmp_path / "cache"))
+    tok = load_tokenizer(str(tiny_llama))
+    before = D.cache_path(data, 0, tok)
+    assert D.cache_path(data, 0, tok) == before
     saved(tmp_path / "d", ALPACA_ROWS[:2])  # save_to_disk over it: the cache key changes with the data
-    assert D.file_digest(folder) != before
+    assert D.cache_path(data, 0, tok) != before
 
 
 def table_job(tiny_llama: Path, tmp_path: Path) -> Path:
@@ -156,3 +160,18 @@ def test_a_missing_parquet_file_is_one_line(tmp_path, command):
     assert done.returncode == 2
     assert f"{tmp_path / 'train.parquet'}: no such file" in done.stderr
     assert not (tmp_path / "aitk").exists() and not (tmp_path / "out").exists()
+
+
+def test_without_the_tokenizer_validate_says_the_formats_only(tmp_path):
+    # a hub model not downloaded yet (a GPU sweep validated offline): nothing is rendered, nothing fetched
+    pd.DataFrame(ALPACA_ROWS).to_parquet(tmp_path / "train.parquet")
+    tree = {"model": {"name_or_path": "nobody/not-here"}, "output_dir": str(tmp_path / "out"),
+            "data": {"train_file": str(tmp_path / "train.parquet"), "test_file": str(tmp_path / "train.parquet")}}
+    job = write_yaml(tmp_path / "job.yaml", tree)
+    done = run_cli(["validate", str(job)])
+    assert done.returncode == 0
+    assert done.stdout == (f"{job}: valid job config (3 train and 3 test samples)\n"  # one line for the one file
+                           f"{tmp_path / 'train.parquet'}: alpaca (recognised from row 0: fields instruction, input, "
+                           f"output, system, history)\n")
+    assert done.stderr == ("note: answers cut away by the seqlens not counted: model.name_or_path 'nobody/not-here' "
+                           "is not in the Hugging Face cache yet\n")
