@@ -4,6 +4,8 @@ fields. Field names and defaults follow the parameter list of the AI Toolkit LoR
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +72,79 @@ class LoraSection(Section):
         description="Module names to adapt (e.g. [q_proj, v_proj]), or `all-linear` for every linear "
         "layer but the output head.",
     )
+    use_dora: bool = Field(
+        False,
+        description="DoRA: a learned magnitude per output column beside the LoRA update (PEFT's `use_dora`); "
+        "about 1.3x the step time and memory of plain LoRA.",
+    )
+    use_rslora: bool = Field(
+        False,
+        description="rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r (PEFT's `use_rslora`), "
+        "so a larger r does not shrink it; search learning_rate and alpha anew with it.",
+    )
+    init_lora_weights: bool | str = Field(
+        True,
+        description="How the adapter starts (PEFT's `init_lora_weights`): true (B zero, A Kaiming-uniform), "
+        "gaussian (A Gaussian), orthogonal (r even), mica (B frozen, only A trains), or pissa / "
+        "pissa_niter_<N> / olora (the adapter starts on the principal part of each weight, which is "
+        "taken out of the base; the kept adapter is saved converted to a plain LoRA of rank 2r against "
+        "the original base). false, eva, corda, lora_ga and loftq are refused (see \"LoRA variants\").",
+    )
+    loraplus_lr_ratio: float | None = Field(
+        None,
+        description="LoRA+: the B matrices learn at learning_rate times this (>= 1; PEFT's "
+        "`create_loraplus_optimizer`, the job's AdamW settings and weight_decay kept); null: plain LoRA's "
+        "one learning rate.",
+    )
+
+    @model_validator(mode="after")
+    def _variant(self) -> LoraSection:
+        problems = lora_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+# init_lora_weights values a job runs (PEFT's names); pissa_niter_<N> is PISSA_NITER
+INITS = (True, "gaussian", "orthogonal", "mica", "pissa", "olora")
+PISSA_NITER = re.compile(r"pissa_niter_[1-9][0-9]*")
+# ... and those refused, with why (docs/research/lora-variants/README.md measured each)
+REFUSED_INITS = {
+    False: "PEFT's debugging start, not the base model (its logits are 0.88 off before any step)",
+    "eva": "needs the training data at initialization, which this job does not pass yet",
+    "corda": "needs the training data at initialization, which this job does not pass yet",
+    "lora_ga": "needs gradients on the training data at initialization, which this job does not pass yet",
+    "loftq": "needs CUDA and bitsandbytes, and replaces the base weights with quantized ones",
+}
+
+
+def base_mutating(init: bool | str) -> bool:
+    """Does this init take its start out of the base weights (so the adapter must be saved converted)?"""
+    return init in ("pissa", "olora") or (isinstance(init, str) and PISSA_NITER.fullmatch(init) is not None)
+
+
+def lora_problems(lora: LoraSection) -> list[str]:
+    """Every value and combination of the lora group that PEFT would refuse or silently get wrong."""
+    init, problems = lora.init_lora_weights, []
+    name = json.dumps(init)
+    if init in REFUSED_INITS:
+        problems.append(f"lora.init_lora_weights: {name} is refused: {REFUSED_INITS[init]}")
+    elif init not in INITS and not base_mutating(init):
+        problems.append(f"lora.init_lora_weights: must be true, gaussian, orthogonal, mica, pissa, pissa_niter_<N> "
+                        f"(N a whole number >= 1) or olora, got {name}")
+    if lora.use_dora and base_mutating(init):
+        problems.append(f"lora.use_dora: not with lora.init_lora_weights {name}: the adapter kept for use is converted to "
+                        "a plain LoRA against the original base, and PEFT's conversion drops DoRA's magnitudes "
+                        "(silently wrong, by 0.5-0.7 in logits)")
+    if init == "orthogonal" and lora.r % 2:
+        problems.append(f"lora.init_lora_weights: orthogonal needs an even lora.r, got r {lora.r}")
+    ratio = lora.loraplus_lr_ratio
+    if ratio is not None and not (math.isfinite(ratio) and ratio >= 1):
+        problems.append(f"lora.loraplus_lr_ratio: must be >= 1 (the B matrices' learning rate over A's), got {ratio}")
+    if ratio is not None and init == "mica":
+        problems.append("lora.loraplus_lr_ratio: not with lora.init_lora_weights mica: MiCA freezes B, so the ratio "
+                        "would change nothing")
+    return problems
 
 
 DataFormat = Literal["auto", "chat", "alpaca", "sharegpt", "columns"]  # how a data file's records are written

@@ -238,6 +238,10 @@ SEARCHABLE: dict[str, str] = {
     "r": "lora.r",
     "alpha": "lora.alpha",
     "target_modules": "lora.target_modules",
+    "use_dora": "lora.use_dora",
+    "use_rslora": "lora.use_rslora",
+    "init_lora_weights": "lora.init_lora_weights",
+    "loraplus_lr_ratio": "lora.loraplus_lr_ratio",
 }
 # optuna's categorical choices are scalars: a list choice travels as "a,b" and is split back.
 LIST_VALUED = {"lora.target_modules"}
@@ -404,6 +408,7 @@ def build_space(config: StudyConfig) -> Space:
             set_path(trial_tree, path, to_config_value(path, value))
             problems += [f"{where}: value {value!r} is not valid for {loc[-1] if loc else path}: {msg}"
                          for loc, msg in job_errors(trial_tree) if (loc, msg) not in known]
+    problems += combination_problems(job, space, known, problems)
     if not any(isinstance(spec, dict) for spec in entries.values()) and config.study.sampler.type != "grid":
         problems.append("search_space: nothing to search: every parameter is fixed")
     if problems:
@@ -411,3 +416,39 @@ def build_space(config: StudyConfig) -> Space:
     return space
 
 
+
+
+def pair_values(dist: BaseDistribution) -> list[Any]:
+    """Values of a searched parameter checked in combination: every choice, or the bounds and, in an int
+    range, the value after the low one (an odd r between even bounds)."""
+    if isinstance(dist, IntDistribution) and dist.low + dist.step < dist.high:
+        return [dist.low, dist.low + dist.step, dist.high]
+    return candidates(dist)
+
+
+def combination_problems(job: dict[str, Any], space: Space, known: list, reported: list[str]) -> list[str]:
+    """A line per pair of lora values the space can draw together that make no valid job though each
+    is valid alone (use_dora true with init_lora_weights pissa, init_lora_weights orthogonal with an odd
+    r): searched against searched or fixed. Only the lora group's parameters are paired: its rules
+    (config.job.lora_problems) are each about two keys, so pairs find every forbidden combination."""
+    dims = {name: pair_values(dist) for name, dist in space.distributions.items()}
+    dims.update({name: [value] for name, value in space.fixed.items()})
+    names = [name for name in dims if space.paths[name].startswith("lora.")]
+    problems, seen = [], set(reported)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if first in space.fixed and second in space.fixed:
+                continue  # the study's own lora group is checked as it is
+            for one in dims[first]:
+                for two in dims[second]:
+                    tree = copy.deepcopy(job)
+                    for name, value in ((first, one), (second, two)):
+                        set_path(tree, space.paths[name], to_config_value(space.paths[name], value))
+                    for loc, msg in job_errors(tree):
+                        for line in msg.split("\n"):
+                            if (loc, msg) in known or any(line in r for r in seen):
+                                continue
+                            seen.add(line)
+                            problems.append(f"search_space: {first} {one!r} with {second} {two!r} can be drawn "
+                                            f"together, and is not a valid job: {line}")
+    return problems
