@@ -213,6 +213,7 @@ class JobResult:
     peak_memory_mb: float | None = None
     real_token_share: float | None = None  # real tokens / padded batch tokens in training (1.0 packed)
     compare_path: str | None = None  # compare.jsonl, when compare.enabled
+    variant: dict[str, Any] = field(default_factory=dict)  # the LoRA variant trained (job.variants.variant)
     evals: list[dict[str, Any]] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)

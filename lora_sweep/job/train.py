@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import (
     EarlyStoppingCallback,
     PrinterCallback,
@@ -77,6 +76,7 @@ from lora_sweep.job.models import (
     tokenizer_key,
 )
 from lora_sweep.job.tracking import trainer_kwargs
+from lora_sweep.job.variants import loraplus_optimizer, save_adapter, variant, wrap
 
 log = logging.getLogger("lora_sweep.job.train")
 
@@ -93,21 +93,13 @@ class NonFiniteLoss(RuntimeError):
 
 def load_model(config: JobConfig, path: str) -> Any:
     """The base model (the warm runner's, when it loaded it already) with LoRA adapters on
-    `lora.target_modules`."""
+    `lora.target_modules`, of the lora group's variant (job.variants)."""
     dtype, trust = pick_dtype(config.model.dtype), config.model.trust_remote_code
     model = primed(model_key(path, dtype, trust), lambda: load_base_model(path, dtype, trust))
-    lora = config.lora
     # LoRA's A matrices start random: seeded, so a job config reruns the same (the Trainer seeds
     # only later, and in-process callers leave the global generator anywhere)
     set_seed(config.training.seed)
-    peft_config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.lora_dropout,
-        target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, peft_config)
+    return wrap(model, config.lora, Path(config.output_dir), int(os.environ.get("RANK", "0")) == 0)
 
 
 # ---------------------------------------------------------------- schedule
@@ -210,7 +202,14 @@ class EpochSeededSampler(LengthGroupedSampler):
 
 class LoraTrainer(Trainer):
     """The Trainer, with the length-grouped order of varied_seqlen rows seeded per epoch, so that a
-    resumed run goes on in the order the killed one had."""
+    resumed run goes on in the order the killed one had, and LoRA+'s optimizer when asked for."""
+
+    loraplus_lr_ratio: float | None = None
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        if self.optimizer is None and self.loraplus_lr_ratio is not None:
+            self.optimizer = loraplus_optimizer(self, self.model if model is None else model, self.loraplus_lr_ratio)
+        return super().create_optimizer(model)  # keeps one already made
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         sampler = super()._get_train_sampler(train_dataset)
@@ -231,7 +230,7 @@ class Reporter(TrainerCallback):
 
     def __init__(self, config: JobConfig, events: EventLog, max_steps: int, tokenizer: Any,
                  metric: GenerationMetric | None, collator: Collator | None = None):
-        self.objective = config.objective
+        self.objective, self.lora = config.objective, config.lora
         self.out = Path(config.output_dir)
         self.events = events
         self.max_steps = max_steps
@@ -327,7 +326,7 @@ class Reporter(TrainerCallback):
             if main_process:
                 began = time.time()
                 folder = JobFolder(self.out)
-                model.save_pretrained(folder.adapter)  # small: only the LoRA weights
+                save_adapter(model, folder.adapter, self.lora, self.out)
                 if records is not None:
                     write_predictions(folder.predictions, records)
                 self.save_seconds += time.time() - began
@@ -459,7 +458,7 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: Tokenized
     if resume is not None:  # read before this job's `start` joins the events of a folder it may share
         reporter.resume(Path(resume), main_process=events.enabled)
     announce(config, tokenized, events, warning, metric, tokenizer, max_steps=max_steps, warmup_steps=warmup,
-             trainable_parameters=model.get_nb_trainable_parameters()[0])
+             trainable_parameters=model.get_nb_trainable_parameters()[0], variant=variant(config.lora))
     if resume is not None:
         events.emit("resume", **reporter.resumed)
 
@@ -477,6 +476,7 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: Tokenized
         compute_loss_func=causal_lm_loss,  # a batch without a labelled token adds 0, not NaN
         callbacks=callbacks,
     )
+    trainer.loraplus_lr_ratio = config.lora.loraplus_lr_ratio
     trainer.remove_callback(PrinterCallback)  # our events and log lines replace its dict dumps
     output = trainer.train(resume_from_checkpoint=resume)
     eval_in_train = reporter.eval_seconds  # train_runtime holds these evaluations, not the ones below
@@ -496,6 +496,7 @@ def fit(config: JobConfig, model_path: str, tokenizer: Any, tokenized: Tokenized
         "steps_run": trainer.state.global_step,
         "max_steps": max_steps,
         "stop_reason": "early_stopping" if stopped_early else "completed",
+        "variant": variant(config.lora),
         "train_tokens": trainer.state.num_input_tokens_seen,
         # tokens are summed over all processes, so this is the throughput of the whole job
         "train_tokens_per_s": round(tokens_now / max(train_seconds, 1e-9), 1),

@@ -1,0 +1,156 @@
+"""LoRA variants (issue 24; docs/research/lora-variants/README.md): each trains the tiny model in this
+process through the real job, its kept adapter loads elsewhere with PEFT on the ORIGINAL base and
+gives the job's evaluation again, and merges; bad values and combinations are refused, every one at
+once, before anything is written, also when a study searches them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from helpers import job_tree, run_cli, study_tree, write_yaml
+from lora_sweep.config.files import validate_job
+from lora_sweep.config.job import ConfigError
+from lora_sweep.events import read_events
+from lora_sweep.job import data as D
+from lora_sweep.job import train as T
+from lora_sweep.job.evaluate import eval_loss
+
+VARIANTS = {  # name the job records -> the lora group's keys
+    "dora+rslora": {"use_dora": True, "use_rslora": True},
+    "gaussian": {"init_lora_weights": "gaussian"},
+    "orthogonal": {"init_lora_weights": "orthogonal"},
+    "mica": {"init_lora_weights": "mica"},
+    "pissa": {"init_lora_weights": "pissa"},
+    "rslora+pissa_niter_2": {"use_rslora": True, "init_lora_weights": "pissa_niter_2"},
+    "olora": {"init_lora_weights": "olora"},
+    "dora+lora+": {"use_dora": True, "loraplus_lr_ratio": 16},
+}
+CONVERTED = {"pissa", "rslora+pissa_niter_2", "olora"}
+
+
+def batch(tokenizer) -> dict:
+    rows = [tokenizer.apply_chat_template([{"role": "user", "content": f"colour of the {a}?"}], tokenize=False)
+            for a in ("cat", "owl")]
+    return tokenizer(rows, return_tensors="pt", padding=True)
+
+
+@torch.no_grad()
+def logits(model, inputs: dict) -> torch.Tensor:
+    return model(**inputs).logits[inputs["attention_mask"].bool()]  # real positions only
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_each_variant_trains_reloads_on_the_original_base_and_merges(name, tiny_llama, chat_data, tmp_path):
+    out = tmp_path / "out"
+    tree = job_tree(tiny_llama, chat_data, out, num_training_steps=8, eval_steps=4, save_steps=4,
+                    learning_rate=2e-2, weight_decay=0.01, early_stopping_patience=0)
+    tree["lora"].update({"r": 8, "alpha": 16, **VARIANTS[name]})
+    job = validate_job(tree)
+    result = T.run(job)
+
+    events = read_events(out / "events.jsonl")
+    start = next(e for e in events if e["event"] == "start")
+    assert start["variant"]["name"] == result["variant"]["name"] == name
+    assert json.loads((out / "result.json").read_text())["variant"] == result["variant"]
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert len(losses) == 8 and sum(losses[-2:]) / 2 < losses[0] - 0.05, losses  # it learns
+
+    # the kept adapter, by PEFT alone on a fresh copy of the original base: the job's best evaluation again
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    adapter = out / "adapter"
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter).eval()
+    rows = D.prepare(job.data, job.training.seed, tokenizer).test
+    assert eval_loss(loaded, rows, job.data.test_batch_size, tokenizer.pad_token_id) == pytest.approx(
+        result["best_eval_loss"], rel=1e-5)
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    if name in CONVERTED:  # a plain LoRA of rank 2r against the original base
+        assert (saved["r"], saved["init_lora_weights"], saved["use_dora"]) == (16, True, False)
+        assert result["variant"]["saved"] == "converted to a plain LoRA of rank 16"
+        assert (out / "adapter_init/adapter_config.json").is_file()
+    else:
+        assert (saved["r"], saved["init_lora_weights"]) == (8, VARIANTS[name].get("init_lora_weights", True))
+        assert saved["use_dora"] == VARIANTS[name].get("use_dora", False) and not (out / "adapter_init").exists()
+
+    # merged into the base: the same logits as base + adapter, within 1e-4
+    inputs = batch(tokenizer)
+    expected = logits(loaded, inputs)
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter).merge_and_unload()
+    assert not isinstance(merged, PeftModel)
+    assert (logits(merged.eval(), inputs) - expected).abs().max().item() < 1e-4
+    base = logits(AutoModelForCausalLM.from_pretrained(tiny_llama).eval(), inputs)
+    assert (base - expected).abs().max().item() > 1e-3  # the adapter did change the model
+
+    if name == "dora+lora+":  # PEFT's LoRA+ groups in the Trainer's checkpoint: B at 16 x the rate, decay kept
+        groups = torch.load(out / "checkpoints/checkpoint-8/optimizer.pt", weights_only=False)["param_groups"]
+        rates = sorted((g["initial_lr"], g["weight_decay"], len(g["params"])) for g in groups if g["params"])
+        # 14 A matrices (7 projections x 2 layers); 14 B matrices and, as PEFT groups them, DoRA's 14 magnitudes
+        assert rates == [(2e-2, 0.01, 14), (2e-2 * 16, 0.01, 28)], rates
+
+
+REFUSED = [  # lora group -> the lines `train` prints, every problem at once
+    ({"use_dora": True, "init_lora_weights": "olora", "loraplus_lr_ratio": 0.5}, [
+        'lora.use_dora: not with lora.init_lora_weights "olora": the adapter kept for use is converted to a plain '
+        "LoRA against the original base, and PEFT's conversion drops DoRA's magnitudes (silently wrong, by 0.5-0.7 "
+        "in logits)",
+        "lora.loraplus_lr_ratio: must be >= 1 (the B matrices' learning rate over A's), got 0.5"]),
+    ({"init_lora_weights": "orthogonal", "r": 7}, ["lora.init_lora_weights: orthogonal needs an even lora.r, got r 7"]),
+    ({"init_lora_weights": False}, [
+        "lora.init_lora_weights: false is refused: PEFT's debugging start, not the base model (its logits are 0.88 "
+        "off before any step)"]),
+    ({"init_lora_weights": "eva"}, [
+        'lora.init_lora_weights: "eva" is refused: needs the training data at initialization, which this job does '
+        "not pass yet"]),
+    ({"init_lora_weights": "loftq"}, [
+        'lora.init_lora_weights: "loftq" is refused: needs CUDA and bitsandbytes, and replaces the base weights '
+        "with quantized ones"]),
+    ({"init_lora_weights": "pissa_niter_x", "loraplus_lr_ratio": 4}, [
+        "lora.init_lora_weights: must be true, gaussian, orthogonal, mica, pissa, pissa_niter_<N> (N a whole "
+        'number >= 1) or olora, got "pissa_niter_x"']),
+    ({"init_lora_weights": "mica", "loraplus_lr_ratio": 4}, [
+        "lora.loraplus_lr_ratio: not with lora.init_lora_weights mica: MiCA freezes B, so the ratio would change "
+        "nothing"]),
+    ({"load_in_4bit": True}, ["lora.load_in_4bit: unknown key (check its spelling and group)"]),  # QLoRA: not yet
+]
+
+
+@pytest.mark.parametrize("lora, lines", REFUSED, ids=[str(i) for i in range(len(REFUSED))])
+def test_bad_variants_are_refused_with_why_and_nothing_written(lora, lines, tiny_llama, chat_data, tmp_path, capsys):
+    tree = job_tree(tiny_llama, chat_data, tmp_path / "out")
+    tree["lora"].update(lora)
+    path = write_yaml(tmp_path / "job.yaml", tree)
+    assert T.main([str(path)]) == 2
+    assert capsys.readouterr().err == f"error: {ConfigError(lines, str(path))}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "job.yaml"]  # no out/, no cache/
+
+
+def test_a_study_searching_dora_and_init_is_refused_where_a_pair_is_forbidden(tiny_llama, chat_data, tmp_path):
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", base_space="none")
+    tree["search_space"] = {"use_dora": {"type": "categorical", "choices": [False, True]},
+                            "init_lora_weights": {"type": "categorical", "choices": [True, "gaussian", "pissa", "olora"]},
+                            "r": {"type": "int", "low": 4, "high": 8}}
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    proc = run_cli(["validate", str(config)], cwd=tmp_path)
+    dora = ("lora.use_dora: not with lora.init_lora_weights \"{}\": the adapter kept for use is converted to a plain "
+            "LoRA against the original base, and PEFT's conversion drops DoRA's magnitudes (silently wrong, by "
+            "0.5-0.7 in logits)")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "error: " + str(ConfigError([
+        f"search_space: use_dora True with init_lora_weights '{init}' can be drawn together, and is not a valid "
+        f"job: {dora.format(init)}" for init in ("pissa", "olora")], str(config))) + "\n"
+    assert not (tmp_path / "studies").exists()
+
+    # orthogonal beside a searched r: an odd r between even bounds is found too
+    tree["search_space"]["init_lora_weights"]["choices"] = [True, "gaussian", "orthogonal"]
+    proc = run_cli(["validate", str(write_yaml(config, tree))], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr == (
+        f"error: {config}: search_space: init_lora_weights 'orthogonal' with r 5 can be drawn together, and is not "
+        "a valid job: lora.init_lora_weights: orthogonal needs an even lora.r, got r 5\n")
+
+    tree["search_space"]["r"]["step"] = 2  # 4, 6, 8: every pair is a valid job
+    proc = run_cli(["validate", str(write_yaml(config, tree))], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
