@@ -187,11 +187,11 @@ class DataSection(Section):
         description="Folder holding train.json and test.json (AI Toolkit `finetune_dataset`); "
         "train_file / test_file override it.",
     )
-    train_file: str | None = Field(None, description="Training data, one record per line (see format).")
-    test_file: str | None = Field(None, description="Test data, one record per line (see format).")
+    train_file: str | None = Field(None, description="Training data: JSON lines, one JSON array, CSV/TSV with a header row, a Parquet file, or a folder saved by datasets' save_to_disk; records as data.format says.")
+    test_file: str | None = Field(None, description="Test data: JSON lines, one JSON array, CSV/TSV with a header row, a Parquet file, or a folder saved by datasets' save_to_disk; records as data.format says.")
     format: DataFormat = Field(
         "auto",
-        description='How each line\'s record is written: chat ({"messages": [{"role", "content"}]}, the AI '
+        description='How each record (a line, an array item, a table row) is written: chat ({"messages": [{"role", "content"}]}, the AI '
         'Toolkit\'s), alpaca ({"instruction", "input", "output"}, optionally "system" and "history": '
         'Axolotl\'s and LLaMA-Factory\'s), sharegpt ({"conversations": [{"from", "value"}]}, from human, gpt '
         'or system), columns (your own fields, through data.columns\' templates), or auto: columns when '
@@ -236,7 +236,7 @@ class DataSection(Section):
     )
     validation_file: str | None = Field(
         None,
-        description="A validation set of its own, one record per line (see format); as validation_split does.",
+        description="A validation set of its own (JSON lines, one JSON array, CSV/TSV with a header row, a Parquet file, or a folder saved by datasets' save_to_disk; records as data.format says); as validation_split does.",
     )
     packing: Literal["concat", "bounded"] = Field(
         "concat",
