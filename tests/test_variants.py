@@ -154,3 +154,60 @@ def test_a_study_searching_dora_and_init_is_refused_where_a_pair_is_forbidden(ti
     tree["search_space"]["r"]["step"] = 2  # 4, 6, 8: every pair is a valid job
     proc = run_cli(["validate", str(write_yaml(config, tree))], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+LR_PER_INIT = {"depends_on": "init_lora_weights", "cases": {
+    True: {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+    "pissa_niter_2": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True}}}
+
+
+def test_a_learning_rate_range_per_init_is_drawn_per_choice(tiny_llama, chat_data, tmp_path):
+    import optuna
+
+    from lora_sweep.config.space import build_space, default_params, suggest
+    from lora_sweep.config.study import load_study
+
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", base_space="none")
+    tree["search_space"] = {"learning_rate": LR_PER_INIT,
+                            "init_lora_weights": {"type": "categorical", "choices": [True, "pissa_niter_2"]}}
+    config = load_study(write_yaml(tmp_path / "study.yaml", tree))
+    space = build_space(config)
+    defaults, notes = default_params(config, space)  # the default 2e-4 moved into plain LoRA's own range
+    assert defaults == {"init_lora_weights": True, "learning_rate": 1e-3}
+    assert notes == ["learning_rate 0.0002 is outside [0.001, 0.01]: runs as 0.001"]
+    # a SQLite study, as a sweep keeps it: optuna takes a float range per trial under one name
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'lr.db'}", sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = set()
+    for _ in range(12):
+        trial = study.ask()
+        params = suggest(trial, space)
+        low, high = (1e-3, 1e-2) if params["init_lora_weights"] is True else (1e-5, 1e-4)
+        assert low <= params["learning_rate"] <= high, params
+        drawn.add(params["init_lora_weights"])
+        study.tell(trial, params["learning_rate"])
+    assert drawn == {True, "pissa_niter_2"}
+
+
+@pytest.mark.parametrize("entry, line", [
+    ({"depends_on": "use_dora", "cases": {}},
+     "search_space.learning_rate.depends_on: must name a searched categorical of search_space, got 'use_dora'"),
+    ({"depends_on": "init_lora_weights", "cases": {True: LR_PER_INIT["cases"][True], "olora": {"type": "float", "low": 1e-5, "high": 1e-4}}},
+     "search_space.learning_rate.cases: one per choice of init_lora_weights (True, 'pissa_niter_2'); missing "
+     "'pissa_niter_2'; not a choice: 'olora'"),
+    ({"depends_on": "init_lora_weights", "cases": {**LR_PER_INIT["cases"], True: {"type": "float", "low": 1e-3, "high": 1e-2}}},
+     "search_space.learning_rate.cases: every case must be of one type, log and step (one parameter in optuna)"),
+    ({"depends_on": "init_lora_weights", "cases": {**LR_PER_INIT["cases"], True: {"type": "float", "low": -1, "high": 1e-2}}},
+     "search_space.learning_rate.cases.True: value -1.0 is not valid with init_lora_weights True: Input should be "
+     "greater than 0"),
+    ({"depends_on": "init_lora_weights", "cases": {True: {"type": "categorical", "choices": [8, 16]},
+                                                   "pissa_niter_2": {"type": "categorical", "choices": [8]}}},
+     "search_space.learning_rate.cases: a float or int range per choice; optuna's storages keep one set of "
+     "categorical choices per parameter and study"),
+])
+def test_a_bad_dependent_entry_is_refused(entry, line, tiny_llama, chat_data, tmp_path):
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", base_space="none")
+    tree["search_space"] = {"learning_rate": entry,
+                            "init_lora_weights": {"type": "categorical", "choices": [True, "pissa_niter_2"]}}
+    config = write_yaml(tmp_path / "study.yaml", tree)
+    proc = run_cli(["validate", str(config)], cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, f"error: {config}: {line}\n")

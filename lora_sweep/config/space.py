@@ -3,6 +3,10 @@
     learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
     lr_scheduler_type: {type: categorical, choices: [linear_with_warmup, cosine_with_warmup]}
     r: 8                       # a bare value fixes the parameter for every trial
+    learning_rate:             # a range per choice of a searched categorical (`dependent`)
+      depends_on: init_lora_weights
+      cases: {true: {type: float, low: 1.0e-4, high: 1.0e-2, log: true},
+              pissa: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}}
 
 Names are the reference's parameter names (the flat lora.yaml ones) plus LoRA's `r`, `alpha`
 and `target_modules`, or a dotted path into the job config (`data.train_seqlen`). One table
@@ -63,7 +67,8 @@ def apply(tree: dict[str, Any], space: Space, params: dict[str, Any]) -> dict[st
 def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
     """Ask the trial for a value of every searched parameter."""
     params = {}
-    for name, dist in space.distributions.items():
+    for name in ordered(space):
+        dist = case_of(space, name, params)
         if isinstance(dist, CategoricalDistribution):
             params[name] = trial.suggest_categorical(name, dist.choices)
         elif isinstance(dist, IntDistribution):
@@ -89,7 +94,8 @@ def default_params(config: StudyConfig, space: Space) -> tuple[dict[str, Any], l
                      "(the same schedule)")
         tree["training"]["lr_scheduler_type"] = f"{plain}_with_warmup"
         tree["training"]["num_warmup_steps"] = 0
-    for name, dist in space.distributions.items():
+    for name in ordered(space):
+        dist = case_of(space, name, params)
         value = as_choice(get_path(tree, space.paths[name]))
         if isinstance(dist, CategoricalDistribution):
             if value not in dist.choices:
@@ -106,6 +112,8 @@ def default_params(config: StudyConfig, space: Space) -> tuple[dict[str, Any], l
 def describe(space: Space) -> dict[str, str]:
     """A line per parameter, for logs and the study's user attrs."""
     lines = {name: repr(dist) for name, dist in space.distributions.items()}
+    lines.update({name: f"depends on {parent}: " + "; ".join(f"{choice!r}: {dist!r}" for choice, dist in cases.items())
+                  for name, (parent, cases) in space.depends.items()})
     lines.update({name: f"fixed {value!r}" for name, value in space.fixed.items()})
     return lines
 
@@ -269,6 +277,23 @@ class Space:
     paths: dict[str, str] = field(default_factory=dict)
     run_steps: int | None = None
     notes: list[str] = field(default_factory=list)
+    # a parameter whose distribution depends on a searched categorical's choice: name -> (that
+    # categorical, {choice: distribution}); `distributions` holds the envelope of its cases, for
+    # what needs one distribution per name (the run's length, warm starts, the report)
+    depends: dict[str, tuple[str, dict[Any, BaseDistribution]]] = field(default_factory=dict)
+
+
+def ordered(space: Space) -> list[str]:
+    """The searched names, those a dependent entry depends on first (it is asked for after them)."""
+    return sorted(space.distributions, key=lambda name: name in space.depends)
+
+
+def case_of(space: Space, name: str, params: dict[str, Any]) -> BaseDistribution:
+    """The distribution of `name` in a trial that has drawn `params` so far."""
+    if name in space.depends and space.depends[name][0] in params:
+        parent, cases = space.depends[name]
+        return cases[params[parent]]
+    return space.distributions[name]
 
 
 def plan_steps(config: Any, train_rows: int, world_size: int) -> int:
@@ -385,6 +410,7 @@ def build_space(config: StudyConfig) -> Space:
     space, problems = Space(), []
     job = config.job_tree()
     known = job_errors(job)  # the study reports those once; a value is judged by what it adds
+    dependent = {name: spec for name, spec in entries.items() if isinstance(spec, dict) and "depends_on" in spec}
     for name, spec in entries.items():
         where = f"search_space.{name}"
         path = param_path(name)
@@ -393,6 +419,8 @@ def build_space(config: StudyConfig) -> Space:
                             "or a dotted path such as data.train_seqlen")
             continue
         space.paths[name] = path
+        if name in dependent:
+            continue  # once every categorical it may depend on is read
         try:
             if isinstance(spec, dict):
                 space.distributions[name] = distribution(where, spec)
@@ -408,6 +436,9 @@ def build_space(config: StudyConfig) -> Space:
             set_path(trial_tree, path, to_config_value(path, value))
             problems += [f"{where}: value {value!r} is not valid for {loc[-1] if loc else path}: {msg}"
                          for loc, msg in job_errors(trial_tree) if (loc, msg) not in known]
+    for name, spec in dependent.items():
+        if name in space.paths:
+            problems += dependent_problems(config, job, space, known, name, spec)
     problems += combination_problems(job, space, known, problems)
     if not any(isinstance(spec, dict) for spec in entries.values()) and config.study.sampler.type != "grid":
         problems.append("search_space: nothing to search: every parameter is fixed")
@@ -432,12 +463,15 @@ def combination_problems(job: dict[str, Any], space: Space, known: list, reporte
     r): searched against searched or fixed. Only the lora group's parameters are paired: its rules
     (config.job.lora_problems) are each about two keys, so pairs find every forbidden combination."""
     dims = {name: pair_values(dist) for name, dist in space.distributions.items()}
+    for name, (parent, cases) in space.depends.items():  # with its parent: checked per case already
+        dims[name] = list(dict.fromkeys(v for dist in cases.values() for v in pair_values(dist)))
     dims.update({name: [value] for name, value in space.fixed.items()})
     names = [name for name in dims if space.paths[name].startswith("lora.")]
     problems, seen = [], set(reported)
     for i, first in enumerate(names):
         for second in names[i + 1:]:
-            if first in space.fixed and second in space.fixed:
+            if (first in space.fixed and second in space.fixed) or space.depends.get(second, [None])[0] == first \
+                    or space.depends.get(first, [None])[0] == second:
                 continue  # the study's own lora group is checked as it is
             for one in dims[first]:
                 for two in dims[second]:
@@ -452,3 +486,61 @@ def combination_problems(job: dict[str, Any], space: Space, known: list, reporte
                             problems.append(f"search_space: {first} {one!r} with {second} {two!r} can be drawn "
                                             f"together, and is not a valid job: {line}")
     return problems
+
+
+def dependent_problems(config: StudyConfig, job: dict[str, Any], space: Space, known: list, name: str,
+                       spec: dict[str, Any]) -> list[str]:
+    """Read `{depends_on: CATEGORICAL, cases: {choice: distribution, ...}}` into space.depends (a case per
+    choice of a searched categorical), each case's values checked with its choice; or its problems."""
+    where, parent = f"search_space.{name}", spec.get("depends_on")
+    unknown = sorted(set(spec) - {"depends_on", "cases"})
+    if unknown:
+        return [f"{where}: unknown keys {unknown} beside depends_on (give cases: {{choice: distribution}})"]
+    choices = space.distributions.get(parent)
+    if not isinstance(choices, CategoricalDistribution) or parent in space.depends:
+        return [f"{where}.depends_on: must name a searched categorical of search_space, got {parent!r}"]
+    cases = spec.get("cases")
+    if not isinstance(cases, dict) or not all(isinstance(case, dict) for case in cases.values()):
+        return [f"{where}.cases: give a distribution per choice of {parent}, e.g. {{{choices.choices[0]}: "
+                "{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}"]
+    keys = {as_choice(key): key for key in cases}
+    missing, extra = [c for c in choices.choices if c not in keys], [k for k in keys if k not in choices.choices]
+    if missing or extra:
+        return [f"{where}.cases: one per choice of {parent} ({', '.join(map(repr, choices.choices))})"
+                + (f"; missing {', '.join(map(repr, missing))}" if missing else "")
+                + (f"; not a choice: {', '.join(map(repr, extra))}" if extra else "")]
+    if config.study.sampler.type == "grid":
+        return [f"{where}: depends_on needs a sampler that asks per trial; the grid sampler's grid is fixed"]
+    problems, dists = [], {}
+    for choice in choices.choices:
+        try:
+            dists[choice] = distribution(f"{where}.cases.{choice}", cases[keys[choice]])
+        except ValueError as exc:
+            problems += str(exc).split("\n")
+            continue
+        for value in candidates(dists[choice]):
+            tree = copy.deepcopy(job)
+            set_path(tree, space.paths[parent], to_config_value(space.paths[parent], choice))
+            set_path(tree, space.paths[name], to_config_value(space.paths[name], value))
+            problems += [f"{where}.cases.{choice}: value {value!r} is not valid with {parent} {choice!r}: {msg}"
+                         for loc, msg in job_errors(tree) if (loc, msg) not in known]
+    kinds = {(type(d), getattr(d, "log", None), getattr(d, "step", None)) for d in dists.values()}
+    if any(isinstance(d, CategoricalDistribution) for d in dists.values()):
+        problems.append(f"{where}.cases: a float or int range per choice; optuna's storages keep one set of "
+                        "categorical choices per parameter and study")
+    elif not problems and len(kinds) > 1:
+        problems.append(f"{where}.cases: every case must be of one type, log and step (one parameter in optuna)")
+    if problems:
+        return problems
+    space.depends[name] = (parent, dists)
+    space.distributions[name] = envelope(list(dists.values()))
+    return []
+
+
+def envelope(dists: list[Any]) -> BaseDistribution:
+    """One range holding every case's values: the lowest low to the highest high."""
+    first = dists[0]
+    low, high = min(d.low for d in dists), max(d.high for d in dists)
+    if isinstance(first, IntDistribution):
+        return IntDistribution(low, high, log=first.log, step=first.step)
+    return FloatDistribution(low, high, log=first.log, step=first.step)
