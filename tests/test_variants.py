@@ -211,3 +211,23 @@ def test_a_bad_dependent_entry_is_refused(entry, line, tiny_llama, chat_data, tm
     config = write_yaml(tmp_path / "study.yaml", tree)
     proc = run_cli(["validate", str(config)], cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (2, f"error: {config}: {line}\n")
+
+
+def test_a_pissa_job_resumed_from_its_checkpoint_goes_on_as_the_whole_run(tiny_llama, chat_data, tmp_path):
+    """Trainer checkpoints stay unconverted; a resumed job seeds get_peft_model again (pissa_niter_N's random
+    SVD repeats), saves its start anew, and keeps the adapter converted as the uninterrupted run does."""
+    def job(name: str, **more):
+        tree = job_tree(tiny_llama, chat_data, tmp_path / name, num_training_steps=8, eval_steps=4, save_steps=4,
+                        learning_rate=2e-2, early_stopping_patience=0, save_total_limit=2, **more)
+        tree["lora"].update({"r": 8, "alpha": 16, "init_lora_weights": "pissa_niter_2"})
+        return validate_job(tree)
+
+    whole = T.run(job("whole"))
+    resumed = T.run(job("resumed", resume_from_checkpoint=str(tmp_path / "whole/checkpoints/checkpoint-4")))
+    assert [e["eval_loss"] for e in resumed["evals"]] == pytest.approx([e["eval_loss"] for e in whole["evals"]],
+                                                                      rel=1e-5)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    inputs = batch(tokenizer)
+    kept = [logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), tmp_path / name / "adapter")
+                   .eval(), inputs) for name in ("whole", "resumed")]
+    assert (kept[0] - kept[1]).abs().max().item() < 1e-4
