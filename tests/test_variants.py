@@ -231,3 +231,34 @@ def test_a_pissa_job_resumed_from_its_checkpoint_goes_on_as_the_whole_run(tiny_l
     kept = [logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), tmp_path / name / "adapter")
                    .eval(), inputs) for name in ("whole", "resumed")]
     assert (kept[0] - kept[1]).abs().max().item() < 1e-4
+
+
+def test_the_summary_compares_each_variants_best_with_plain_loras(tmp_path):
+    """Trials as the sweep records them (trial_dir with the job's result.json, predictions_path with
+    per-sample scores): each variant's best against plain LoRA's best, "within noise" where the
+    paired bootstrap interval spans zero."""
+    import optuna
+
+    from lora_sweep.events import JobResult
+    from lora_sweep.stats import paired_bootstrap
+    from lora_sweep.sweep.variants import variant_lines
+
+    study = optuna.create_study(direction="maximize")
+    per_sample = {"lora": [0, 1] * 20, "dora": [1, 1] * 20, "gaussian": [1, 0] * 20, "pissa": [0, 0] * 20}
+    for number, (name, samples) in enumerate([*per_sample.items(), ("lora", [0, 0] * 20)]):
+        folder = tmp_path / f"trial-{number}"
+        folder.mkdir()
+        JobResult(best_step=1, best_eval_loss=1.0, adapter_path="a", variant={"name": name}).write(folder / "result.json")
+        (folder / "predictions.jsonl").write_text("".join(json.dumps({"score": s}) + "\n" for s in samples))
+        study.add_trial(optuna.trial.create_trial(value=sum(samples) / len(samples), user_attrs={
+            "trial_dir": str(folder), "predictions_path": str(folder / "predictions.jsonl")}))
+    lines = variant_lines(study, "exact_match")
+    assert lines[0] == "variant lora: best trial 0, exact_match 0.5000"  # the better of the two lora trials
+    mean, low, high = paired_bootstrap(per_sample["dora"], per_sample["lora"])
+    assert lines[1] == (f"variant dora: best trial 1, exact_match 1.0000; vs lora {mean:+.4f} (95 % paired bootstrap "
+                        f"interval {low:+.4f} .. {high:+.4f}, 40 prompts: a real difference)")
+    assert mean == 0.5 and low > 0
+    assert lines[2].startswith("variant gaussian: best trial 2, exact_match 0.5000; vs lora +0.0000 (95 % paired "
+                               "bootstrap interval -") and lines[2].endswith("40 prompts: within noise)")
+    assert lines[3].startswith("variant pissa: best trial 3, exact_match 0.0000; vs lora -0.5000") \
+        and lines[3].endswith("a real difference)")

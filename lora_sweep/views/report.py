@@ -22,6 +22,7 @@ import pandas as pd
 from lora_sweep.config.study import StudyConfig
 from lora_sweep.sweep.records import honest_lines
 from lora_sweep.sweep.storage import masked, shown_config
+from lora_sweep.sweep.variants import variant_lines
 
 from lora_sweep.views.figures import (
     as_run,
@@ -64,7 +65,7 @@ def summary_lines(frame: pd.DataFrame) -> list[str]:
 def summary(study: optuna.Study, frame: pd.DataFrame) -> list[str]:
     """The report's opening lines (the notebook prints the same): `summary_lines`, then the honest
     comparison the sweep recorded (test.json scores, bootstrap intervals of best - defaults / base)."""
-    return summary_lines(frame) + honest_lines(study, frame.attrs["metric"])
+    return summary_lines(frame) + honest_lines(study, frame.attrs["metric"]) + variant_lines(study, frame.attrs["metric"])
 
 
 def table_html(table: pd.DataFrame, kind: str = "trials", index: bool = True) -> str:
