@@ -98,6 +98,9 @@ REFUSED = [  # lora group -> the lines `train` prints, every problem at once
         "LoRA against the original base, and PEFT's conversion drops DoRA's magnitudes (silently wrong, by 0.5-0.7 "
         "in logits)",
         "lora.loraplus_lr_ratio: must be >= 1 (the B matrices' learning rate over A's), got 0.5"]),
+    ({"init_lora_weights": "mica", "use_dora": True}, [
+        "lora.use_dora: not with lora.init_lora_weights mica: PEFT has no DoRA form of MiCA (get_peft_model: "
+        "\"Invalid or unsupported variant combination: ('mica', 'use_dora')\")"]),
     ({"init_lora_weights": "orthogonal", "r": 7}, ["lora.init_lora_weights: orthogonal needs an even lora.r, got r 7"]),
     ({"init_lora_weights": False}, [
         "lora.init_lora_weights: false is refused: PEFT's debugging start, not the base model (its logits are 0.88 "

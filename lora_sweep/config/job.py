@@ -136,6 +136,9 @@ def lora_problems(lora: LoraSection) -> list[str]:
         problems.append(f"lora.use_dora: not with lora.init_lora_weights {name}: the adapter kept for use is converted to "
                         "a plain LoRA against the original base, and PEFT's conversion drops DoRA's magnitudes "
                         "(silently wrong, by 0.5-0.7 in logits)")
+    if lora.use_dora and init == "mica":
+        problems.append("lora.use_dora: not with lora.init_lora_weights mica: PEFT has no DoRA form of MiCA "
+                        "(get_peft_model: \"Invalid or unsupported variant combination: ('mica', 'use_dora')\")")
     if init == "orthogonal" and lora.r % 2:
         problems.append(f"lora.init_lora_weights: orthogonal needs an even lora.r, got r {lora.r}")
     ratio = lora.loraplus_lr_ratio
