@@ -45,7 +45,7 @@ def test_gpu_check_cpu_run(tmp_path):
         assert run["loss1_diff"] < 1e-3  # both sides trained the same rows of the same model
     memory = out["memory"]
     assert memory["with_mb"] > 0 and memory["without_mb"] > 0 and memory["with_tps"] > 0
-    assert [s["per_gpu"] for s in out["sweeps"]] == [1, 2]
+    assert [s["per_gpu"] for s in out["sweeps"]] == [2]  # --cpu: one sweep of two trials at once (the GPU run: 1, 3 and 4)
     for s in out["sweeps"]:
         assert s["complete"] == s["trials"] == 2 and s["trials_per_hour"] > 0
         assert s["runner_found"] and not s["runner_cuda"]  # the warm runner forked them, without CUDA here

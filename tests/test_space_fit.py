@@ -172,10 +172,10 @@ def test_a_sweep_of_40_step_trials_searches_what_the_run_can_use(tiny_llama, cha
                                                                             None)) == [None, asked[1]]
     shown = report.as_run(study, frame)
     assert [t.params["num_warmup_steps"] for t in shown.trials] == [0, 40]
-    best = json.loads(run_module(["best", str(path)], cwd=tmp_path).stdout)
+    best = json.loads(run_cli(["best", str(path)], cwd=tmp_path).stdout)
     assert best["params"]["num_warmup_steps"] == [0, 40][best["trial"]]
     assert best.get("requested_params", {}) == ({"num_warmup_steps": asked[1]} if best["trial"] == 1 else {})
     out = tmp_path / "lora.yaml"
-    proc = run_module(["export", str(path), "--trial", "1", "--aitk-yaml", str(out)], cwd=tmp_path)
+    proc = run_cli(["export", str(path), "--trial", "1", "--aitk-yaml", str(out)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert yaml.safe_load(out.read_text())["num_warmup_steps"] == 40

@@ -101,7 +101,9 @@ def test_workers_started_together_never_overshoot_the_budget(race_storage, tiny_
     assert [t.number for t in study.trials if t.user_attrs.get("baseline") == "documented defaults"] == [0]
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "random"])
+# each storage (whose claim makes the trial count every worker sees) and each sampler, at least once
+@pytest.mark.parametrize(("race_storage", "sampler"), [("sqlite", "tpe"), ("sqlite", "random"), ("journal", "random"),
+                                                        ("postgresql", "tpe")], indirect=["race_storage"])
 def test_workers_sharing_a_seed_never_draw_the_same_params(race_storage, sampler, tiny_llama, chat_data, tmp_path):
     # two workers of two slots each, one study seed (the demo and the deploy recipes set one):
     # each draw has its own stream, so no two trials share their params
