@@ -265,3 +265,10 @@ def test_the_summary_compares_each_variants_best_with_plain_loras(tmp_path):
                                "bootstrap interval -") and lines[2].endswith("40 prompts: within noise)")
     assert lines[3].startswith("variant pissa: best trial 3, exact_match 0.0000; vs lora -0.5000") \
         and lines[3].endswith("a real difference)")
+
+    # the run's own summary ends with the same comparison
+    from lora_sweep.config.study import StudyConfig
+    from lora_sweep.sweep.loop import summary
+
+    config = StudyConfig.model_validate({"data": {"dataset": "d"}, "objective": {"metric": "exact_match"}})
+    assert "\n" + "\n".join(lines) + "\ndashboard: " in summary(config, study, "s.yaml")

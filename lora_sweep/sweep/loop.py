@@ -57,6 +57,7 @@ from lora_sweep.sweep.trackers import study_callbacks, tracker_problems
 from lora_sweep.sweep import trial as trial_life
 from lora_sweep.sweep.search import make_pruner, make_sampler
 from lora_sweep.sweep.trial import TrialFailed, run_base_model
+from lora_sweep.sweep.variants import variant_lines
 from lora_sweep.sweep.warmstart import seed_study, source_study
 
 log = logging.getLogger("lora_sweep.sweep")
@@ -502,6 +503,7 @@ def summary(config: StudyConfig, study: optuna.Study, config_path: str) -> str:
             f"  adapter: {best.user_attrs.get('adapter_path')}",
         ]
     lines += honest_lines(study, metric)
+    lines += variant_lines(study, metric)  # the LoRA variants' bests against plain LoRA's, when it ran several
     lines += [
         f"dashboard: python -m lora_sweep dashboard {config_path}",
         f"report:    python -m lora_sweep report {config_path}",
