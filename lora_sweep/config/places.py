@@ -68,6 +68,13 @@ def storage_problem(url: str, writable: bool = False) -> str | None:
 
 
 
+def sqlite_if_bare(url: str) -> str:
+    """The URL optuna opens for `url`: a bare path that is not a journal file (name.log) is a SQLite
+    file (`sqlite:///name.db`); anything else as it is."""
+    file = storage_file(url)
+    return f"sqlite:///{url}" if file is not None and file[0] == "" and not url.endswith(".log") else url
+
+
 def storage_file(url: str) -> tuple[str, str] | None:
     """(scheme prefix, file path) of a file-backed storage URL (`sqlite:///`, `journal://` or a
     bare path); None for a server URL such as postgresql://."""

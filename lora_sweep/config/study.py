@@ -34,7 +34,7 @@ from lora_sweep.config.files import (
     read_yaml,
     unflatten,
 )
-from lora_sweep.config.places import creation_problem, storage_file, storage_problem
+from lora_sweep.config.places import creation_problem, sqlite_if_bare, storage_problem
 from lora_sweep.config.space import build_space
 
 
@@ -200,12 +200,8 @@ class StudyConfig(Section):
     def storage_url(self) -> str:
         """study.storage, else $LORA_SWEEP_STORAGE (so a study YAML need not hold a server's
         password), else the SQLite file beside the study folder."""
-        url = (self.study.storage or os.environ.get("LORA_SWEEP_STORAGE")
-               or f"sqlite:///{Path(self.study.dir) / self.study.name}.db")
-        file = storage_file(url)
-        if file is not None and file[0] == "" and not url.endswith(".log"):
-            return f"sqlite:///{url}"  # a bare name.db: a SQLite file, as study.warm_start reads one
-        return url
+        return sqlite_if_bare(self.study.storage or os.environ.get("LORA_SWEEP_STORAGE")
+                              or f"sqlite:///{Path(self.study.dir) / self.study.name}.db")
 
 
 

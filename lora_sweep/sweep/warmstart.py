@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lora_sweep.config.job import ConfigError
 from lora_sweep.config.study import StudyConfig, load_study
-from lora_sweep.config.places import storage_file
+from lora_sweep.config.places import sqlite_if_bare
 from lora_sweep.config.space import Space
 from lora_sweep.sweep.storage import WARM_START_ATTR, load_existing, make_storage, masked, own_trials
 
@@ -41,9 +41,7 @@ def source_study(config: StudyConfig) -> tuple[optuna.Study, str]:
             earlier = load_study(source)
             url, name = earlier.storage_url, earlier.study.name
         else:
-            file = storage_file(source)
-            plain = file is not None and file[0] == "" and not source.endswith(".log")
-            url, name = (f"sqlite:///{source}" if plain else source), None  # a bare file: a SQLite database
+            url, name = sqlite_if_bare(source), None
             names = optuna.get_all_study_names(make_storage(url))
             if len(names) > 1:
                 raise ConfigError([f"{masked(url)} holds several studies ({', '.join(names)}): give the study "
