@@ -33,7 +33,7 @@ from lora_sweep.config.study import StudyConfig, load_study
 from lora_sweep.config.places import creation_problem, storage_file, storage_problem
 from lora_sweep.sweep.records import write_study_note
 from lora_sweep.events import Evaluation, LauncherLost
-from lora_sweep.sweep.records import BASE_ERROR_ATTR, DEFAULTS, honest_lines
+from lora_sweep.sweep.records import BASE_ERROR_ATTR, DEFAULTS, honest_lines, is_defaults
 from lora_sweep.sweep.holdout import honest_scores
 from lora_sweep.config.space import Space, build_space, default_params, describe, fit_to_run, record
 from lora_sweep.sweep.storage import (
@@ -130,8 +130,7 @@ class Sweep:
                                          f"can be recorded, so the sweep stopped its jobs; their folders are set aside "
                                          f"by the next run")
                     self.stop_reason = self.storage_lost
-                    launch.stop_all(self.config.study.stop_grace)
-                    cluster.stop_all()
+                    stop_jobs(self.config)
         return self.storage_lost is not None
 
     def work(self, slot: list[int] | None, deadline: float | None) -> None:
@@ -411,8 +410,7 @@ def run_trials(config: StudyConfig, space: Space, study: optuna.Study,
                 sweep.interrupted = caught.name
                 sweep.stop_reason = (f"interrupted by {caught.name}: the running trials were stopped, recorded "
                                      f"as failed and queued to run again")
-                launch.stop_all(config.study.stop_grace)
-                cluster.stop_all()  # each Ray trial cancels its task: its node stops the job
+                stop_jobs(config)
                 break
             if sweep.check_storage():  # the database file was deleted: its jobs are stopped
                 break
@@ -446,6 +444,13 @@ def evaluate_base_model(config: StudyConfig, space: Space, study: optuna.Study, 
             break
     study.set_user_attr(BASE_ERROR_ATTR, reason)
     log.warning("%s; the sweep goes on without a baseline (`run` again evaluates it)", reason)
+
+
+def stop_jobs(config: StudyConfig) -> None:
+    """Stop every job this sweep runs: local ones (their process groups) and Ray trials (each cancels
+    its task, and its node stops the job)."""
+    launch.stop_all(config.study.stop_grace)
+    cluster.stop_all()
 
 
 class StorageLost(RuntimeError):
@@ -513,7 +518,7 @@ def summary(config: StudyConfig, study: optuna.Study, config_path: str) -> str:
 
 def defaults_lines(config: StudyConfig, trials: list[FrozenTrial]) -> list[str]:
     """The summary's line on the documented-defaults trial: its value, or why it has none."""
-    tried = [t for t in trials if t.user_attrs.get(DEFAULTS_ATTR) == DEFAULTS]
+    tried = [t for t in trials if is_defaults(t)]
     done = next((t for t in tried if t.state == TrialState.COMPLETE), None)
     head = "documented defaults"
     if done is not None:

@@ -34,7 +34,12 @@ BASE_ERROR_ATTR = "baseline_error"  # study user attr: why the base model has no
 
 def defaults_trial(study: optuna.Study) -> FrozenTrial | None:
     done = own_trials(study, (TrialState.COMPLETE,))
-    return next((t for t in done if t.user_attrs.get(DEFAULTS_ATTR) == DEFAULTS), None)
+    return next((t for t in done if is_defaults(t)), None)
+
+
+def is_defaults(trial: FrozenTrial) -> bool:
+    """Is this the documented-defaults trial (or a re-run of it)?"""
+    return trial.user_attrs.get(DEFAULTS_ATTR) == DEFAULTS
 
 
 def honest_lines(study: optuna.Study, metric: str) -> list[str]:
