@@ -13,7 +13,6 @@ interval of best minus defaults and best minus base says whether a win is more t
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -27,7 +26,7 @@ from lora_sweep.config.files import dump_yaml
 from lora_sweep.events import Evaluation, JobFolder, JobResult
 from lora_sweep.config.space import Space
 from lora_sweep.stats import paired_bootstrap
-from lora_sweep.sweep.records import BOOTSTRAP_ATTR, TEST_ATTR, defaults_trial
+from lora_sweep.sweep.records import BOOTSTRAP_ATTR, TEST_ATTR, defaults_trial, sample_scores
 from lora_sweep.sweep.storage import StudyFolder, best_trial
 from lora_sweep.sweep.trial import TrialFailed, job_config, signal_text, start_job
 
@@ -66,14 +65,6 @@ def score_on_test(config: StudyConfig, space: Space, trial: FrozenTrial | None, 
     figures = {"trial": trial.number if trial else None, "eval_loss": scored.value("eval_loss"),
                objective.key: objective.value(scored) if objective.is_generation else None}
     return {**figures, "predictions_path": str(predictions) if predictions.is_file() else None}
-
-
-def sample_scores(path: str | Path | None) -> list[float] | None:
-    """The per-sample scores of a predictions file, in its order (the test prompts' order)."""
-    if not path or not Path(path).is_file():
-        return None
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [float(json.loads(line)["score"]) for line in lines if line.strip()]
 
 
 def intervals(scored: dict[str, dict[str, Any]], seed: int = 0) -> dict[str, dict[str, float]]:

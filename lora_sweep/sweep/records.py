@@ -5,6 +5,7 @@ summary's honest lines, the dashboard's note and each trial's artifacts (adapter
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,6 +43,19 @@ def is_defaults(trial: FrozenTrial) -> bool:
     return trial.user_attrs.get(DEFAULTS_ATTR) == DEFAULTS
 
 
+def sample_scores(path: str | Path | None) -> list[float] | None:
+    """The per-sample scores of a predictions file, in its order (the prompts' order)."""
+    if not path or not Path(path).is_file():
+        return None
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [float(json.loads(line)["score"]) for line in lines if line.strip()]
+
+
+def difference(low: float, high: float) -> str:
+    """What a 95 % bootstrap interval of a difference says: zero inside it is noise."""
+    return "a real difference" if low > 0 or high < 0 else "within noise"
+
+
 def honest_lines(study: optuna.Study, metric: str) -> list[str]:
     """The summary's lines: test.json scores and bootstrap intervals, when recorded."""
     lines = []
@@ -54,7 +68,7 @@ def honest_lines(study: optuna.Study, metric: str) -> list[str]:
             which = f"trial {figures['trial']}" if figures.get("trial") is not None else "base model"
             lines.append(f"on test.json, {name} ({which}): {shown} {value:.4f}")
     for name, ci in (study.user_attrs.get(BOOTSTRAP_ATTR) or {}).items():
-        verdict = "a real difference" if ci["low"] > 0 or ci["high"] < 0 else "within noise"
+        verdict = difference(ci["low"], ci["high"])
         lines.append(f"{name}: {ci['mean']:+.4f} (95 % paired bootstrap interval {ci['low']:+.4f} .. "
                      f"{ci['high']:+.4f}, {ci['n']} prompts: {verdict})")
     return lines

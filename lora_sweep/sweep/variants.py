@@ -6,8 +6,6 @@ metric (each trial's predictions.jsonl); for eval_loss only the best values are 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -15,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lora_sweep.events import JobFolder, JobResult
 from lora_sweep.stats import paired_bootstrap
+from lora_sweep.sweep.records import difference, sample_scores
 
 PLAIN = "lora"  # job.variants.variant's name of plain LoRA
 
@@ -39,11 +38,7 @@ def best_per_variant(study: optuna.Study) -> dict[str, FrozenTrial]:
 
 
 def scores(trial: FrozenTrial) -> list[float] | None:
-    path = trial.user_attrs.get("predictions_path")
-    if not path or not Path(path).is_file():
-        return None
-    return [float(json.loads(line)["score"]) for line in Path(path).read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    return sample_scores(trial.user_attrs.get("predictions_path"))
 
 
 def compare(study: optuna.Study, seed: int = 0) -> list[dict[str, Any]]:
@@ -63,7 +58,7 @@ def compare(study: optuna.Study, seed: int = 0) -> list[dict[str, Any]]:
         if name != PLAIN and reference and mine and len(mine) == len(reference):
             mean, low, high = paired_bootstrap(mine, reference, seed=seed)
             row.update(mean=mean, low=low, high=high, n=len(mine),
-                       verdict="a real difference" if low > 0 or high < 0 else "within noise")
+                       verdict=difference(low, high))
         rows.append(row)
     return rows
 
