@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import chat, job_tree, load, memorization_samples, run_cli, run_module, study_tree, write_yaml
+from helpers import chat, job_tree, load, memorization_samples, run_cli, study_tree, write_yaml
 from lora_sweep.job import data as D
 from lora_sweep.job import samples as S
 from lora_sweep.config.job import ConfigError, DataSection
