@@ -77,9 +77,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.config}: valid {kind} config ({counts[0]} train and {counts[1]} test samples{extra})")
     from lora_sweep.job import data
 
-    found = data.formats(config.data)
-    if any(fmt != "chat" for fmt, _ in found.values()):  # converted records: how they came out (a template's check)
-        print(data.described(config.data, found, tokenizer, sides[0][0]))
+    # each file's format and why, and the first sample as the loss sees it (a template's check, a system prompt's)
+    print(data.described(config.data, data.formats(config.data), tokenizer, sides[0][0]))
     return 0
 
 

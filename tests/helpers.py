@@ -42,6 +42,15 @@ def memorization_samples() -> list[dict]:
     return [chat(f"colour of the {a}?", f"The {a} likes {c}.") for a, c in zip(ANIMALS, COLOURS)]
 
 
+def validated_chat(*files: Path) -> list[str]:
+    """What `validate` prints after its first line for memorization data in chat JSON lines (`files`,
+    its train file first) and the tiny models' chat template: each file's format, the first sample."""
+    return [*(f"{f}: chat (recognised from line 1: fields messages)" for f in files),
+            "the first training sample as the model sees it; the loss is on what [[ ]] marks:",
+            "<|im_start|>user", "colour of the cat?<|im_end|>", "<|im_start|>assistant", "[[The cat likes red.<|im_end|>",
+            "]]"]
+
+
 def write_jsonl(path: Path, samples: list[dict]) -> Path:
     path.write_text("".join(json.dumps(s) + "\n" for s in samples), encoding="utf-8")
     return path

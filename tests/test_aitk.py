@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, memorization_samples, run_module, write_jsonl, write_yaml
+from helpers import REPO, memorization_samples, run_module, validated_chat, write_jsonl, write_yaml
 from lora_sweep.config.files import FLAT_KEYS, get_path, load_job, validate_job
 from lora_sweep.config.job import ConfigError
 from lora_sweep.config.study import StudyConfig, load_study
@@ -141,7 +141,8 @@ def test_cli_validates_the_template(tmp_path, chat_data, tiny_llama):
     done = run_module(["validate", str(TEMPLATE), f"finetune_dataset={data}", f"model_path={tiny_llama}",
                        f"save_dir={tmp_path / 'out'}"], timeout=120)
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == f"{TEMPLATE}: valid job config (64 train and 64 test samples)\n"
+    assert done.stdout.splitlines() == [f"{TEMPLATE}: valid job config (64 train and 64 test samples)",
+                                        *validated_chat(data / "train.json", data / "test.json")]
     done = run_module(["validate", str(TEMPLATE), f"finetune_dataset={chat_data}"], timeout=120)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == (f'error: {TEMPLATE}: save_dir: "mount/<run_id>/save_dir" still holds the placeholder '

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
-from helpers import memorization_samples, run_cli, write_jsonl, write_yaml
+from helpers import memorization_samples, run_cli, validated_chat, write_jsonl, write_yaml
 from lora_sweep.config import space as S
 from lora_sweep.config.study import StudyConfig
 
@@ -120,7 +120,9 @@ def test_validate_warns_once_and_keeps_the_range(tiny_llama, tmp_path):
         f"warning: search_space.num_warmup_steps: 0..10000 reaches past the run's {steps} steps: {share:.1%} of it "
         f"(every value from {steps} up) is one and the same schedule (the learning rate rises for the whole run); "
         f"values up to {steps} cover what can differ"]
-    assert "valid study config" in proc.stdout
+    assert proc.stdout.splitlines() == [
+        f"{tmp_path / 's.yaml'}: valid study config (8 train and 8 test samples, 8 parameters searched over 20 trials)",
+        *validated_chat(tmp_path / "train.json", tmp_path / "test.json")]
     assert not (tmp_path / "studies").exists()  # validate writes nothing
 
 

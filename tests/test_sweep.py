@@ -20,7 +20,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from helpers import job_processes, load, run_cli, run_module, study_tree, write_yaml
+from helpers import job_processes, load, run_cli, run_module, study_tree, validated_chat, write_yaml
 from lora_sweep.config.study import StudyConfig
 from lora_sweep.events import read_events
 from lora_sweep.config.space import build_space, default_params
@@ -162,8 +162,9 @@ def test_percentile_and_threshold_pruners_judge_a_trial():
 def test_sweep_end_to_end_in_parallel(tiny_llama, chat_data, tmp_path, mixed_sweep):
     tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=4, parallel=2)
     config = write_yaml(tmp_path / "study.yaml", tree)
-    assert run_cli(["validate", str(config)]).stdout.strip() == (
-        f"{config}: valid study config (8 train and 8 test samples, 8 parameters searched over 4 trials)")
+    assert run_cli(["validate", str(config)]).stdout.splitlines() == [
+        f"{config}: valid study config (8 train and 8 test samples, 8 parameters searched over 4 trials)",
+        *validated_chat(chat_data / "train.json", chat_data / "test.json")]
     proc = run_module(["run", str(config)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OperationalError" not in proc.stderr and "locked" not in proc.stderr

@@ -30,8 +30,12 @@ def test_validate_warns_of_answers_the_seqlen_cuts_away(tiny_llama, tmp_path):
             "output_dir": str(tmp_path / "out")}
     proc = run_cli(["validate", str(write_yaml(tmp_path / "job.yaml", tree))], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    valid, warning = proc.stdout.strip(), proc.stderr.strip()
+    warning = proc.stderr.strip()
     assert warning.startswith("warning: 4 of 6 train samples have answers that train_seqlen 64 cuts away "
                               "(their rows were dropped); train_seqlen ")
-    assert valid.endswith("valid job config (6 train and 3 test samples)")
+    assert proc.stdout.splitlines()[:4] == [  # then the first sample, as the model sees it
+        f"{tmp_path / 'job.yaml'}: valid job config (6 train and 3 test samples)",
+        f"{tmp_path / 'train.json'}: chat (recognised from line 1: fields messages)",
+        f"{tmp_path / 'test.json'}: chat (recognised from line 1: fields messages)",
+        "the first training sample as the model sees it; the loss is on what [[ ]] marks:"]
     assert not (tmp_path / "out").exists()
