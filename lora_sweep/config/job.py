@@ -187,7 +187,9 @@ class ColumnsSection(Section):
 class DataSection(Section):
     dataset: str | None = Field(
         None,
-        description="Folder holding train.json and test.json (AI Toolkit `finetune_dataset`); "
+        description="Folder holding train.json and test.json (AI Toolkit `finetune_dataset`), a DatasetDict saved "
+        "with datasets' save_to_disk, or Parquet files named for their splits (train-*.parquet, "
+        "data/train-00000-of-00001.parquet); its validation split, if any, is validation_file. "
         "train_file / test_file override it.",
     )
     train_file: str | None = Field(None, description="Training data: JSON lines, one JSON array, CSV/TSV with a header row, a Parquet file, or a folder saved by datasets' save_to_disk; records as data.format says.")
@@ -255,10 +257,13 @@ class DataSection(Section):
 
     @model_validator(mode="after")
     def _files(self) -> DataSection:
-        for side in ("train", "test"):
-            field = f"{side}_file"
-            if getattr(self, field) is None and self.dataset is not None:
-                setattr(self, field, str(Path(self.dataset) / f"{side}.json"))
+        if self.dataset is not None and (self.train_file is None or self.test_file is None):
+            from lora_sweep.config.splits import dataset_files  # train.json, a DatasetDict's or Parquet files' splits
+
+            found = dataset_files(self.dataset, [s for s in ("train", "test") if getattr(self, f"{s}_file") is None])
+            self.train_file, self.test_file = self.train_file or found["train"], self.test_file or found["test"]
+            if "validation" in found and self.validation_file is None and self.validation_split is None:
+                self.validation_file = found["validation"]
         if self.validation_split is not None and self.validation_file is not None:
             raise ValueError("data.validation_split and data.validation_file: give one, not both")
         if self.format == "columns" and self.columns is None:

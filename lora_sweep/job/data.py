@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from lora_sweep.config.job import ConfigError, DataSection
+from lora_sweep.job import tables
 from lora_sweep.job.models import cache_root
 
 log = logging.getLogger(__name__)
@@ -316,9 +317,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def file_digest(path: str | Path) -> str:
     """The data file's sha256; a folder's (a dataset saved with save_to_disk): of its files' names and digests."""
     path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return hashlib.sha256(json.dumps([[str(p.relative_to(path)), file_digest(p)] for p in files]).encode()).hexdigest()
+    if path.is_dir() or tables.is_pattern(path):  # and Parquet shards: of the files the pattern matches
+        files = [(str(p.relative_to(path)) if path.is_dir() else p.name, p) for p in tables.files_of(path)]
+        return hashlib.sha256(json.dumps([[name, file_digest(p)] for name, p in files]).encode()).hexdigest()
     with path.open("rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()  # read in blocks, not whole
 
@@ -520,7 +521,7 @@ def formats(data: DataSection) -> dict[str, tuple[str, str]]:
 
 
 def described(data: DataSection, found: dict[str, tuple[str, str]], tokenizer: Any | None, sample: Sample) -> str:
-    """What `show` prints, and `validate` for data not in the chat format: each file's format and why
+    """What `show` and `validate` print: each file's format and why
     (`found`, from `formats`), and `sample` (the first training one) as the model sees it; without a
     tokenizer, the formats only."""
     lines = [f"{path}: {fmt} ({why})" for path, (fmt, why) in found.items()]

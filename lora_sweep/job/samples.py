@@ -422,7 +422,9 @@ def read_samples(path: str | Path, fmt: DataFormat = "auto", columns: ColumnsSec
         return [], [f"{path}: {loop} is a symbolic link loop (it leads back to itself): point it at the data"]
     if path.is_dir() and (problem := tables.folder_problem(path)):
         return [], [problem]
-    if not path.is_dir() and not path.is_file():
+    if tables.is_pattern(path) and not tables.files_of(path):
+        return [], [f"{path}: no file matches"]
+    if not path.is_dir() and not path.is_file() and not tables.is_pattern(path):
         return [], [f"{path}: no such file"]
     samples, problems = [], []
     try:

@@ -36,15 +36,35 @@ def rows(batches: Iterable[Any]) -> Iterator[Row]:
             number += 1
 
 
+def is_pattern(path: Path) -> bool:
+    """Is `path` a pattern of Parquet shards (`data/train-*.parquet`), not a file's name?"""
+    return path.suffix.lower() == ".parquet" and any(c in path.name for c in "*?[") and not path.exists()
+
+
+def files_of(path: Path) -> list[Path]:
+    """The files a data path stands for: a pattern's shards, a saved dataset's folder's files, or itself."""
+    if is_pattern(path):
+        return sorted(path.parent.glob(path.name))
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
 def parquet_rows(path: Path) -> Iterator[Row]:
-    """The rows of a Parquet file (pandas' to_parquet, `datasets`' to_parquet, Spark's)."""
+    """The rows of a Parquet file (pandas' to_parquet, `datasets`' to_parquet, Spark's), or of a
+    pattern's shards one after the other (counted across them, as `datasets` loads such data_files)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    shard = path
+
+    def batches() -> Iterator[Any]:
+        nonlocal shard
+        for shard in files_of(path):
+            yield from pq.ParquetFile(shard).iter_batches(batch_size=BATCH)
+
     try:
-        yield from rows(pq.ParquetFile(path).iter_batches(batch_size=BATCH))
+        yield from rows(batches())
     except pa.ArrowException as exc:
-        raise NotATable(f"not a Parquet file ({exc})") from None
+        raise NotATable(f"{shard.name + ': ' if shard != path else ''}not a Parquet file ({exc})") from None
 
 
 def saved_rows(folder: Path) -> Iterator[Row]:

@@ -43,6 +43,7 @@ from lora_sweep.launch import local as launch
 from lora_sweep.config.job import ConfigError
 from lora_sweep.config.study import StudyConfig
 from lora_sweep.events import JobFolder, LauncherLost
+from lora_sweep.job import tables
 
 log = logging.getLogger("lora_sweep.cluster")
 
@@ -82,7 +83,7 @@ class Session:
     token: str
     started_ray: bool
     stopping: threading.Event = field(default_factory=threading.Event)
-    shipped: dict[str, tuple[str, Any]] = field(default_factory=dict)  # data file -> (digest, ObjectRef)
+    shipped: dict[str, tuple[str, Any, str, bool]] = field(default_factory=dict)  # data path -> packed_data's, put
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # node id -> its record
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -156,11 +157,46 @@ def shipped_files(session: Session, tree: dict[str, Any]) -> dict[str, dict[str,
             continue
         with session.lock:
             if path not in session.shipped:
-                blob = Path(path).read_bytes()
-                session.shipped[path] = (hashlib.sha256(blob).hexdigest(), ray.put(blob))
-            digest, ref = session.shipped[path]
-        out[side] = {"name": Path(path).name, "digest": digest, "ref": ref}
+                blob, name, packed = packed_data(path)
+                session.shipped[path] = (hashlib.sha256(blob).hexdigest(), ray.put(blob), name, packed)
+            digest, ref, name, packed = session.shipped[path]
+        out[side] = {"name": name, "digest": digest, "ref": ref, "packed": packed}
     return out
+
+
+def packed_data(path: str) -> tuple[bytes, str, bool]:
+    """A data path as it travels to a node: (its bytes, its name, packed). A file is its own bytes; a
+    dataset saved with save_to_disk (a folder) and a pattern of Parquet shards (`data/train-*.parquet`)
+    are a tar of their files (packed), which `place_data` unpacks so that the same name reads them."""
+    source = Path(path)
+    if not (source.is_dir() or tables.is_pattern(source)):
+        return source.read_bytes(), source.name, False
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        if source.is_dir():
+            tar.add(source, arcname=source.name)
+        for shard in [] if source.is_dir() else tables.files_of(source):
+            tar.add(shard, arcname=shard.name)
+    return buffer.getvalue(), source.name, True
+
+
+def place_data(blob: bytes, name: str, packed: bool, folder: Path) -> Path:
+    """Put shipped data (`packed_data`'s) in `folder` on this node, once (atomic: a second trial on the
+    node never reads half of it), and return its path there."""
+    if not folder.exists():
+        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if packed:
+            with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
+                tar.extractall(tmp, filter="data")
+        else:
+            (tmp / name).write_bytes(blob)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another trial on this node placed it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder / name
 
 
 class RayJob:
@@ -352,13 +388,9 @@ def local_job(spec: dict[str, Any], job: dict[str, Any], folder: Path) -> dict[s
     job["output_dir"] = str(folder)
     job["data"]["cache_dir"] = str(root / "cache")
     for side, file in spec["files"].items():
-        path = root / "data" / file["digest"][:24] / file["name"]
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(ray.get(file["ref"]))
-            os.replace(tmp, path)  # atomic: a second trial on this node never reads half a file
-        job["data"][side] = str(path)
+        folder = root / "data" / file["digest"][:24]
+        blob = b"" if folder.exists() else ray.get(file["ref"])
+        job["data"][side] = str(place_data(blob, file["name"], file["packed"], folder))
     model = job["model"]["name_or_path"]
     if Path(model).is_absolute() and not Path(model).exists():
         raise FileNotFoundError(f"model.name_or_path {model} is not on node {socket.gethostname()}: put the "
