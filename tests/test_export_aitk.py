@@ -78,7 +78,7 @@ def test_a_flat_job_keeps_its_layout_with_the_best_params(tmp_path):
         ("learning_rate: !!float 0.0002  # tuned on a proxy", "learning_rate: !!float 3.5e-05  # tuned on a proxy"),
         ('lr_scheduler_type: "linear_with_warmup"', 'lr_scheduler_type: "cosine_with_warmup"'),
     ]
-    assert after[len(before):] == ["# searched here, no lora.yaml key (set them in the AI Toolkit's LoRA settings):",
+    assert after[len(before):] == ["# searched or set here, no lora.yaml key (set them in the AI Toolkit's LoRA settings):",
                                    "#   r: 16"]
     # what the AI Toolkit's user fills in, as for the template itself
     job = load_job(out, ["finetune_dataset=data", "save_dir=out"])

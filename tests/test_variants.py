@@ -6,6 +6,7 @@ once, before anything is written, also when a study searches them."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -117,7 +118,25 @@ REFUSED = [  # lora group -> the lines `train` prints, every problem at once
     ({"init_lora_weights": "mica", "loraplus_lr_ratio": 4}, [
         "lora.loraplus_lr_ratio: not with lora.init_lora_weights mica: MiCA freezes B, so the ratio would change "
         "nothing"]),
-    ({"load_in_4bit": True}, ["lora.load_in_4bit: unknown key (check its spelling and group)"]),  # QLoRA: not yet
+    ({"load_in_4bit": True, "init_lora_weights": "pissa_niter_4", "use_dora": True}, [
+        'lora.use_dora: not with lora.init_lora_weights "pissa_niter_4": the adapter kept for use is converted to a '
+        "plain LoRA against the original base, and PEFT's conversion drops DoRA's magnitudes (silently wrong, by "
+        "0.5-0.7 in logits)",
+        'lora.load_in_4bit: not with lora.init_lora_weights "pissa_niter_4": PEFT refuses it on a 4-bit base '
+        '("Please initialize PiSSA under float32, float16, or bfloat16")']),
+    ({"load_in_4bit": True, "init_lora_weights": "orthogonal", "r": 7}, [
+        "lora.init_lora_weights: orthogonal needs an even lora.r, got r 7",
+        'lora.load_in_4bit: not with lora.init_lora_weights "orthogonal": PEFT fails on a 4-bit base ("Only Tensors '
+        'of floating point and complex dtype can require gradients")']),
+    ({"load_in_4bit": True, "init_lora_weights": "olora"}, [
+        'lora.load_in_4bit: not with lora.init_lora_weights "olora": OLoRA takes its start out of the base and PEFT '
+        "quantizes the rest again, so the job would not start at the base model and its kept adapter would be off "
+        "(by 0.05 in logits, silently)"]),
+    ({"load_in_4bit": True, "init_lora_weights": "mica"}, [
+        'lora.load_in_4bit: not with lora.init_lora_weights "mica": PEFT refuses it on a 4-bit base ("Please '
+        'initialize MiCA under float32, float16, or bfloat16")']),
+    ({"load_in_4bit": True, "bnb_4bit_quant_type": "int4"}, [
+        "lora.bnb_4bit_quant_type: Input should be 'nf4' or 'fp4' (got 'int4')"]),
 ]
 
 
@@ -129,6 +148,21 @@ def test_bad_variants_are_refused_with_why_and_nothing_written(lora, lines, tiny
     assert T.main([str(path)]) == 2
     assert capsys.readouterr().err == f"error: {ConfigError(lines, str(path))}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "job.yaml"]  # no out/, no cache/
+
+
+def test_without_bitsandbytes_a_4bit_base_is_refused_with_the_install_line(tiny_llama, chat_data, tmp_path, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed: find_spec gives None
+    tree = job_tree(tiny_llama, chat_data, tmp_path / "out")
+    tree["lora"].update({"load_in_4bit": True, "init_lora_weights": "mica"})
+    path = write_yaml(tmp_path / "job.yaml", tree)
+    assert T.main([str(path)]) == 2
+    assert capsys.readouterr().err == "error: " + str(ConfigError([
+        "lora.load_in_4bit: needs bitsandbytes, which is not installed: pip install 'lora-sweep[qlora]' (or pip "
+        "install bitsandbytes)",
+        'lora.load_in_4bit: not with lora.init_lora_weights "mica": PEFT refuses it on a 4-bit base ("Please '
+        'initialize MiCA under float32, float16, or bfloat16")'], str(path))) + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "job.yaml"]
 
 
 def test_a_study_searching_dora_and_init_is_refused_where_a_pair_is_forbidden(tiny_llama, chat_data, tmp_path):
@@ -272,3 +306,146 @@ def test_the_summary_compares_each_variants_best_with_plain_loras(tmp_path):
 
     config = StudyConfig.model_validate({"data": {"dataset": "d"}, "objective": {"metric": "exact_match"}})
     assert "\n" + "\n".join(lines) + "\ndashboard: " in summary(config, study, "s.yaml")
+
+
+QLORA = {  # name the job records -> the lora group's keys
+    "qlora-nf4": {"load_in_4bit": True},  # double quantization, compute in the weights' dtype (float32 here)
+    "dora+qlora-fp4": {"use_dora": True, "load_in_4bit": True, "bnb_4bit_quant_type": "fp4",
+                       "bnb_4bit_use_double_quant": False, "bnb_4bit_compute_dtype": "float32"},
+}
+
+
+@pytest.mark.parametrize("name", QLORA)
+def test_qlora_trains_through_evaluations_reloads_and_merges(name, tiny_llama, chat_data, tmp_path):
+    """QLoRA on the CPU (bitsandbytes' 4-bit layers): trains with an evaluation every 2 steps; the kept
+    adapter on the 4-bit base dequantized (how generate, export --merge and the test scoring load it)
+    gives the job's evaluation again and merges within 1e-4; on the original full-precision base (PEFT
+    alone) it loads and still helps, off by the quantization error only."""
+    from lora_sweep.job.models import load_for_inference
+
+    out = tmp_path / "out"
+    tree = job_tree(tiny_llama, chat_data, out, num_training_steps=8, eval_steps=2, save_steps=4,
+                    learning_rate=2e-2, early_stopping_patience=0)
+    tree["lora"].update({"r": 8, "alpha": 16, **QLORA[name]})
+    job = validate_job(tree)
+    result = T.run(job)
+
+    events = read_events(out / "events.jsonl")
+    assert result["variant"]["name"] == name and result["variant"]["load_in_4bit"] is True
+    assert result["variant"]["bnb_4bit_quant_type"] == job.lora.bnb_4bit_quant_type
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert len(losses) == 8 and sum(losses[-2:]) / 2 < losses[0] - 0.05, losses  # learns, evaluated at 2, 4, 6
+    evals = [e["eval_loss"] for e in result["evals"]]
+    assert len(evals) == 4 and evals[-1] < evals[0], evals  # and goes on learning after each evaluation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    rows = D.prepare(job.data, job.training.seed, tokenizer).test
+    loaded, _ = load_for_inference(job.model, out / "adapter", job.lora)
+    assert eval_loss(loaded, rows, job.data.test_batch_size, tokenizer.pad_token_id) == pytest.approx(
+        result["best_eval_loss"], rel=1e-5)
+    inputs = batch(tokenizer)
+    expected = logits(loaded, inputs)
+    merged = loaded.merge_and_unload()  # what export --merge saves
+    assert (logits(merged.eval(), inputs) - expected).abs().max().item() < 1e-4
+
+    original = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), out / "adapter").eval()
+    gap = (logits(original, inputs) - expected).abs().max().item()
+    assert 1e-3 < gap < 1.0, gap  # the 4-bit base's error (0.1-0.5 in logits on this random model), no more
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    on_original = eval_loss(original, rows, job.data.test_batch_size, tokenizer.pad_token_id)
+    assert on_original < eval_loss(base, rows, job.data.test_batch_size, tokenizer.pad_token_id) - 0.1
+
+
+def test_a_4bit_base_keeps_its_gradients_after_an_evaluation(tiny_llama):
+    """bitsandbytes repacks a 4-bit layer for CPU inference at its first eval-mode forward without grad,
+    after which its gradients are wrong (docs/research/lora-variants, Q4). The job's base never repacks:
+    after an evaluation, LoRA's gradients equal those of the same LoRA on the dequantized weights."""
+    from bitsandbytes.functional import has_avx512bf16
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from lora_sweep.config.job import LoraSection
+    from lora_sweep.job.models import load_quantized_model
+    from lora_sweep.job.variants import lora_config, quantized_base, refuse_repacked
+
+    lora = LoraSection(r=8, alpha=16, lora_dropout=0.0, load_in_4bit=True)
+    inputs = batch(AutoTokenizer.from_pretrained(tiny_llama))
+
+    def gradients(model) -> dict:
+        model.train()
+        model.zero_grad()
+        model(**inputs, labels=inputs["input_ids"]).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    def evaluated(model):
+        with torch.no_grad():
+            model.eval()(**inputs)  # as the Trainer's evaluation runs it
+        return model
+
+    def error(grads: dict, reference: dict) -> float:
+        assert grads.keys() == reference.keys() and len(grads) == 28
+        return max(((grads[n] - reference[n]).norm() / reference[n].norm()).item() for n in grads)
+
+    def with_lora(base):  # the same LoRA on every base: A as seeded, B away from zero (so A gets a gradient)
+        torch.manual_seed(0)
+        model = get_peft_model(base, lora_config(lora))
+        torch.manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.1)
+        return model
+
+    model = evaluated(with_lora(quantized_base(str(tiny_llama), torch.float32, False, lora, False)))
+    dequantized = load_quantized_model(str(tiny_llama), torch.float32, False, lora).dequantize(dtype=torch.float32)
+    reference = gradients(with_lora(dequantized))
+    assert error(gradients(model), reference) < 1e-4
+
+    if has_avx512bf16():  # this CPU repacks: without the switch the gradients go wrong, and the check says so
+        bare = with_lora(prepare_model_for_kbit_training(
+            load_quantized_model(str(tiny_llama), torch.float32, False, lora), use_gradient_checkpointing=False))
+        assert error(gradients(evaluated(bare)), reference) > 0.1
+        layer = bare.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+        layer.register_forward_pre_hook(refuse_repacked)
+        with pytest.raises(RuntimeError, match="repacked for CPU inference"):
+            bare(**inputs)
+
+
+def test_a_study_searching_a_4bit_base_is_checked_per_init_and_its_winner_exports_the_variant(tiny_llama, chat_data,
+                                                                                              tmp_path):
+    """load_in_4bit is searched like any key (a pair with an init it cannot take is refused); the winner's
+    lora.yaml lists every variant key it used, searched (load_in_4bit) or set in the study (use_dora), with
+    its 4-bit settings: the AI Toolkit has no key for any of them."""
+    import optuna
+
+    from lora_sweep.config.space import build_space
+    from lora_sweep.config.study import load_study
+    from lora_sweep.views.export import aitk_yaml
+
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", base_space="none")
+    tree["lora"].update({"use_dora": True, "bnb_4bit_quant_type": "fp4"})
+    tree["search_space"] = {"load_in_4bit": {"type": "categorical", "choices": [False, True]},
+                            "init_lora_weights": {"type": "categorical", "choices": [True, "mica"]},
+                            "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    path = write_yaml(tmp_path / "study.yaml", tree)
+    proc = run_cli(["validate", str(path)], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr == "error: " + str(ConfigError([
+        "search_space.init_lora_weights: value 'mica' is not valid for lora: lora.use_dora: not with "
+        "lora.init_lora_weights mica: PEFT has no DoRA form of MiCA (get_peft_model: \"Invalid or unsupported "
+        "variant combination: ('mica', 'use_dora')\")",
+        "search_space: load_in_4bit True with init_lora_weights 'mica' can be drawn together, and is not a valid "
+        "job: lora.load_in_4bit: not with lora.init_lora_weights \"mica\": PEFT refuses it on a 4-bit base "
+        "(\"Please initialize MiCA under float32, float16, or bfloat16\")"], str(path))) + "\n"
+
+    tree["search_space"]["init_lora_weights"]["choices"] = [True, "gaussian"]
+    config = load_study(write_yaml(path, tree))
+    config.folder.mkdir(parents=True)
+    study = optuna.create_study(study_name="tiny", storage=config.storage_url)
+    study.add_trial(optuna.trial.create_trial(
+        params={"load_in_4bit": True, "init_lora_weights": True, "learning_rate": 2e-3},
+        distributions=build_space(config).distributions, value=1.0, user_attrs={"adapter_path": str(tmp_path)}))
+    out, unmapped, _ = aitk_yaml(config, "best", str(tmp_path / "aitk" / "lora.yaml"), str(path), [])
+    assert unmapped == ["load_in_4bit: true", "init_lora_weights: true", "use_dora: true", "bnb_4bit_quant_type: fp4",
+                        "bnb_4bit_use_double_quant: true", "bnb_4bit_compute_dtype: auto"]
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert "learning_rate: 0.002" in lines
+    assert lines[-7:] == ["# searched or set here, no lora.yaml key (set them in the AI Toolkit's LoRA settings):",
+                          *[f"#   {line}" for line in unmapped]]

@@ -96,6 +96,26 @@ class LoraSection(Section):
         "`create_loraplus_optimizer`, the job's AdamW settings and weight_decay kept); null: plain LoRA's "
         "one learning rate.",
     )
+    # QLoRA: the base model quantized (transformers' BitsAndBytesConfig, these are its names)
+    load_in_4bit: bool = Field(
+        False,
+        description="QLoRA: load the base model's linear layers quantized to 4 bits (bitsandbytes, through "
+        "transformers; `pip install 'lora-sweep[qlora]'`) and train LoRA on them, after PEFT's "
+        "prepare_model_for_kbit_training. The kept adapter is used on that base dequantized (see \"LoRA variants\").",
+    )
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="With load_in_4bit: the 4-bit data type, nf4 (QLoRA's NormalFloat) or fp4."
+    )
+    bnb_4bit_use_double_quant: bool = Field(
+        True,
+        description="With load_in_4bit: quantize the quantization constants too (about 0.4 bit per weight less); "
+        "true as in the QLoRA paper (transformers' own default is false).",
+    )
+    bnb_4bit_compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="With load_in_4bit: the dtype the 4-bit layers compute in; auto: model.dtype's choice "
+        "(bfloat16 on a GPU that has it, float32 on the CPU).",
+    )
 
     @model_validator(mode="after")
     def _variant(self) -> LoraSection:
@@ -116,6 +136,21 @@ REFUSED_INITS = {
     "lora_ga": "needs gradients on the training data at initialization, which this job does not pass yet",
     "loftq": "needs CUDA and bitsandbytes, and replaces the base weights with quantized ones",
 }
+
+
+# ... and those a 4-bit base cannot take, with why (measured with bitsandbytes 0.50.2, PEFT 0.21.2)
+NOT_QUANTIZED_INITS = {
+    "pissa": "PEFT refuses it on a 4-bit base (\"Please initialize PiSSA under float32, float16, or bfloat16\")",
+    "mica": "PEFT refuses it on a 4-bit base (\"Please initialize MiCA under float32, float16, or bfloat16\")",
+    "orthogonal": "PEFT fails on a 4-bit base (\"Only Tensors of floating point and complex dtype can require "
+                  "gradients\")",
+    "olora": "OLoRA takes its start out of the base and PEFT quantizes the rest again, so the job would not start "
+             "at the base model and its kept adapter would be off (by 0.05 in logits, silently)",
+}
+# The lora group's variant keys (none has an AI Toolkit lora.yaml key), and QLoRA's settings of the 4-bit base
+VARIANT_KEYS = ("use_dora", "use_rslora", "init_lora_weights", "loraplus_lr_ratio", "load_in_4bit")
+QUANTIZATION_KEYS = ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+QLORA_INSTALL = "pip install 'lora-sweep[qlora]' (or pip install bitsandbytes)"
 
 
 def base_mutating(init: bool | str) -> bool:
@@ -147,6 +182,29 @@ def lora_problems(lora: LoraSection) -> list[str]:
     if ratio is not None and init == "mica":
         problems.append("lora.loraplus_lr_ratio: not with lora.init_lora_weights mica: MiCA freezes B, so the ratio "
                         "would change nothing")
+    if lora.load_in_4bit:
+        problems += quantized_problems(init)
+    return problems
+
+
+def variant_keys_used(lora: LoraSection) -> list[str]:
+    """The variant keys a job's lora group uses: those away from plain LoRA's defaults and, with
+    load_in_4bit, the settings of its 4-bit base."""
+    used = [key for key in VARIANT_KEYS if getattr(lora, key) != LoraSection.model_fields[key].default]
+    return used + (list(QUANTIZATION_KEYS) if lora.load_in_4bit else [])
+
+
+def quantized_problems(init: bool | str) -> list[str]:
+    """What a 4-bit base (lora.load_in_4bit) cannot do here: bitsandbytes missing, an init PEFT refuses
+    or gets wrong on it."""
+    import importlib.util
+
+    problems = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        problems.append(f"lora.load_in_4bit: needs bitsandbytes, which is not installed: {QLORA_INSTALL}")
+    why = NOT_QUANTIZED_INITS.get("pissa" if isinstance(init, str) and init.startswith("pissa") else init)
+    if why:
+        problems.append(f"lora.load_in_4bit: not with lora.init_lora_weights {json.dumps(init)}: {why}")
     return problems
 
 

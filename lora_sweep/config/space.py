@@ -250,6 +250,8 @@ SEARCHABLE: dict[str, str] = {
     "use_rslora": "lora.use_rslora",
     "init_lora_weights": "lora.init_lora_weights",
     "loraplus_lr_ratio": "lora.loraplus_lr_ratio",
+    **{key: f"lora.{key}" for key in ("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
+                                      "bnb_4bit_compute_dtype")},
 }
 # optuna's categorical choices are scalars: a list choice travels as "a,b" and is split back.
 LIST_VALUED = {"lora.target_modules"}

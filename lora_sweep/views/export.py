@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 import yaml
 
 from lora_sweep.config.files import FLAT_KEYS, flat_names, get_path, is_flat, read_yaml
-from lora_sweep.config.job import ConfigError
+from lora_sweep.config.job import ConfigError, LoraSection, variant_keys_used
 from lora_sweep.config.study import StudyConfig
 from lora_sweep.config.places import creation_problem
 from lora_sweep.config.space import trial_ran
@@ -77,10 +77,15 @@ def best(config: StudyConfig) -> str:
 
 
 def load(config: StudyConfig, trial: FrozenTrial | None) -> tuple[Any, Any]:
-    """The base model (with the trial's adapter unless `trial` is None) and its tokenizer."""
+    """The base model (with the trial's adapter unless `trial` is None) and its tokenizer; the base as
+    the trial's job loaded it (a QLoRA trial's 4-bit base, dequantized)."""
+    from lora_sweep.config.space import apply, build_space
     from lora_sweep.job.models import load_for_inference
 
-    return load_for_inference(config.model, trial.user_attrs["adapter_path"] if trial else None)
+    if trial is None:
+        return load_for_inference(config.model)
+    lora = LoraSection.model_validate(apply(config.job_tree(), build_space(config), trial.params)["lora"])
+    return load_for_inference(config.model, trial.user_attrs["adapter_path"], lora)
 
 
 def read_conversations(path: str) -> list[list[dict]]:
@@ -201,7 +206,8 @@ def conversion_note(config: StudyConfig, command: list[str]) -> str | None:
 def aitk_yaml(config: StudyConfig, which: str, out: str, study_yaml: str, overrides: list[str]
               ) -> tuple[Path, list[str], str | None]:
     """Write the trial's params (and the study's job values) as an AI Toolkit lora.yaml; return
-    its path, the searched values that have no lora.yaml key (r, alpha, target_modules), and how to
+    its path, the values that have no lora.yaml key (searched: r, alpha, target_modules...; searched or
+    not: the LoRA variant the trial used, config.job.variant_keys_used), and how to
     convert the data for the AI Toolkit when it is not chat JSON lines (`conversion_note`; also the
     file's closing comment). `study_yaml` and `overrides` are the study's, as given, for that command.
 
@@ -226,6 +232,9 @@ def aitk_yaml(config: StudyConfig, which: str, out: str, study_yaml: str, overri
             for name in trial.params if names.get(space.paths[name]) in FLAT_KEYS}
     unmapped = [f"{name}: {yaml_scalar(get_path(tree, space.paths[name]))}"
                 for name in trial.params if names.get(space.paths[name]) not in FLAT_KEYS]
+    searched = {space.paths[name] for name in trial.params}  # and the LoRA variant the trial used, searched or not
+    unmapped += [f"{key}: {yaml_scalar(tree['lora'][key])}"
+                 for key in variant_keys_used(LoraSection.model_validate(tree["lora"])) if f"lora.{key}" not in searched]
     header = [f"# AI Toolkit lora.yaml: study {config.study.name}, trial {trial.number} "
               f"({config.objective.metric} {trial.values[0] if trial.values else None})"]
     source = read_yaml(config.job) if config.job else None
@@ -243,7 +252,7 @@ def aitk_yaml(config: StudyConfig, which: str, out: str, study_yaml: str, overri
         lines += [f"{key}: {yaml_scalar(values[key] if key in values else flat[key])}"
                   for key in [*AITK_ORDER, *extra] if key in values or key in flat]
     if unmapped:
-        lines += ["# searched here, no lora.yaml key (set them in the AI Toolkit's LoRA settings):",
+        lines += ["# searched or set here, no lora.yaml key (set them in the AI Toolkit's LoRA settings):",
                   *[f"#   {line}" for line in unmapped]]
     note = conversion_note(config, ["python", "-m", "lora_sweep", "convert", study_yaml,
                                     str(target.parent / "aitk-data"), *overrides])
