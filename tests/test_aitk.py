@@ -182,3 +182,45 @@ def test_a_study_takes_a_lora_yaml_as_its_job_side(tmp_path, chat_data, monkeypa
     with pytest.raises(ConfigError) as err:
         load_study(write_yaml(tmp_path / "missing.yaml", {"job": "nope.yaml", "data": {"dataset": "d"}}))
     assert str(err.value) == f"{tmp_path / 'missing.yaml'}: job: no such file: nope.yaml"
+
+
+# The AI Toolkit's earlier Phi-3 / Phi-2 templates: tone data and the text_cols / text_template of their
+# project-settings.json (windows-ai-studio-templates), as a user of them carries them into a lora.yaml
+TONE_LINES = [{"phrase": "I can't wait for the weekend!", "tone": "joy"}, {"phrase": "The dog ran away.", "tone": "sadness"}]
+PHI3_TEMPLATE = "<|user|>\n{phrase}<|end|>\n<|assistant|>\n{tone}<|end|>"
+PHI2_TEMPLATE = "### Text: {phrase}\\n### The tone is:\\n{tone}"  # its line ends as the settings file writes them
+
+
+def test_phi3_text_cols_and_text_template_become_columns(tmp_path):
+    from lora_sweep.job.samples import read_files
+
+    for name in ("train.json", "test.json"):
+        write_jsonl(tmp_path / name, TONE_LINES)
+    lora = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))
+    lora.update(finetune_dataset=str(tmp_path), model_path="models/phi", save_dir=str(tmp_path / "out"),
+                text_cols=["phrase", "tone"], text_template=PHI3_TEMPLATE)
+    job = load_job(write_yaml(tmp_path / "lora.yaml", lora))
+    assert job.data.columns.model_dump() == {"prompt": "{phrase}", "answer": "{tone}", "system": None}
+    assert read_files(job.data)[0] == [{"messages": [{"role": "user", "content": "I can't wait for the weekend!"},
+                                                     {"role": "assistant", "content": "joy"}]},
+                                       {"messages": [{"role": "user", "content": "The dog ran away."},
+                                                     {"role": "assistant", "content": "sadness"}]}]
+    phi2 = load_job(write_yaml(tmp_path / "phi2.yaml", {**lora, "text_template": PHI2_TEMPLATE}))
+    assert phi2.data.columns.model_dump() == {"prompt": "### Text: {phrase}\n### The tone is:", "answer": "{tone}",
+                                              "system": None}
+    cols_only = load_job(write_yaml(tmp_path / "cols.yaml", {**lora, "text_template": None}))
+    assert (cols_only.data.columns.prompt, cols_only.data.columns.answer) == ("{phrase}", "{tone}")
+    # a study on the lora.yaml reads them too; its problems are named as the lora.yaml names them, all at once
+    study = write_yaml(tmp_path / "study.yaml", {"job": str(tmp_path / "lora.yaml"), "study": {"dir": str(tmp_path / "studies")}})
+    assert load_study(study).data.columns.answer == "{tone}"
+    bad = {**lora, "text_template": "<|user|>\n{phrase} ({label})<|end|>\n<|assistant|>\n{tone}", "lora_dropout": 2}
+    with pytest.raises(ConfigError) as err:
+        load_job(write_yaml(tmp_path / "bad.yaml", bad))
+    assert err.value.problems == ["text_template: {label} is not one of text_cols (phrase, tone)",
+                                  "lora_dropout: Input should be less than 1 (got 2)"]
+    with pytest.raises(ConfigError) as err:
+        load_job(write_yaml(tmp_path / "bad.yaml", {**lora, "text_template": "{phrase} means"}))
+    assert err.value.problems == [(
+        "text_template: '{phrase} means' has neither Phi-3's <|user|> and <|assistant|> turns nor a field it ends in "
+        '(the answer): write data.columns, e.g. {prompt: "{phrase}", answer: "{tone}"}')]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "studies").exists()

@@ -49,6 +49,9 @@ AITK_KEYS: dict[str, str] = {
     "compare_file": "compare.file",
     "compare_temperature": "compare.temperature",
     "trust_remote_code": "model.trust_remote_code",
+    # the AI Toolkit's earlier (Olive) templates' data settings; `olive_columns` makes them data.columns
+    "text_cols": "data.text_cols",
+    "text_template": "data.text_template",
 }
 
 
@@ -155,6 +158,55 @@ def unflatten(tree: dict[str, Any]) -> dict[str, Any]:
 
 DOTTED = re.compile(r"\b[a-z_]+\.[a-z_]+\b")  # a config path inside a message: training.eval_steps
 
+# The AI Toolkit's earlier Phi-3 / Phi-2 templates (windows-ai-studio-templates, project-settings.json)
+# turned each record into one training text: `text_cols` (the columns it uses, ["phrase", "tone"]) and a
+# `text_template` over them, "<|user|>\n{phrase}<|end|>\n<|assistant|>\n{tone}<|end|>" (Phi-3's turns) or
+# "### Text: {phrase}\n### The tone is:\n{tone}" (Phi-2's, whose answer is the field it ends in).
+PHI3_TURN = re.compile(r"<\|(system|user|assistant)\|>(.*?)(?=<\|end\|>|<\|(?:system|user|assistant)\|>|$)", re.DOTALL)
+LAST_FIELD = re.compile(r"\{(\w+)\}\s*$")
+
+
+def olive_columns(tree: dict[str, Any], flat: bool) -> list[str]:
+    """Turn data.text_cols / data.text_template (a flat lora.yaml's text_cols / text_template) into
+    data.columns' templates in `tree`, in place; what is wrong with them, named as the user wrote them."""
+    data = tree.get("data")
+    if not isinstance(data, dict) or not {"text_cols", "text_template"} & set(data):
+        return []
+    cols, template = data.pop("text_cols", None), data.pop("text_template", None)
+    if data.get("columns") is not None:
+        problems = ["data.text_template: give data.columns or text_cols / text_template, not both"]
+    else:
+        columns, problems = columns_of(cols, template)
+        data["columns"] = columns if columns else data.get("columns")
+    names = flat_names() if flat else {}
+    return [DOTTED.sub(lambda key: names.get(key[0], key[0]), p) for p in problems]
+
+
+def columns_of(cols: Any, template: Any) -> tuple[dict[str, str] | None, list[str]]:
+    """data.columns' {prompt, answer[, system]} for text_cols and a text_template: Phi-3's <|user|> turn is
+    the prompt, its <|assistant|> turn the answer; a template without turns is the prompt up to the
+    field it ends in, which is the answer. Without a template, the last text_cols column is the answer
+    and the others, joined by spaces, the prompt."""
+    if cols is not None and not (isinstance(cols, list) and all(isinstance(c, str) for c in cols)):
+        return None, [f"data.text_cols: a list of column names, e.g. [phrase, tone] (got {cols!r})"]
+    if template is None:
+        if not cols or len(cols) < 2:
+            return None, ["data.text_cols: needs data.text_template, or two columns or more (the last is the answer)"]
+        return {"prompt": " ".join(f"{{{c}}}" for c in cols[:-1]), "answer": f"{{{cols[-1]}}}"}, []
+    text = str(template).replace("\\n", "\n")  # project-settings.json writes the line ends as \\n
+    turns = {role: body.strip("\n") for role, body in PHI3_TURN.findall(text)}
+    if turns and {"user", "assistant"} <= set(turns):
+        columns = {"prompt": turns["user"], "answer": turns["assistant"],
+                   **({"system": turns["system"]} if "system" in turns else {})}
+    elif not turns and (end := LAST_FIELD.search(text)):
+        columns = {"prompt": text[: end.start()].rstrip(), "answer": end.group().strip()}
+    else:
+        return None, [(f"data.text_template: {template!r} has neither Phi-3's <|user|> and <|assistant|> turns nor "
+                       f"a field it ends in (the answer): write data.columns, e.g. {{prompt: \"{{phrase}}\", answer: "
+                       f"\"{{tone}}\"}}")]
+    unknown = [f for f in dict.fromkeys(re.findall(r"\{(\w+)\}", text)) if cols is not None and f not in cols]
+    return columns, [f"data.text_template: {{{f}}} is not one of data.text_cols ({', '.join(cols)})" for f in unknown]
+
 
 def format_errors(error: ValidationError, prefix: str = "", names: dict[str, str] | None = None) -> list[str]:
     """pydantic's errors as `path: message (got value)` lines; `names` renames paths (to lora.yaml names)."""
@@ -227,8 +279,10 @@ def validate_job(tree: dict[str, Any], source: str | None = None, flat: bool | N
     at once. `flat`: name problems by their lora.yaml names (default: when `tree` is flat)."""
     flat = is_flat(tree) if flat is None else flat
     problems = placeholder_problems(unflatten(tree), flat)
+    grouped = copy.deepcopy(unflatten(tree))
+    problems += olive_columns(grouped, flat)
     try:
-        job = JobConfig.model_validate(unflatten(tree))
+        job = JobConfig.model_validate(grouped)
         problems += scorer_problems(job.objective)
     except ValidationError as exc:
         problems += format_errors(exc, names=flat_names() if flat else None)

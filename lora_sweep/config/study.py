@@ -30,6 +30,7 @@ from lora_sweep.config.files import (
     flat_names,
     format_errors,
     is_flat,
+    olive_columns,
     placeholder_problems,
     read_yaml,
     unflatten,
@@ -242,6 +243,7 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
         tree = deep_merge(job, tree)
     tree = apply_overrides(tree, list(overrides))
     problems = placeholder_problems({group: tree[group] for group in JOB_GROUPS if group in tree}, flat)
+    problems += olive_columns(tree, flat)  # the AI Toolkit's text_cols / text_template, as data.columns
     try:
         config = StudyConfig.model_validate(tree)
         problems += scorer_problems(config.objective)
