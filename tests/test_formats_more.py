@@ -77,7 +77,8 @@ def test_a_dataset_saved_to_disk_is_read_without_the_datasets_library(tmp_path):
     columns = DataSection(train_file="t", test_file="t", columns=TONE_COLUMNS).columns
     assert S.read_samples(splits / "test", "auto", columns) == (TONES_AS_CHAT, [])
     assert S.read_samples(splits) == ([], [f"{splits}: holds a DatasetDict (dataset_dict.json, splits train, test): "
-                                           f"give one split's folder, e.g. {splits / 'train'}"])
+                                           f"give one split's folder, e.g. {splits / 'train'}, or the whole as "
+                                           f"data.dataset"])
     (folder / "state.json").write_text("{}", encoding="utf-8")
     assert S.read_samples(folder) == ([], [f"{folder}: state.json does not list the dataset's files as save_to_disk "
                                            f"writes it (KeyError('_data_files'))"])

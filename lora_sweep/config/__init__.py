@@ -6,4 +6,5 @@
     files.py   YAML files, `key=value` overrides, the AI Toolkit's flat lora.yaml, error lines, and
                the explicit checks of a loaded config (its user scorer imported)
     places.py  where a study lives: storage URLs and folders, checked before anything is written
+    splits.py  data.dataset's folder as train / test files (train.json, a DatasetDict's or Parquet splits)
 """

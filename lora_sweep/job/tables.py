@@ -95,5 +95,5 @@ def folder_problem(path: Path) -> str | None:
     if (path / SAVED_DICT).is_file():
         splits = json.loads((path / SAVED_DICT).read_text(encoding="utf-8")).get("splits", [])
         return (f"{path}: holds a DatasetDict ({SAVED_DICT}, splits {', '.join(splits)}): give one split's folder, "
-                f"e.g. {path / (splits[0] if splits else 'train')}")
+                f"e.g. {path / (splits[0] if splits else 'train')}, or the whole as data.dataset")
     return f"{path}: is a directory, not a data file (data.dataset takes the folder holding train.json and test.json)"
