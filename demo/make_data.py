@@ -6,7 +6,10 @@ as a single JSON line. No system message is stored; the study supplies it.
 
 Usage::
 
-    python demo/make_data.py [--seed 0] [--train 400] [--test 48] [--out demo]
+    python demo/make_data.py [--seed 0] [--train 400] [--test 48] [--holdout 0] [--out demo]
+
+``--holdout N`` also writes ``holdout.json``: N more tickets, none in train or test (bench 3 scores
+the adapters a sweep chose on test.json there), leaving train.json and test.json as they were.
 
 Output is deterministic: the same arguments always give the same bytes.
 Standard library only.
@@ -253,11 +256,11 @@ def _write_jsonl(path: Path, samples: list[dict]) -> None:
             f.write(json.dumps(sample, ensure_ascii=False) + "\n")
 
 
-def write(out_dir: str | Path, seed: int = 0, n_train: int = 400, n_test: int = 48) -> None:
-    """Write ``train.json`` and ``test.json`` into ``out_dir``.
+def write(out_dir: str | Path, seed: int = 0, n_train: int = 400, n_test: int = 48, n_holdout: int = 0) -> None:
+    """Write ``train.json`` and ``test.json`` (and ``holdout.json`` when n_holdout) into ``out_dir``.
 
-    Train is ``generate(seed, n_train)``; test continues the same random
-    stream and never repeats a train ticket text.
+    Train is ``generate(seed, n_train)``; test, then holdout, continue the same random
+    stream and never repeat an earlier ticket text.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,6 +270,8 @@ def write(out_dir: str | Path, seed: int = 0, n_train: int = 400, n_test: int = 
     test = _build(rng, n_test, seen)
     _write_jsonl(out / "train.json", train)
     _write_jsonl(out / "test.json", test)
+    if n_holdout:
+        _write_jsonl(out / "holdout.json", _build(rng, n_holdout, seen))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -275,10 +280,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", type=int, default=400, help="number of training samples")
     parser.add_argument("--test", type=int, default=48, help="number of test samples")
+    parser.add_argument("--holdout", type=int, default=0, help="number of held-out samples (holdout.json)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent), help="output folder (default: demo/)")
     args = parser.parse_args(argv)
-    write(args.out, args.seed, args.train, args.test)
-    print(f"wrote {args.train} train and {args.test} test samples to {args.out}")
+    write(args.out, args.seed, args.train, args.test, args.holdout)
+    print(f"wrote {args.train} train, {args.test} test and {args.holdout} held-out samples to {args.out}")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,20 @@ class StudySection(Section):
     enqueue_defaults: bool = Field(
         True, description="Trial 0 runs the documented defaults: the baseline the others are compared to."
     )
+    stop_when: Literal["n_trials", "converged"] = Field(
+        "n_trials", description="n_trials: run the whole budget; converged: stop early once the last study.patience "
+        "finished trials brought no improvement of the best beyond noise (a paired bootstrap over the prompts "
+        "for a generation metric; study.min_improvement of the best for eval_loss). The summary says so."
+    )
+    patience: int = Field(4, ge=1, description="Finished trials without a real improvement after which "
+                          "stop_when: converged stops the sweep.")
+    min_improvement: float = Field(0.01, ge=0, description="For stop_when: converged on a metric without "
+                                   "per-sample scores (eval_loss): the relative change of the best that counts.")
+    lr_prior: bool = Field(
+        False, description="Use what is published about LoRA learning rates (README: the search): an informed "
+        "trial with the learning rate the model's width suggests runs after the defaults, and learning_rate, "
+        "when search_space gives it no range, is searched within 5x of that rate."
+    )
     base_space: Literal["standard", "none"] = Field(
         "standard",
         description="standard: search_space entries change the reference's standard space; none: only "

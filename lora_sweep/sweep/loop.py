@@ -35,6 +35,7 @@ from lora_sweep.sweep.records import write_study_note
 from lora_sweep.events import Evaluation, LauncherLost
 from lora_sweep.sweep.records import BASE_ERROR_ATTR, DEFAULTS, honest_lines, is_defaults
 from lora_sweep.sweep.holdout import honest_scores
+from lora_sweep.sweep.prior import INFORMED_ATTR, Prior, apply_prior, informed_params
 from lora_sweep.config.space import Space, build_space, default_params, describe, fit_to_run, record
 from lora_sweep.sweep.storage import (
     BASE_ATTR,
@@ -55,7 +56,7 @@ from lora_sweep.sweep.storage import (
 )
 from lora_sweep.sweep.trackers import study_callbacks, tracker_problems
 from lora_sweep.sweep import trial as trial_life
-from lora_sweep.sweep.search import make_pruner, make_sampler
+from lora_sweep.sweep.search import converged, make_pruner, make_sampler
 from lora_sweep.sweep.trial import TrialFailed, run_base_model
 from lora_sweep.sweep.variants import variant_lines
 from lora_sweep.sweep.warmstart import seed_study, source_study
@@ -178,6 +179,10 @@ class Sweep:
         if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(self.study):
             self.note = "the grid sampler's grid is exhausted"
             return None
+        why = converged(self.config, trials, self.space.run_steps or self.config.training.num_training_steps)
+        if why is not None:
+            self.note = why
+            return None if not running else self.wait_for(running)
         if done + len(running) < self.config.study.n_trials:
             return True
         if done >= self.config.study.n_trials:
@@ -302,7 +307,8 @@ def preflight(config: StudyConfig, join_only: bool = False) -> list[str]:
 
 
 def start_study(config: StudyConfig, space: Space, sampler: optuna.samplers.BaseSampler,
-                pruner: optuna.pruners.BasePruner) -> optuna.Study:
+                pruner: optuna.pruners.BasePruner, prior: Prior | None = None,
+                documented: Space | None = None) -> optuna.Study:
     """The sweep's study, created with its defaults trial when missing. Under the study's claim:
     workers started together against a new database create its tables and the study once."""
     name = config.study.name
@@ -312,12 +318,15 @@ def start_study(config: StudyConfig, space: Space, sampler: optuna.samplers.Base
         study = optuna.create_study(storage=storage, study_name=name, directions=config.objective.directions,
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
         if not exists:
-            setup_study(config, space, study)
+            setup_study(config, space, study, prior, documented or space)
     return study
 
 
-def setup_study(config: StudyConfig, space: Space, study: optuna.Study) -> None:
-    """A new study's attrs, and the documented defaults as its first trial."""
+def setup_study(config: StudyConfig, space: Space, study: optuna.Study, prior: Prior | None = None,
+                documented: Space | None = None) -> None:
+    """A new study's attrs, the documented defaults as its first trial (in the `documented` space:
+    a learning rate outside the prior's focused range stays the documented one) and, with a
+    learning-rate prior, the informed trial as its second."""
     study.set_user_attr("config", shown_config(config.model_dump(mode="json")))  # a password is never stored
     study.set_user_attr("metric", config.objective.metric)
     study.set_user_attr("space", describe(space))
@@ -326,11 +335,14 @@ def setup_study(config: StudyConfig, space: Space, study: optuna.Study) -> None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([config.objective.metric, *([config.objective.also] if config.objective.also else [])])
     if config.study.enqueue_defaults:
-        params, notes = default_params(config, space)
+        params, notes = default_params(config, documented or space)
         study.enqueue_trial(params, user_attrs={DEFAULTS_ATTR: DEFAULTS})
         study.set_user_attr("defaults_notes", notes)
         for note in notes:
             log.info("defaults trial: %s", note)
+    informed = informed_params(config, documented or space, prior) if prior is not None else None
+    if informed is not None and (not config.study.enqueue_defaults or informed != params):  # not the defaults again
+        study.enqueue_trial(informed, user_attrs={INFORMED_ATTR: f"learning-rate prior {prior.lr:.3g}"})
     if config.study.warm_start:
         added = seed_study(config, space, study)
         log.info("warm start: %d finished trials of %s seed the sampler", added, config.study.warm_start)
@@ -361,9 +373,10 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
     folder = StudyFolder(config.folder.resolve())
     folder.check_owner(config.storage_url)
     space = fit_to_run(config, space, prepare_data(config))  # bad data or model: refused before anything is written
+    documented, (space, prior) = space, apply_prior(config, space)  # study.lr_prior: the rate the model's width suggests
     sampler = make_sampler(config, space)  # of the space fitted to the run's length (a grid's points)
     folder.claim_for(config.storage_url)
-    study = start_study(config, space, sampler, pruner)
+    study = start_study(config, space, sampler, pruner, prior, documented)
     with cluster.executor(config):  # study.executor: ray: connected to Ray while trials run
         study, stopped, note = run_trials(config, space, study, deadline)
         # the honest comparison of what the sweep has, also when it ended early (timeout, max_failures,

@@ -1,5 +1,5 @@
 """The search's optuna pieces, made from the study config: the sampler over the space (seeded
-per draw, so workers sharing a study seed never draw alike) and the pruner."""
+per draw, so workers sharing a study seed never draw alike), the pruner, and when to stop early."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from typing import Iterator
 
 import numpy as np
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from lora_sweep.config.job import ConfigError
 from lora_sweep.config.study import StudyConfig
 from lora_sweep.config.space import Space
+from lora_sweep.stats import paired_bootstrap
+from lora_sweep.sweep.records import sample_scores
 
 
 def make_sampler(config: StudyConfig, space: Space, draw: int | None = None) -> optuna.samplers.BaseSampler:
@@ -69,3 +72,44 @@ def optuna_options(section: str, kind: str) -> Iterator[None]:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError([f"study.{section}.options: optuna's {kind} {section} refused them: {exc}"]) from None
+
+
+def converged(config: StudyConfig, trials: list[FrozenTrial], steps: int | None) -> str | None:
+    """Why the sweep may stop before study.n_trials under `study.stop_when: converged`, or None:
+    the study's best has not improved beyond noise over its last study.patience finished trials.
+    Beyond noise: with per-sample scores (a generation metric's predictions), the paired bootstrap
+    95 % interval of the best minus the best before those trials lies above zero; without them
+    (eval_loss), the best moved by more than study.min_improvement of its value."""
+    patience = config.study.patience
+    done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)), key=lambda t: t.number)
+    if config.study.stop_when != "converged" or len(done) < patience + 2:
+        return None
+    maximize = config.objective.direction == "maximize"
+
+    def best(among: list[FrozenTrial]) -> FrozenTrial | None:
+        complete = [t for t in among if t.state == TrialState.COMPLETE and t.value is not None]
+        return (max if maximize else min)(complete, key=lambda t: (t.value if maximize else -t.value, -t.number),
+                                          default=None) if complete else None
+
+    now, before = best(done), best(done[:-patience])
+    if now is None or before is None:
+        return None
+    if now.number != before.number:
+        ours, theirs = (sample_scores(t.user_attrs.get("predictions_path")) for t in (now, before))
+        if ours and theirs and len(ours) == len(theirs):
+            _, low, high = paired_bootstrap(ours, theirs)
+            if (low > 0) if maximize else (high < 0):
+                return None
+            noise = f"{low:+.3g} .. {high:+.3g}, 95 % paired bootstrap over {len(ours)} prompts: within noise"
+        else:
+            moved = abs(now.value - before.value)
+            if moved > config.study.min_improvement * max(abs(before.value), 1e-12):
+                return None
+            noise = f"{moved:.3g}, under study.min_improvement {config.study.min_improvement:g} of it"
+        change = f"trial {now.number}'s {now.value:.4g} against trial {before.number}'s {before.value:.4g} ({noise})"
+    else:
+        change = f"trial {now.number}'s {now.value:.4g} stayed the best"
+    left = config.study.n_trials - len(done)
+    saved = f", about {left * steps} training steps" if steps else ""
+    return (f"study.stop_when converged: no improvement beyond noise in the last {patience} finished trials "
+            f"({change}); {left} trial(s) not run{saved}")

@@ -91,7 +91,9 @@ def ask(config: StudyConfig, space: Space, study: optuna.Study) -> tuple[optuna.
         warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
         trial = study.ask()
     trial.set_user_attr(OWNER_ATTR, this_worker())
-    return trial, suggest(trial, space)
+    with warnings.catch_warnings():  # the defaults trial keeps its documented learning rate outside a focused range
+        warnings.filterwarnings("ignore", "Fixed parameter .* is out of range")
+        return trial, suggest(trial, space)
 
 
 def run(config: StudyConfig, space: Space, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
