@@ -81,7 +81,7 @@ def arm_config(task: str, arm: str, seed: int, args: Any, work: Path, model: str
     label = args.label if arm == "default" else arm
     overrides = [*task_overrides(task, work, args.smoke), f"study.dir={work / 'sweeps'}",
                  f"study.name={task}-{label}-s{seed}", f"study.n_trials={trials}", "study.timeout=null",
-                 "objective.baseline=false", sampler, pruner, *B.budget_overrides(args.steps)]
+                 "objective.baseline=false", "study.test_scores=false", sampler, pruner, *B.budget_overrides(args.steps)]
     overrides += args.set if arm == "default" else []
     if args.smoke:
         overrides += B.smoke_overrides(model) + ["data.test_nsamples=2"]
@@ -213,13 +213,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an override of the default arm (a lever under test: study.lr_prior=true); give --label too")
     p.add_argument("--label", default="default", help="the default arm's study name with --set (default: %(default)s)")
+    p.add_argument("--trials", action="append", default=[], metavar="ARM=N",
+                   help="finished trials of an arm's sweeps (default: random=24, default=12, hf=8)")
     p.add_argument("--fresh", action="store_true", help="delete this task's sweeps in --workdir first")
     p.add_argument("--plot", type=Path, default=None, help="default: search_quality.html next to --results")
     p.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline")
     args = p.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    args.trials = dict(TRIALS)
+    args.trials = {**TRIALS, **{k: int(v) for k, v in (t.split("=", 1) for t in args.trials)}}
     budgets = BUDGETS
     if args.smoke:
         seeds, args.trials, budgets = seeds[:1], {"random": 2, "default": 2, "hf": 1}, (1, 2)

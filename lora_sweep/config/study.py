@@ -114,6 +114,10 @@ class StudySection(Section):
     enqueue_defaults: bool = Field(
         True, description="Trial 0 runs the documented defaults: the baseline the others are compared to."
     )
+    test_scores: bool = Field(
+        True, description="After the sweep, with a validation set: score the winner, the defaults trial and the "
+        "base model on test.json, once each (README: an honest best score); false leaves those jobs out."
+    )
     stop_when: Literal["n_trials", "converged"] = Field(
         "n_trials", description="n_trials: run the whole budget; converged: stop early once the last study.patience "
         "finished trials brought no improvement of the best beyond noise (a paired bootstrap over the prompts "

@@ -381,7 +381,7 @@ def run_sweep(config: StudyConfig, join_only: bool = False) -> tuple[optuna.Stud
         study, stopped, note = run_trials(config, space, study, deadline)
         # the honest comparison of what the sweep has, also when it ended early (timeout, max_failures,
         # Ctrl+C); a multi-objective study has a front, not one winner
-        if not join_only and not config.objective.also:
+        if not join_only and not config.objective.also and config.study.test_scores:
             try:  # the winner on test.json when a validation set chose it; bootstrap intervals
                 interrupted = stopped is not None and stopped.startswith("interrupted")
                 honest_scores(config, space, study, device_groups(config)[0], may_launch=not interrupted)
