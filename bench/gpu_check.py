@@ -10,8 +10,10 @@
    and 4: trials per hour against one at a time, and the GPU utilisation under one small trial.
 4. The warm launcher with CUDA: the sweeps above ran through it; the runner never loaded the CUDA
    driver (libcuda is not mapped in it), the jobs did; its fixed cost per trial (bench 2's cut).
-5. QLoRA: one 4-bit trial against bf16 LoRA, once lora_sweep has a 4-bit option; skipped with
-   the reason until then.
+5. QLoRA: the Phi-3.5-mini-shaped model's job with a 4-bit NF4 base (lora.load_in_4bit, bf16 compute),
+   and with DoRA on it, against bf16 LoRA: step time and peak GPU memory (bench 10's measure, on
+   the demo's data); skipped with the reason where bitsandbytes is not carried (bench/gpu_check.sh
+   leaves it out when the wheels would pass the device's 64 MiB limit).
 
 Models are built from their configs with random weights and the tiny byte-level tokenizer of
 benchlib (nothing is downloaded). Prints a table, writes it as JSON (--json) and appends one row
@@ -28,7 +30,6 @@ import gc
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from typing import Any
 import benchlib as B
 import job_throughput
 import trial_cost
+import variant_cost
 
 REQUIREMENTS = B.BENCH / "gpu_requirements.txt"
 # What the GPU machine's Python has (/work/.library/device/KINDS.md), for the pins lora_sweep states
@@ -460,17 +462,26 @@ def sweep(args: argparse.Namespace, model: str, work: Path, per_gpu: int, timeou
 
 def qlora_reason() -> str | None:
     """Why the 4-bit trial cannot run here, or None when it can."""
-    from lora_sweep.config.job import JobConfig
-
-    names = {f"{section}.{field}" for section, model in JobConfig.model_fields.items()
-             for field in getattr(model.annotation, "model_fields", {})}
-    if not any(re.search(r"quant|bits|4bit", n) for n in names):
-        return "lora_sweep has no 4-bit option yet (the LoRA-variants work has not landed)"
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        return "bitsandbytes is not installed (not among the carried wheels)"
-    return "the 4-bit trial is not written yet: lora_sweep has the option now"
+        return ("bitsandbytes is not installed (not among the carried wheels: bench/gpu_check.sh --download "
+                "leaves it out when they would pass the 64 MiB the device takes)")
+    return None
+
+
+def qlora(args: argparse.Namespace, work: Path, tokenizer: Path) -> dict[str, Any]:
+    """Bench 10's jobs on the Phi-3.5-mini shape (--cpu: the tiny Phi-3): LoRA, QLoRA (NF4, double
+    quantization, compute in the weights' dtype) and DoRA + QLoRA, one after the other in this process."""
+    model = work / "phi"
+    if not (model / "config.json").is_file():  # item 1 builds it, unless skipped
+        random_model(model, TINY_PHI3 if args.cpu else PHI35_MINI, tokenizer)
+    names = ["lora", "qlora-nf4"] if args.cpu else ["lora", "qlora-nf4", "dora+qlora-nf4"]
+    lora = {"r": 16, "alpha": 32, "target_modules": PHI_TARGETS}
+    rows = [variant_cost.measure(str(model), work, name, 2 if args.cpu else 10, lora) for name in names]
+    for row in rows:
+        row["step_x"], row["peak_x"] = row["step_s"] / rows[0]["step_s"], row["peak_mb"] / rows[0]["peak_mb"]
+    return {"rows": rows}
 
 
 # ---------------------------------------------------------------- the table and the rows
@@ -537,6 +548,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 line(2, f"peak memory, seqlen {mem['seqlen']}, no checkpointing", mem["without_mb"], unit)
                 line(2, f"peak memory, seqlen {mem['seqlen']}, gradient checkpointing", mem["with_mb"], unit,
                      f"{mem['with_tps']:.0f} tokens/s (without: {mem['without_tps']:.0f})")
+        # item 5 before the sweeps: its cost is fixed, theirs fits what is left of --budget
+        reason = qlora_reason() if 5 not in args.skip else "--skip 5"
+        if reason:
+            result["qlora"] = {"skipped": reason}
+            line(5, "QLoRA 4-bit trial vs bf16 LoRA", "skipped", "", reason)
+        else:
+            with item(5, "5 qlora"):
+                result["qlora"] = qlora(args, work, tokenizer)
+                for r in result["qlora"]["rows"]:
+                    line(5, f"{r['variant']}: step s, peak memory", r["step_s"], "s",
+                         f"x{r['step_x']:.2f} of LoRA's step; peak {r['peak_mb']:.0f} MiB{' RSS' if args.cpu else ''} "
+                         f"(x{r['peak_x']:.2f}); load {r['load_s']:.1f} s; {r['trainable']} trainable")
         if 3 not in args.skip:
             with item(3, "3-4 sweeps"):
                 if args.cpu:
@@ -573,9 +596,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      f"runner's tokenizer; libcuda mapped in the runner: "
                      + ("yes" if any(s["runner_cuda"] for s in sweeps) else "no" if alone["runner_found"]
                         else "runner not seen"))
-        reason = qlora_reason()
-        result["qlora"] = {"skipped": reason}
-        line(5, "QLoRA 4-bit trial vs bf16 LoRA", "skipped", "", reason or "")
 
     result["sections_s"] = sections
     result["elapsed_s"] = time.time() - began
@@ -636,6 +656,13 @@ def record(args: argparse.Namespace, result: dict[str, Any]) -> list[dict[str, s
                                     f"complete; libcuda mapped in the runner: {'yes' if cuda else 'no'}",
                                     s[0]["fixed_s"], "fixed s per trial", "every forked trial completes",
                                     all(x["complete"] == x["trials"] for x in s)))
+    if result.get("qlora", {}).get("rows"):
+        q = {r["variant"]: r for r in result["qlora"]["rows"]}
+        figures = "; ".join(f"{name} {r['step_s']:.3g} s/step x{r['step_x']:.2f}, peak {r['peak_mb']:.0f} MiB "
+                            f"x{r['peak_x']:.2f}" for name, r in q.items())
+        rows.append(B.append_result(args.results, "gpu 5 qlora", f"{tag}{'tiny Phi-3' if args.cpu else 'Phi-3.5-mini shape'}"
+                                    ", random, LoRA r16 qkv/o/gate_up/down, demo data, NF4 + double quant",
+                                    figures, q["qlora-nf4"]["peak_x"], "QLoRA peak / LoRA peak", "-", None))
     return rows
 
 

@@ -27,6 +27,7 @@ import rescore  # noqa: E402
 import sweep_efficiency  # noqa: E402
 import sweep_surrogate  # noqa: E402
 import trial_cost  # noqa: E402
+import variant_cost  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -147,6 +148,19 @@ def test_trial_cost(tmp_path, capsys):
     assert trial["steps"] == 2 and out["tokenized"] == 0
     assert out["fixed_s"] + sum(trial[p] for p in trial_cost.USEFUL) == pytest.approx(trial["wall"], abs=1e-6)
     assert "what dominates the fixed cost" in printed
+
+
+@pytest.mark.integration
+def test_variant_cost(tmp_path, capsys):
+    out, printed, results = smoke(variant_cost, tmp_path, capsys)  # lora and dora+qlora-nf4, 2 steps each
+    row = check(printed, results, "10 variant cost")
+    lora, other = out["rows"]
+    assert (lora["variant"], other["variant"]) == ("lora", "dora+qlora-nf4") and out["slowest"] in ("lora", "dora+qlora-nf4")
+    assert lora["step_x"] == 1.0 and out["ratio"] == max(lora["step_x"], other["step_x"])
+    for r in out["rows"]:
+        assert r["step_s"] > 0 and r["load_s"] > 0 and r["peak_mb"] > 100 and r["peak_is_this_jobs"]
+    assert other["trainable"] > lora["trainable"]  # DoRA's magnitudes on top of the same LoRA
+    assert "dora+qlora-nf4" in row["figures"] and "x LoRA" in printed
 
 
 @pytest.mark.integration
