@@ -44,7 +44,7 @@ from typing import Any
 import benchlib as B
 import numpy as np
 from optuna.trial import TrialState
-from sweep_efficiency import curve
+from sweep_efficiency import curve, trial_steps
 
 BUDGETS = (4, 8, 12, 24)
 TRIALS = {"random": 24, "default": 12, "hf": 8}
@@ -124,12 +124,17 @@ def last_checkpoint(run: Path) -> str | None:
 
 def chosen_at(arm: dict[str, Any], budget_steps: int) -> int | None:
     """The trial an arm hands the user once it has spent `budget_steps` training steps: the best
-    complete one (by the validation value; the earliest of a tie) among the trials that fit."""
-    best, best_value = None, None
+    complete one (by the validation value; the earliest of a tie) among the trials that fit, in
+    number order. A failed trial costs nothing here: every failure in these sweeps is the bench's
+    own (a sweep stopped and resumed), and its params ran again as a later trial."""
+    best, best_value, spent = None, None, 0
     for point in arm["points"]:
-        if point["steps"] > budget_steps:
-            break
         trial = arm["trials"][point["number"]]
+        if trial.state == TrialState.FAIL:
+            continue
+        spent += trial_steps(trial)
+        if spent > budget_steps:
+            break
         if trial.state != TrialState.COMPLETE or trial.value is None or not arm["adapters"].get(trial.number):
             continue
         better = best_value is None or (trial.value > best_value if arm["maximize"] else trial.value < best_value)

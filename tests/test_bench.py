@@ -24,6 +24,7 @@ import generation  # noqa: E402
 import job_throughput  # noqa: E402
 import peer_search  # noqa: E402
 import rescore  # noqa: E402
+import search_quality  # noqa: E402
 import sweep_efficiency  # noqa: E402
 import sweep_surrogate  # noqa: E402
 import trial_cost  # noqa: E402
@@ -322,3 +323,42 @@ def test_generation(tmp_path, capsys):
     assert len(out["answers"][8]) == len(out["answers"][1]) == 8
     assert re.search(r"^outputs: \d+ of 8 identical between batch 8 and batch 1", printed, re.M)
     assert all(0 <= i < 8 for i in out["differ"])
+
+
+def test_search_quality_hands_over_the_best_validated_trial_that_fits_the_budget():
+    from optuna.trial import TrialState, create_trial
+
+    values = [0.1, 0.5, None, 0.7, 0.6, None]  # None: pruned (trial 2 at step 10) or failed (trial 5)
+    trials = {}
+    for number, value in enumerate(values):
+        state = TrialState.COMPLETE if value is not None else (TrialState.PRUNED if number == 2 else TrialState.FAIL)
+        trial = create_trial(state=state, value=value, params={}, distributions={},
+                             user_attrs={"steps_run": 10 if number == 2 else 20})
+        trial.number = number
+        trials[number] = trial
+    arm = {"points": [{"number": n} for n in trials], "trials": trials, "maximize": True,
+           "adapters": {n: f"/a/{n}" for n in trials}}
+    # cumulative steps in number order, the failed trial costing nothing: 20, 40, 50, 70, 90
+    assert [search_quality.chosen_at(arm, b) for b in (10, 20, 49, 50, 69, 70, 200)] == [None, 0, 1, 1, 1, 3, 3]
+    arm["maximize"] = False
+    assert search_quality.chosen_at(arm, 200) == 0
+    # the bootstrap over seeds and prompts: a constant difference has no spread
+    same = [[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]]
+    assert search_quality.bootstrap(same, [[0.5] * 4] * 2)[0] == pytest.approx(0.25)
+    mean, low, high = search_quality.bootstrap([[1.0] * 64], [[0.0] * 64])
+    assert (mean, low, high) == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.integration
+def test_search_quality(tmp_path, capsys):
+    out, printed, results = smoke(search_quality, tmp_path, capsys, "--task", "demo", "--arms", "default,random,defaults")
+    (row,) = table_rows(results)
+    assert row["bench"] == "3 search quality" and row["setup"].startswith("smoke, tiny-llama demo, seeds 0,")
+    assert set(out["scores"]) == {("default", 1), ("default", 2), ("random", 1), ("random", 2), ("defaults", 1),
+                                  ("defaults", 2)}
+    assert all(len(per_seed) == 1 and len(per_seed[0]) == 2 for per_seed in out["scores"].values())  # 2 prompts
+    assert out["chosen"][("defaults", 0, 1)] == 0 and out["chosen"][("default", 0, 1)] == 0  # trial 0 fits 1
+    assert "(a) default@2 - random@2:" in printed and "(b) default@2 - random@2:" in printed
+    assert "default" in out["plot"].read_text(encoding="utf-8")
+    scored = sorted(p.name for p in (tmp_path / "work" / "scores").iterdir())
+    assert scored[0].startswith("demo-default-s0-trial-")  # each chosen adapter scored once, kept for a re-run

@@ -388,7 +388,8 @@ def local_job(spec: dict[str, Any], job: dict[str, Any], folder: Path) -> dict[s
     job["output_dir"] = str(folder)
     job["data"]["cache_dir"] = str(root / "cache")
     for side, file in spec["files"].items():
-        folder = root / "data" / file["digest"][:24]
+        # keyed on the content and the name: a train.json and a test.json of the same bytes are two files here
+        folder = root / "data" / hashlib.sha256(f"{file['digest']}/{file['name']}".encode()).hexdigest()[:24]
         blob = b"" if folder.exists() else ray.get(file["ref"])
         job["data"][side] = str(place_data(blob, file["name"], file["packed"], folder))
     model = job["model"]["name_or_path"]
