@@ -76,6 +76,7 @@ def copy_study(study: Any, into: Path, scores: dict[int, float], predictions: di
     """`study` in a new database under `into`: its attrs and its trials numbered below `below`, the
     re-scored ones with their new value and predictions."""
     import optuna
+    from optuna.trial import TrialState
 
     into.mkdir(parents=True, exist_ok=True)
     copy = optuna.create_study(study_name=study.study_name, storage=f"sqlite:///{into / f'{study.study_name}.db'}",
@@ -87,8 +88,8 @@ def copy_study(study: Any, into: Path, scores: dict[int, float], predictions: di
         with warnings.catch_warnings():  # experimental since optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             copy.set_metric_names(study.metric_names)
-    for trial in study.get_trials(deepcopy=True):
-        if below is not None and trial.number >= below:
+    for trial in study.get_trials(deepcopy=True, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        if below is not None and trial.number >= below:  # a queued trial (the informed one of a short sweep) never ran
             continue
         if trial.number in scores:
             trial.values = [scores[trial.number]]

@@ -74,14 +74,16 @@ def arm_config(task: str, arm: str, seed: int, args: Any, work: Path, model: str
     from lora_sweep.config.study import load_study
 
     stream = SEED_STREAM.get(arm, 0) + seed
-    sampler = ("study.sampler={type: random, seed: %d, options: {}}" % stream if arm == "random"
-               else "study.sampler={seed: %d}" % stream)  # the default sampler: nothing but the seed given
-    pruner = "study.pruner={type: none, options: {}}" if arm == "random" else "study.pruner={}"
+    sampler = {"random": f"study.sampler={{type: random, seed: {stream}, options: {{}}}}",
+               # optuna's own TPE, as a transformers user gets it, whatever lora_sweep's defaults are
+               "hf": f"study.sampler={{type: tpe, seed: {stream}, options: {{n_startup_trials: 10, multivariate: null}}}}",
+               }.get(arm, f"study.sampler={{seed: {stream}}}")  # the default sampler: nothing but the seed given
+    pruner = ("study.pruner={type: none, options: {}}", "study.lr_prior=false") if arm == "random" else ("study.pruner={}",)
     trials = args.trials.get(arm, 1)
     label = args.label if arm == "default" else arm
     overrides = [*task_overrides(task, work, args.smoke), f"study.dir={work / 'sweeps'}",
                  f"study.name={task}-{label}-s{seed}", f"study.n_trials={trials}", "study.timeout=null",
-                 "objective.baseline=false", "study.test_scores=false", sampler, pruner, *B.budget_overrides(args.steps)]
+                 "objective.baseline=false", "study.test_scores=false", sampler, *pruner, *B.budget_overrides(args.steps)]
     overrides += args.set if arm == "default" else []
     if args.smoke:
         overrides += B.smoke_overrides(model) + ["data.test_nsamples=2"]

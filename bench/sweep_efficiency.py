@@ -43,7 +43,7 @@ from optuna.trial import TrialState
 TARGET, STRETCH = 0.5, 1 / 3
 DEMO_BEST = 0.6  # issue 12: the demo's best json_fields in its budget, in 4 of 5 sampler seeds
 ARMS = {
-    "random": ["study.pruner={type: none, options: {}}"],  # sampler set per seed below
+    "random": ["study.pruner={type: none, options: {}}", "study.lr_prior=false"],  # sampler set per seed below
     "demo": [],
 }
 
@@ -161,10 +161,13 @@ def run_arm(arm: str, seed: int, args: Any, work: Path, model: str | None) -> di
 
 def settings(config: Any) -> str:
     """The sampler and pruner a sweep ran with, as the results row records them."""
+    from lora_sweep.sweep.search import tpe_options
+
     s, p = config.study.sampler, config.study.pruner
+    options = tpe_options(config) if s.type == "tpe" else s.options  # what the sampler is given, defaults included
     kind = {True: " multivariate", False: " independent", None: " (optuna's default)"}
-    sampler = s.type + (kind[s.options.get("multivariate")] if s.type == "tpe" else "")
-    startup = f" {s.options['n_startup_trials']} startup" if "n_startup_trials" in s.options else ""
+    sampler = s.type + (kind[options.get("multivariate")] if s.type == "tpe" else "")
+    startup = f" {options['n_startup_trials']} startup" if "n_startup_trials" in options else ""
     return f"{sampler}{startup} + {p.type} pruner, eval every {config.training.eval_steps}"
 
 

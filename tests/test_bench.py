@@ -183,7 +183,7 @@ def test_demo_seeds(tmp_path, capsys):
 def test_sweep_efficiency(tmp_path, capsys):
     out, printed, results = smoke(sweep_efficiency, tmp_path, capsys)  # 1 seed, 1 trial per arm, both at once
     row = check(printed, results, "3 sweep efficiency")
-    assert "demo (tpe (optuna's default) 3 startup + median pruner, eval every 1), seeds 0," in row["setup"]
+    assert "demo (tpe independent 3 startup + median pruner, eval every 1), seeds 0," in row["setup"]
     assert out["plot"] == tmp_path / "sweep_efficiency.html"
     html = out["plot"].read_text(encoding="utf-8")
     assert "plotly" in html and "random (seed 0)" in html and "demo (seed 0)" in html

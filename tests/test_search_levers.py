@@ -109,6 +109,8 @@ def test_a_sweep_with_the_prior_runs_the_informed_trial_and_stops_once_converged
     trials = load(tmp_path / "studies").get_trials()
     assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)  # patience 1 + 2
     assert trials[0].params["learning_rate"] == 2e-4  # the documented defaults, then the informed trial
+    # drawn from a range that holds it (a warm start or a replay can copy the trial), the others from the focus
+    assert trials[0].distributions["learning_rate"].low == 2e-4 and trials[2].distributions["learning_rate"].low > 2e-3
     prior = 5e-4 * (2000 / 64) ** 0.781 * 1.5  # alpha 32, a run of 6 steps
     assert trials[1].user_attrs["informed"] == f"learning-rate prior {prior:.3g}"
     assert trials[1].params["learning_rate"] == 1e-2  # the prior (0.011) within the documented range

@@ -143,6 +143,7 @@ def test_a_sweep_of_40_step_trials_searches_what_the_run_can_use(tiny_llama, cha
     def sweep(name: str, search_space: dict) -> tuple[optuna.Study, str, Path]:
         tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", name=name, n_trials=2)
         tree["study"]["base_space"] = "standard"
+        tree["study"]["lr_prior"] = False  # trial 1 is drawn, not the informed one; only the warmup's note
         tree["training"] = {"num_training_steps": 40, "eval_steps": 20, "save_steps": 20}
         tree["search_space"] = search_space
         path = write_yaml(tmp_path / f"{name}.yaml", tree)

@@ -44,7 +44,8 @@ from lora_sweep.config.space import build_space
 
 class SamplerSection(Section):
     type: Literal["tpe", "random", "cmaes", "gp", "qmc", "grid"] = Field(
-        "tpe", description="Optuna sampler, with optuna's defaults (tpe: multivariate for one objective in optuna 5)."
+        "tpe", description="Optuna sampler, with optuna's defaults, except tpe: independent (multivariate: false) "
+        "after max(3, min(10, n_trials // 4)) start-up trials unless options say otherwise (README: the search)."
     )
     seed: int | None = Field(0, description="Sampler seed, for a repeatable sequence of trials: each trial draws from its own stream, mixed from this seed and the trial's number, so workers and slots sharing a seed never draw alike (qmc keeps one scrambled sequence).")
     options: dict[str, Any] = Field({}, description="Extra keyword arguments of the optuna sampler.")
@@ -128,7 +129,7 @@ class StudySection(Section):
     min_improvement: float = Field(0.01, ge=0, description="For stop_when: converged on a metric without "
                                    "per-sample scores (eval_loss): the relative change of the best that counts.")
     lr_prior: bool = Field(
-        False, description="Use what is published about LoRA learning rates (README: the search): an informed "
+        True, description="Use what is published about LoRA learning rates (README: the search): an informed "
         "trial with the learning rate the model's width suggests runs after the defaults, and learning_rate, "
         "when search_space gives it no range, is searched within 5x of that rate."
     )

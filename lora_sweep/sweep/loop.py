@@ -560,6 +560,8 @@ def exit_code(stopped: str) -> int:
 def main(config_path: str, overrides: list[str], join_only: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what its INFO lines say
+    for noisy in ("kernels", "bitsandbytes"):  # bitsandbytes, when installed, warns at import that it cannot fetch
+        logging.getLogger(noisy).setLevel(logging.ERROR)  # a CPU kernel from the hub offline: not the sweep's news
     config = load_study(config_path, overrides)
     try:
         study, stopped, note = run_sweep(config, join_only)

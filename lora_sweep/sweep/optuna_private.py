@@ -59,3 +59,10 @@ def dashboard_note(study: optuna.Study) -> str:
 
     attrs = storage_of(study).get_study_system_attrs(study_id(study))
     return get_note_from_system_attrs(attrs, None).get("body") or ""
+
+
+def fixed_params(trial: optuna.Trial) -> dict[str, Any]:
+    """The params a queued trial (`enqueue_trial`) was taken with: optuna keeps them in the trial's
+    `_fixed_params` (read from its system attrs, whose public accessor on `Trial` is deprecated); the
+    sweep reads them to draw a queued value outside its searched range from a range that holds it."""
+    return dict(trial._fixed_params)

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from optuna.distributions import FloatDistribution
+from optuna.distributions import FloatDistribution, IntDistribution
 
 from lora_sweep.config.space import Space, default_params, param_path
 from lora_sweep.config.study import StudyConfig
@@ -116,3 +116,17 @@ def informed_params(config: StudyConfig, space: Space, prior: Prior) -> dict[str
     dist = space.distributions["learning_rate"]
     params["learning_rate"] = min(max(prior.lr, dist.low), dist.high)
     return params
+
+
+def holding(space: Space, fixed: dict[str, Any]) -> Space:
+    """The space a queued trial is drawn from: a fixed value outside its searched range (the
+    defaults trial's documented learning rate outside the prior's focused range) gets a range
+    widened to hold it, for that trial only, so the value recorded is within the range recorded
+    with it (a warm start or a replay can copy the trial)."""
+    wider = {}
+    for name, value in fixed.items():
+        dist = space.distributions.get(name)
+        if isinstance(dist, (FloatDistribution, IntDistribution)) and not dist.low <= value <= dist.high \
+                and dist.step is None and name not in space.depends:
+            wider[name] = type(dist)(min(dist.low, value), max(dist.high, value), log=dist.log)
+    return dataclasses.replace(space, distributions={**space.distributions, **wider}) if wider else space
