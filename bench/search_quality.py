@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"plot: {plot_path}")
     figures = "; ".join(f"{r[0]}@{r[1]} {r[3]} ({r[5]})" for r in rows) + "; " + "; ".join(lines)
     setup = (f"{B.model_label(args)} {args.task}, seeds {','.join(map(str, seeds))}, {steps} steps per trial, "
-             f"{n_prompts} test prompts, arms {','.join(arms)}")
+             f"{n_prompts} test prompts, arms {','.join(arms)}"
+             + (f"; the default arm ({args.label}) with {' '.join(args.set)}" if args.set else ""))
     met = None if a is None or b is None else (a[1] > 0 and b[2] >= 0)
     ratio = a[0] if a else math.nan
     row = B.conclude("3 search quality", args, setup, figures, ratio, f"default@{small} - random@{small}, test {metric}",

@@ -341,7 +341,8 @@ def setup_study(config: StudyConfig, space: Space, study: optuna.Study, prior: P
         for note in notes:
             log.info("defaults trial: %s", note)
     informed = informed_params(config, documented or space, prior) if prior is not None else None
-    if informed is not None and (not config.study.enqueue_defaults or informed != params):  # not the defaults again
+    queued = 1 if config.study.enqueue_defaults else 0  # a budget of one trial is the defaults': no informed one
+    if informed is not None and config.study.n_trials > queued and (not queued or informed != params):
         study.enqueue_trial(informed, user_attrs={INFORMED_ATTR: f"learning-rate prior {prior.lr:.3g}"})
     if config.study.warm_start:
         added = seed_study(config, space, study)
