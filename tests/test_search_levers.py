@@ -103,6 +103,7 @@ def test_converged_needs_a_better_best_beyond_the_bootstrap_noise(tmp_path):
 def test_a_sweep_with_the_prior_runs_the_informed_trial_and_stops_once_converged(tiny_llama, chat_data, tmp_path):
     tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", n_trials=8, lr_prior=True, stop_when="converged",
                       patience=1, min_improvement=1.0)  # eval_loss: a change under 100 % of the best is noise
+    tree["training"] = {"num_training_steps": 2, "eval_steps": 1, "save_steps": 1}
     config = write_yaml(tmp_path / "study.yaml", tree)
     proc = run_cli(["run", str(config)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -111,7 +112,7 @@ def test_a_sweep_with_the_prior_runs_the_informed_trial_and_stops_once_converged
     assert trials[0].params["learning_rate"] == 2e-4  # the documented defaults, then the informed trial
     # drawn from a range that holds it (a warm start or a replay can copy the trial), the others from the focus
     assert trials[0].distributions["learning_rate"].low == 2e-4 and trials[2].distributions["learning_rate"].low > 2e-3
-    prior = 5e-4 * (2000 / 64) ** 0.781 * 1.5  # alpha 32, a run of 6 steps
+    prior = 5e-4 * (2000 / 64) ** 0.781 * 1.5  # alpha 32, a run of 2 steps
     assert trials[1].user_attrs["informed"] == f"learning-rate prior {prior:.3g}"
     assert trials[1].params["learning_rate"] == 1e-2  # the prior (0.011) within the documented range
     assert {k: v for k, v in trials[1].params.items() if k != "learning_rate"} == \
@@ -119,7 +120,7 @@ def test_a_sweep_with_the_prior_runs_the_informed_trial_and_stops_once_converged
     low = prior / 5
     assert low <= trials[2].params["learning_rate"] <= 1e-2  # drawn from the focused range
     assert "note: study.stop_when converged: no improvement beyond noise in the last 1 finished trials" in proc.stderr
-    assert "5 trial(s) not run, about 30 training steps: 3 of 8 trials finished" in proc.stderr
+    assert "5 trial(s) not run, about 10 training steps: 3 of 8 trials finished" in proc.stderr
     notes = load(tmp_path / "studies").user_attrs["run"]["notes"]
     assert notes[-2] == (f"learning-rate prior {prior:.3g} = 5e-4 x (2000 / hidden size 64) ^ 0.781 (llama) x 32 / "
-                         f"alpha 32 x 1.5 (a run of 6 steps): an informed trial runs it after the defaults")
+                         f"alpha 32 x 1.5 (a run of 2 steps): an informed trial runs it after the defaults")

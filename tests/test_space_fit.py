@@ -127,8 +127,8 @@ def test_validate_warns_once_and_keeps_the_range(tiny_llama, tmp_path):
 
 
 @pytest.mark.integration
-def test_a_sweep_of_40_step_trials_searches_what_the_run_can_use(tiny_llama, chat_data, tmp_path):
-    """Real sweeps (2 trials of 40 steps each): by default the warmup is drawn from 0..40, said once
+def test_a_sweep_of_24_step_trials_searches_what_the_run_can_use(tiny_llama, chat_data, tmp_path):
+    """Real sweeps (2 trials of 24 steps each): by default the warmup is drawn from 0..24, said once
     at the start and in the study's note; a user's 0..10000 is drawn from as written, and the report,
     `best` and the AI Toolkit export show the warmup each job ran."""
     import json
@@ -144,7 +144,7 @@ def test_a_sweep_of_40_step_trials_searches_what_the_run_can_use(tiny_llama, cha
         tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", name=name, n_trials=2)
         tree["study"]["base_space"] = "standard"
         tree["study"]["lr_prior"] = False  # trial 1 is drawn, not the informed one; only the warmup's note
-        tree["training"] = {"num_training_steps": 40, "eval_steps": 20, "save_steps": 20}
+        tree["training"] = {"num_training_steps": 24, "eval_steps": 12, "save_steps": 12}
         tree["search_space"] = search_space
         path = write_yaml(tmp_path / f"{name}.yaml", tree)
         proc = run_module(["run", str(path)], cwd=tmp_path)
@@ -152,33 +152,33 @@ def test_a_sweep_of_40_step_trials_searches_what_the_run_can_use(tiny_llama, cha
         return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/studies/{name}.db"), proc.stderr, path
 
     study, log, _ = sweep("fitted", {})
-    note = ("num_warmup_steps searched over 0..40, not the documented 0..10000: the trials run 40 steps, and every "
-            "value from 40 up is one and the same schedule (the learning rate rises for the whole run)")
+    note = ("num_warmup_steps searched over 0..24, not the documented 0..10000: the trials run 24 steps, and every "
+            "value from 24 up is one and the same schedule (the learning rate rises for the whole run)")
     assert log.count(note) == 1 and f"search space: {note}" in log  # the start-up line, once
-    assert study.user_attrs["run"] == {"steps": 40, "notes": [note]}
+    assert study.user_attrs["run"] == {"steps": 24, "notes": [note]}
     assert f"- search space: {note}" in records.study_note(study)
     assert report.summary_lines(report.load_frame(study))[-1] == f"Search space: {note}."
     assert len(study.trials) == 2
     for trial in study.trials:
-        assert trial.distributions["num_warmup_steps"] == IntDistribution(0, 40)
-        assert 0 <= trial.params["num_warmup_steps"] <= 40
+        assert trial.distributions["num_warmup_steps"] == IntDistribution(0, 24)
+        assert 0 <= trial.params["num_warmup_steps"] <= 24
     assert "clamped" not in log  # no job clamped its warmup
 
     study, log, path = sweep("written", {"num_warmup_steps": {"type": "int", "low": 0, "high": 10000}})
-    assert "search space:" not in log and study.user_attrs["run"] == {"steps": 40, "notes": []}
+    assert "search space:" not in log and study.user_attrs["run"] == {"steps": 24, "notes": []}
     asked = [t.params["num_warmup_steps"] for t in study.trials]
     assert all(t.distributions["num_warmup_steps"] == IntDistribution(0, 10000) for t in study.trials)
-    assert asked[0] == 0 and asked[1] > 40  # the defaults trial (0: the plain schedule), then a draw
+    assert asked[0] == 0 and asked[1] > 24  # the defaults trial (0: the plain schedule), then a draw
     frame = report.load_frame(study)
-    assert list(frame["params_num_warmup_steps"]) == [0, 40]  # the jobs' start events
+    assert list(frame["params_num_warmup_steps"]) == [0, 24]  # the jobs' start events
     assert list(frame["requested_num_warmup_steps"].astype(object).where(frame["requested_num_warmup_steps"].notna(),
                                                                             None)) == [None, asked[1]]
     shown = report.as_run(study, frame)
-    assert [t.params["num_warmup_steps"] for t in shown.trials] == [0, 40]
+    assert [t.params["num_warmup_steps"] for t in shown.trials] == [0, 24]
     best = json.loads(run_cli(["best", str(path)], cwd=tmp_path).stdout)
-    assert best["params"]["num_warmup_steps"] == [0, 40][best["trial"]]
+    assert best["params"]["num_warmup_steps"] == [0, 24][best["trial"]]
     assert best.get("requested_params", {}) == ({"num_warmup_steps": asked[1]} if best["trial"] == 1 else {})
     out = tmp_path / "lora.yaml"
     proc = run_cli(["export", str(path), "--trial", "1", "--aitk-yaml", str(out)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert yaml.safe_load(out.read_text())["num_warmup_steps"] == 40
+    assert yaml.safe_load(out.read_text())["num_warmup_steps"] == 24
