@@ -8,7 +8,6 @@ import json
 import math
 from pathlib import Path
 
-import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -98,6 +97,14 @@ def test_converged_needs_a_better_best_beyond_the_bootstrap_noise(tmp_path):
                       "0.6 stayed the best); 8 trial(s) not run")
     assert converged(config.model_copy(update={"study": config.study.model_copy(update={"stop_when": "n_trials"})}),
                      trials, 20) is None
+    # eval_loss, minimized: the best is the lowest loss, and a fall of more than 1 % of it is real
+    loss = StudyConfig.model_validate({"data": {"dataset": "d"}, "study": {"n_trials": 12, "stop_when": "converged",
+                                                                           "patience": 2}})
+    assert converged(loss, finished([2.0, 1.5, 1.4, 1.2]), 20) is None  # trial 3 beat trial 1 by 20 %
+    assert converged(loss, finished([2.0, 1.2, 1.4, 1.195]), 20) == (
+        "study.stop_when converged: no improvement beyond noise in the last 2 finished trials (trial 3's 1.195 "
+        "against trial 1's 1.2 (0.005, under study.min_improvement 0.01 of it)); 8 trial(s) not run, about 160 "
+        "training steps")
 
 
 def test_a_sweep_with_the_prior_runs_the_informed_trial_and_stops_once_converged(tiny_llama, chat_data, tmp_path):

@@ -97,8 +97,8 @@ def converged(config: StudyConfig, trials: list[FrozenTrial], steps: int | None)
 
     def best(among: list[FrozenTrial]) -> FrozenTrial | None:
         complete = [t for t in among if t.state == TrialState.COMPLETE and t.value is not None]
-        return (max if maximize else min)(complete, key=lambda t: (t.value if maximize else -t.value, -t.number),
-                                          default=None) if complete else None
+        # the best value for the study's direction; of a tie, the earliest trial
+        return max(complete, key=lambda t: (t.value if maximize else -t.value, -t.number), default=None)
 
     now, before = best(done), best(done[:-patience])
     if now is None or before is None:
