@@ -44,7 +44,7 @@ from typing import Any
 import benchlib as B
 import numpy as np
 from optuna.trial import TrialState
-from sweep_efficiency import curve, trial_steps
+from sweep_efficiency import trial_steps
 
 BUDGETS = (4, 8, 12, 24)
 TRIALS = {"random": 24, "default": 12, "hf": 8}
@@ -113,7 +113,7 @@ def run_arm(task: str, arm: str, seed: int, args: Any, work: Path, model: str | 
                   if t.state == TrialState.COMPLETE}
     maximize = config.objective.direction == "maximize"
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    return {"task": task, "arm": arm, "seed": seed, "config": config, "points": curve(study, maximize),
+    return {"task": task, "arm": arm, "seed": seed, "config": config, "steps": spent_steps(trials),
             "trials": trials, "adapters": chosen, "maximize": maximize,
             "steps_per_trial": config.training.num_training_steps}
 
@@ -124,24 +124,29 @@ def last_checkpoint(run: Path) -> str | None:
     return str(found[-1]) if found else None
 
 
+def spent_steps(trials: dict[int, Any]) -> dict[int, int]:
+    """The training steps each finished trial spent (a pruned one: until it was stopped), in number
+    order, read once. A failed trial costs nothing here: every failure in these sweeps is the bench's
+    own (a sweep stopped and resumed), and its params ran again as a later trial."""
+    return {n: trial_steps(t) for n, t in sorted(trials.items())
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+
+
 def chosen_at(arm: dict[str, Any], budget_steps: int) -> int | None:
     """The trial an arm hands the user once it has spent `budget_steps` training steps: the best
     complete one (by the validation value; the earliest of a tie) among the trials that fit, in
-    number order. A failed trial costs nothing here: every failure in these sweeps is the bench's
-    own (a sweep stopped and resumed), and its params ran again as a later trial."""
+    number order (`spent_steps`)."""
     best, best_value, spent = None, None, 0
-    for point in arm["points"]:
-        trial = arm["trials"][point["number"]]
-        if trial.state == TrialState.FAIL:
-            continue
-        spent += trial_steps(trial)
+    for number, steps in arm["steps"].items():
+        spent += steps
         if spent > budget_steps:
             break
-        if trial.state != TrialState.COMPLETE or trial.value is None or not arm["adapters"].get(trial.number):
+        trial = arm["trials"][number]
+        if trial.state != TrialState.COMPLETE or trial.value is None or not arm["adapters"].get(number):
             continue
         better = best_value is None or (trial.value > best_value if arm["maximize"] else trial.value < best_value)
         if better:
-            best, best_value = trial.number, trial.value
+            best, best_value = number, trial.value
     return best
 
 

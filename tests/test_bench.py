@@ -336,7 +336,7 @@ def test_search_quality_hands_over_the_best_validated_trial_that_fits_the_budget
                              user_attrs={"steps_run": 10 if number == 2 else 20})
         trial.number = number
         trials[number] = trial
-    arm = {"points": [{"number": n} for n in trials], "trials": trials, "maximize": True,
+    arm = {"steps": search_quality.spent_steps(trials), "trials": trials, "maximize": True,
            "adapters": {n: f"/a/{n}" for n in trials}}
     # cumulative steps in number order, the failed trial costing nothing: 20, 40, 50, 70, 90
     assert [search_quality.chosen_at(arm, b) for b in (10, 20, 49, 50, 69, 70, 200)] == [None, 0, 1, 1, 1, 3, 3]

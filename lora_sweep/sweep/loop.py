@@ -318,7 +318,7 @@ def start_study(config: StudyConfig, space: Space, sampler: optuna.samplers.Base
         study = optuna.create_study(storage=storage, study_name=name, directions=config.objective.directions,
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
         if not exists:
-            setup_study(config, space, study, prior, documented or space)
+            setup_study(config, space, study, prior, documented)
     return study
 
 
@@ -327,6 +327,7 @@ def setup_study(config: StudyConfig, space: Space, study: optuna.Study, prior: P
     """A new study's attrs, the documented defaults as its first trial (in the `documented` space:
     a learning rate outside the prior's focused range stays the documented one) and, with a
     learning-rate prior, the informed trial as its second."""
+    documented = documented or space
     study.set_user_attr("config", shown_config(config.model_dump(mode="json")))  # a password is never stored
     study.set_user_attr("metric", config.objective.metric)
     study.set_user_attr("space", describe(space))
@@ -335,12 +336,12 @@ def setup_study(config: StudyConfig, space: Space, study: optuna.Study, prior: P
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([config.objective.metric, *([config.objective.also] if config.objective.also else [])])
     if config.study.enqueue_defaults:
-        params, notes = default_params(config, documented or space)
+        params, notes = default_params(config, documented)
         study.enqueue_trial(params, user_attrs={DEFAULTS_ATTR: DEFAULTS})
         study.set_user_attr("defaults_notes", notes)
         for note in notes:
             log.info("defaults trial: %s", note)
-    informed = informed_params(config, documented or space, prior) if prior is not None else None
+    informed = informed_params(config, documented, prior) if prior is not None else None
     queued = 1 if config.study.enqueue_defaults else 0  # a budget of one trial is the defaults': no informed one
     if informed is not None and config.study.n_trials > queued and (not queued or informed != params):
         study.enqueue_trial(informed, user_attrs={INFORMED_ATTR: f"learning-rate prior {prior.lr:.3g}"})
