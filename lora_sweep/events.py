@@ -22,6 +22,9 @@ log = logging.getLogger("lora_sweep.events")
 
 # Set by the sweep for the jobs it launches: a job exits when this process is gone.
 PARENT_PID_ENV = "LORA_SWEEP_PARENT_PID"
+# Set by the sweep for a job that does not quantize (lora.load_in_4bit false): the job keeps
+# bitsandbytes out (lora_sweep.job), which PEFT imports wherever it is installed (about 1 s a job).
+NO_BITSANDBYTES_ENV = "LORA_SWEEP_NO_BITSANDBYTES"
 
 
 class LauncherLost(RuntimeError):

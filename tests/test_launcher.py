@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from helpers import chat, job_tree, write_jsonl, write_yaml
 from lora_sweep.launch import local as launch
 from lora_sweep.events import read_events
-from lora_sweep.launch.local import command, direct_env, launcher_args
+from lora_sweep.launch.local import command, direct_env, job_env, launcher_args
 
 CPU_FLAGS = launcher_args(None, cpu_threads=2, port=0)
 
@@ -34,6 +36,23 @@ def test_direct_starts_the_job_module_and_ddp_keeps_accelerate(tmp_path):
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd and env == {}
     cmd, _ = command(tmp_path / "job.yaml", CPU_FLAGS, "lora_sweep.job.train", "accelerate")
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+
+
+def test_only_a_job_that_quantizes_imports_bitsandbytes(tmp_path):
+    """PEFT imports bitsandbytes wherever it is installed (about a second per job): a job whose file
+    does not ask for a 4-bit base is told to keep it out, and its interpreter does."""
+    pytest.importorskip("bitsandbytes")
+    probe = "import sys, lora_sweep.job.train; print('bitsandbytes' in sys.modules and sys.modules['bitsandbytes'] is not None)"
+    imported = {}
+    for name, lora in (("lora", {"r": 8}), ("qlora", {"r": 8, "load_in_4bit": True})):
+        env = job_env(write_yaml(tmp_path / f"{name}.yaml", {"lora": lora}))
+        assert env["LORA_SWEEP_PARENT_PID"] == str(os.getpid())
+        out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True, text=True,
+                             check=True)
+        imported[name] = out.stdout.split()[-1]
+    assert imported == {"lora": "False", "qlora": "True"}
+    (tmp_path / "broken.yaml").write_text("lora: [", encoding="utf-8")
+    assert "LORA_SWEEP_NO_BITSANDBYTES" not in job_env(tmp_path / "broken.yaml")  # the job says what is wrong
 
 
 @pytest.mark.integration

@@ -6,3 +6,12 @@
     train.py     the job itself: data, model, LoRA, Trainer, events, adapter, result
     tracking.py  the job's side of MLflow / W&B / TensorBoard (the Trainer's report_to)
 """
+
+import os
+import sys
+
+from lora_sweep.events import NO_BITSANDBYTES_ENV
+
+if os.environ.get(NO_BITSANDBYTES_ENV) == "1":
+    # None in sys.modules: PEFT, transformers and accelerate take bitsandbytes for not installed
+    sys.modules.setdefault("bitsandbytes", None)

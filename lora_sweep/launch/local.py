@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import yaml
+
 from lora_sweep.launch import warm
-from lora_sweep.events import JobFolder, PARENT_PID_ENV, EventReader
+from lora_sweep.events import NO_BITSANDBYTES_ENV, PARENT_PID_ENV, EventReader, JobFolder
 
 POLL_S = 0.2  # how often the events file and the process are looked at (a stat and a read)
 LOG_TAIL_LINES = 40
@@ -54,6 +56,20 @@ def command(job_path: Path, flags: list[str], module: str = "lora_sweep.job.trai
     if launcher in ("direct", "warm") and single_process(flags):
         return [sys.executable, "-m", module, str(job_path)], direct_env(tuple(flags))
     return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", module, str(job_path)], {}
+
+
+def job_env(job_path: Path) -> dict[str, str]:
+    """What the sweep tells each job: its own pid (the job exits when the sweep is gone) and, when the
+    job does not load its base in 4 bits (lora.load_in_4bit in its file), to keep bitsandbytes out."""
+    env = {PARENT_PID_ENV: str(os.getpid())}
+    try:
+        lora = yaml.safe_load(Path(job_path).read_text(encoding="utf-8")).get("lora") or {}
+        quantizes = bool(lora.get("load_in_4bit", False))
+    except (OSError, yaml.YAMLError, AttributeError):
+        quantizes = True  # the job reads its file itself and says what is wrong; bitsandbytes stays
+    if not quantizes:
+        env[NO_BITSANDBYTES_ENV] = "1"
+    return env
 
 
 def single_process(flags: list[str]) -> bool:
@@ -217,7 +233,7 @@ def run_local(
     event after which it is stopped as hung; `launcher`: study.launcher."""
     log_path = JobFolder(folder).log
     cmd, launch_env = command(job_path, flags, module, launcher)
-    child_env = {**os.environ, **launch_env, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
+    child_env = {**os.environ, **launch_env, **(env or {}), **job_env(job_path)}
     # a single-process job, where processes fork (not Windows): forked, no interpreter start
     if launcher == "warm" and single_process(flags) and hasattr(os, "fork"):
         proc = warm.start(module, cmd[3:], child_env, folder, log_path)
