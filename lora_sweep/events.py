@@ -144,17 +144,22 @@ class JobFolder:
 @dataclass(frozen=True)
 class EvalEvent:
     """An `eval` event: the job's evaluation at `step`. `score` is the generation metric, present
-    at the evaluations where it was scored; `best` says the job kept this evaluation's adapter."""
+    at the evaluations where it was scored, and `scores` its per-prompt scores (in the order of the
+    scored prompts: the pruner `wilcoxon` pairs them); `best` says the job kept this evaluation's adapter."""
 
     step: int
     eval_loss: float
     perplexity: float | None = None
     score: float | None = None
+    scores: tuple[float, ...] | None = None
     best: bool = False
 
     @classmethod
     def of(cls, event: dict[str, Any]) -> EvalEvent:
-        return cls(**{f.name: event[f.name] for f in dataclasses.fields(cls) if f.name in event})
+        fields = {f.name: event[f.name] for f in dataclasses.fields(cls) if f.name in event}
+        if fields.get("scores") is not None:
+            fields["scores"] = tuple(fields["scores"])
+        return cls(**fields)
 
     def value(self, key: str) -> float | None:
         """The objective's value at this evaluation (`key`: eval_loss, perplexity or score)."""

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from helpers import load, memorization_samples, run_cli, run_module, study_tree, write_jsonl, write_yaml
 from lora_sweep.events import read_events
+from lora_sweep.sweep.search import prompt_scores
 from lora_sweep.sweep.storage import best_trial
 
 pytestmark = pytest.mark.integration  # every test here reads a launched sweep
@@ -22,13 +23,15 @@ pytestmark = pytest.mark.integration  # every test here reads a launched sweep
 
 @pytest.fixture(scope="module")
 def gen_study(tiny_llama, tmp_path_factory):
-    """A finished 2-trial study optimizing token_f1 of generated answers."""
+    """A finished 2-trial study optimizing token_f1 of generated answers; the wilcoxon pruner hears
+    every evaluation's per-prompt scores (p_threshold 0: it judges, and never prunes)."""
     root = tmp_path_factory.mktemp("gen")
     data = root / "data"
     data.mkdir()
     write_jsonl(data / "train.json", memorization_samples())
     write_jsonl(data / "test.json", memorization_samples())
-    tree = study_tree(tiny_llama, data, root / "studies", n_trials=2)
+    tree = study_tree(tiny_llama, data, root / "studies", n_trials=2,
+                      pruner={"type": "wilcoxon", "options": {"p_threshold": 0.0}})
     tree["training"].update(learning_rate=0.03, num_training_steps=8, eval_steps=4, save_steps=4)
     tree["data"].update(test_nsamples=4, inference_system_prompt="Answer briefly.")
     tree["objective"] = {"metric": "token_f1", "max_new_tokens": 6, "generation_batch_size": 3}
@@ -56,6 +59,9 @@ def test_generation_metric_is_the_objective(gen_study):
         # generation metric), negated since the study maximizes; the curve is the metric
         assert trial.intermediate_values == {e["step"]: -e["eval_loss"] for e in evals}
         assert trial.user_attrs["eval_curve"] == [[e["step"], e["score"]] for e in evals]
+        # each scored evaluation's per-prompt scores, for the wilcoxon pruner: the score is their mean
+        assert prompt_scores(trial) == {e["step"]: e["scores"] for e in evals}
+        assert all(len(e["scores"]) == 4 and sum(e["scores"]) / 4 == pytest.approx(e["score"]) for e in evals)
         records = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
         assert len(records) == 4 and set(records[0]) == {"input", "reference", "prediction", "score"}
         assert records[0]["input"][0] == {"role": "system", "content": "Answer briefly."}
@@ -185,3 +191,15 @@ def test_a_trial_pruned_on_its_loss_before_any_generation(tiny_llama, tmp_path, 
     warnings = [e["message"] for e in read_events(Path(trial.user_attrs["trial_dir"]) / "events.jsonl")
                 if e["event"] == "warning"]
     assert warnings == [cut]
+
+
+def test_the_wilcoxon_pruner_needs_a_generation_metric(tiny_llama, chat_data, tmp_path):
+    tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", pruner={"type": "wilcoxon"})
+    path = write_yaml(tmp_path / "study.yaml", tree)
+    for command in ("validate", "run"):
+        proc = run_cli([command, str(path)], cwd=tmp_path)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines()[-1].endswith(
+            "study.pruner.type: wilcoxon pairs the per-prompt scores of a generation metric; objective.metric "
+            "eval_loss has none (use median, or a generation metric)")
+    assert not (tmp_path / "studies").exists()

@@ -13,6 +13,7 @@ import sys
 import time
 import typing
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -156,6 +157,46 @@ def test_percentile_and_threshold_pruners_judge_a_trial():
     floor = {"type": "threshold", "options": {"lower": 0.05}}
     assert verdict(floor, [], 0.0) is True
     assert verdict(floor, [], 0.1) is False
+
+
+
+def test_the_wilcoxon_pruner_pairs_prompt_scores_with_the_best_trial_at_the_same_step(tmp_path):
+    """Trials told and judged in a SQLite study as the sweep does it: scores recorded per evaluation
+    (trial system attrs), one value per evaluation reported; the pruner pairs the last scored one."""
+    from lora_sweep.sweep.search import make_pruner, record_scores
+
+    config = StudyConfig.model_validate({"data": {"dataset": "d"}, "objective": {"metric": "exact_match"},
+                                         "study": {"pruner": {"type": "wilcoxon"}}})
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'w.db'}", direction="maximize",
+                                pruner=make_pruner(config))
+    best = [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+
+    def trial_scoring(scores: list[float], step: int = 10, scored: bool = True) -> optuna.Trial:
+        trial = study.ask()
+        if scored:
+            record_scores(study, trial, step, tuple(scores))
+        trial.report(sum(scores) / len(scores), step)
+        return trial
+
+    first = trial_scoring([0.0] * 10, step=5)
+    record_scores(study, first, 10, tuple(best))
+    first.report(0.8, 10)
+    study.tell(first, 0.8)
+    worse = trial_scoring([0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    assert worse.should_prune() is True  # worse: p 0.016
+    study.tell(worse, state=optuna.trial.TrialState.PRUNED)
+    # the sweep's line on it: the metric the pruner judged, not the value reported as the curve
+    from lora_sweep.sweep.loop import Sweep
+    assert Sweep.pruned_text(SimpleNamespace(config=config), study.trials[1]) == (
+        "at step 10: exact_match 0.2000 on 10 prompts, worse prompt by prompt than the best trial's there")
+    assert trial_scoring([1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0]).should_prune() is False  # one prompt worse: p 0.5
+    assert trial_scoring([0.0] * 10, scored=False).should_prune() is False  # an evaluation without scores
+    assert trial_scoring([0.0] * 10, step=20).should_prune() is False  # the best trial did not score step 20
+    later = trial_scoring([0.0] * 10, step=10)
+    later.report(0.0, 15)  # an unscored evaluation after a scored one: judged once, at the scored one
+    assert later.should_prune() is False
+    assert {k: v for k, v in study.trials[0].system_attrs.items() if k.startswith("prompt")} == {
+        "prompt_scores:5": [0.0] * 10, "prompt_scores:10": best}
 
 
 @pytest.mark.integration

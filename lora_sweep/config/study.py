@@ -52,8 +52,10 @@ class SamplerSection(Section):
 
 
 class PrunerSection(Section):
-    type: Literal["none", "median", "percentile", "threshold", "successive_halving", "hyperband"] = Field(
-        "median", description="Optuna pruner, fed each evaluation of a trial."
+    type: Literal["none", "median", "percentile", "threshold", "successive_halving", "hyperband", "wilcoxon"] = Field(
+        "median", description="Optuna pruner, fed each evaluation of a trial. wilcoxon (a generation metric only): "
+        "optuna's WilcoxonPruner on the per-prompt scores of each scored evaluation, paired with the best trial's "
+        "at the same step."
     )
     options: dict[str, Any] = Field(
         {}, description="Keyword arguments of the optuna pruner (e.g. n_startup_trials, n_warmup_steps)."
@@ -173,6 +175,13 @@ def launcher_problem(args: list[str] | None) -> str | None:
 
 
 
+def check_pruner(config: StudyConfig) -> None:
+    """The wilcoxon pruner pairs per-prompt scores, which only a generation metric has."""
+    if config.study.pruner.type == "wilcoxon" and not config.objective.is_generation:
+        raise ValueError(f"study.pruner.type: wilcoxon pairs the per-prompt scores of a generation metric; "
+                         f"objective.metric {config.objective.metric} has none (use median, or a generation metric)")
+
+
 JOB_GROUPS = ("model", "lora", "data", "training", "objective", "compare", "tracking")  # a study's job side
 
 
@@ -199,7 +208,7 @@ class StudyConfig(Section):
     @model_validator(mode="after")
     def _space(self) -> StudyConfig:
         problems = []
-        for check in (check_job_needs, build_space):  # each raises ValueError with all its problems
+        for check in (check_job_needs, check_pruner, build_space):  # each raises ValueError with all its problems
             try:
                 check(self)
             except ValueError as exc:

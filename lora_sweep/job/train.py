@@ -317,7 +317,8 @@ class Reporter(TrainerCallback):
         if score:
             began = time.time()
             scored, records = self.metric(model, self.tokenizer)
-            record = self.evals[-1] = dataclasses.replace(record, score=scored)
+            record = self.evals[-1] = dataclasses.replace(record, score=scored,
+                                                          scores=tuple(r["score"] for r in records))
             self.eval_seconds += time.time() - began
         value, best = self.objective.value(record), self.best
         # on equal values (a generation metric often ties) the lower eval loss wins

@@ -56,7 +56,7 @@ from lora_sweep.sweep.storage import (
 )
 from lora_sweep.sweep.trackers import study_callbacks, tracker_problems
 from lora_sweep.sweep import trial as trial_life
-from lora_sweep.sweep.search import converged, make_pruner, make_sampler
+from lora_sweep.sweep.search import converged, make_pruner, make_sampler, prompt_scores
 from lora_sweep.sweep.trial import TrialFailed, run_base_model
 from lora_sweep.sweep.variants import variant_lines
 from lora_sweep.sweep.warmstart import seed_study, source_study
@@ -257,6 +257,10 @@ class Sweep:
         under prune_on: eval_loss, not the sign-adjusted value optuna keeps as the trial's)."""
         objective = self.config.objective
         step = max(trial.intermediate_values)
+        scores = prompt_scores(trial).get(step) if self.config.study.pruner.type == "wilcoxon" else None
+        if scores:  # what the wilcoxon pruner judged: the metric, prompt by prompt
+            return (f"at step {step}: {objective.metric} {sum(scores) / len(scores):.4f} on {len(scores)} prompts, "
+                    f"worse prompt by prompt than the best trial's there")
         name = "eval_loss" if objective.prunes_on == "eval_loss" else objective.metric
         return f"at step {step}: {name} {objective.pruner_sign * trial.intermediate_values[step]:.4f}"
 

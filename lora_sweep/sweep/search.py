@@ -4,6 +4,7 @@ per draw, so workers sharing a study seed never draw alike), the pruner, and whe
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -14,6 +15,7 @@ from lora_sweep.config.job import ConfigError
 from lora_sweep.config.study import StudyConfig
 from lora_sweep.config.space import Space
 from lora_sweep.stats import paired_bootstrap
+from lora_sweep.sweep.optuna_private import storage_of, trial_id
 from lora_sweep.sweep.records import sample_scores
 
 
@@ -60,9 +62,65 @@ def draw_seed(seed: int | None, draw: int) -> int | None:
     return int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
 
 
+PROMPT_SCORES_ATTR = "prompt_scores:"  # + the step: a trial system attr, the metric per scored prompt
+
+
+class PromptWilcoxon(optuna.pruners.BasePruner):
+    """`pruner.type: wilcoxon`: optuna's WilcoxonPruner, judging a trial by its per-prompt scores at its
+    last scored evaluation, paired with the study's best trial's at the same step (one signed-rank
+    test: is this trial worse, prompt by prompt?). The scores are trial system attrs (`record_scores`),
+    so the intermediate values stay one value per evaluation (the curves, the other pruners, the
+    report). It judges at scored evaluations only; no pair at that step (the best trial did not score
+    it, or scored other prompts) prunes nothing."""
+
+    def __init__(self, **options: Any):
+        with warnings.catch_warnings():  # experimental in optuna 5: the interface may change, not its test
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.wilcoxon = optuna.pruners.WilcoxonPruner(**options)
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        scored = prompt_scores(trial)
+        try:
+            best = study.best_trial
+        except ValueError:  # no complete trial yet
+            return False
+        step = max(scored, default=None)
+        if step is None or step != trial.last_step or best.number == trial.number:
+            return False  # judged once, at the evaluation that scored the prompts
+        paired = prompt_scores(best).get(step)
+        if paired is None or len(paired) != len(scored[step]):
+            return False
+        as_steps = lambda values: dict(enumerate(values))  # noqa: E731 (one prompt per optuna "step")
+        view = PairedStudy(study.direction, optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=best.value, intermediate_values=as_steps(paired)))
+        mine = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.0,
+                                         intermediate_values=as_steps(scored[step]))
+        return self.wilcoxon.prune(view, mine)  # type: ignore[arg-type]
+
+
+class PairedStudy:
+    """What WilcoxonPruner reads of a study: its direction and its best trial (here: the scores to pair)."""
+
+    def __init__(self, direction: optuna.study.StudyDirection, best_trial: FrozenTrial):
+        self.direction, self.best_trial = direction, best_trial
+
+
+def prompt_scores(trial: FrozenTrial) -> dict[int, list[float]]:
+    """A trial's per-prompt scores by the step they were scored at (`record_scores`)."""
+    return {int(key[len(PROMPT_SCORES_ATTR):]): value for key, value in trial.system_attrs.items()
+            if key.startswith(PROMPT_SCORES_ATTR)}
+
+
+def record_scores(study: optuna.Study, trial: optuna.Trial, step: int, scores: tuple[float, ...]) -> None:
+    """Keep an evaluation's per-prompt scores on the trial, for PromptWilcoxon (this trial's judgement
+    and, once it is the best, every later trial's)."""
+    storage_of(study).set_trial_system_attr(trial_id(trial), f"{PROMPT_SCORES_ATTR}{step}", list(scores))
+
+
 PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
            "percentile": optuna.pruners.PercentilePruner, "threshold": optuna.pruners.ThresholdPruner,
-           "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner}
+           "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner,
+           "wilcoxon": PromptWilcoxon}
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:

@@ -46,7 +46,7 @@ from lora_sweep.events import EvalEvent, Evaluation, JobFolder, JobResult, Launc
 from lora_sweep.sweep import optuna_private
 from lora_sweep.sweep.optuna_private import storage_of, trial_id
 from lora_sweep.sweep.prior import holding
-from lora_sweep.sweep.search import make_sampler
+from lora_sweep.sweep.search import make_sampler, record_scores
 from lora_sweep.config.space import Space, apply, suggest
 from lora_sweep.job.tracking import absolute
 from lora_sweep.sweep.storage import (
@@ -198,6 +198,8 @@ def launch_and_follow(config: StudyConfig, space: Space, study: optuna.Study, tr
                      evaluation.eval_loss)
         if objective.also:  # optuna prunes single-objective studies only
             return False
+        if evaluation.scores is not None and config.study.pruner.type == "wilcoxon":
+            record_scores(study, trial, evaluation.step, evaluation.scores)
         pruned_on = pruner_value(objective, evaluation)
         if pruned_on is None:
             return False
