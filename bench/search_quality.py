@@ -22,6 +22,10 @@ per task: (a) default at 8 beats random at 8 (the interval of default - random l
 (b) default at 8 reaches random at 24 (the interval of default@8 - random@24 includes zero or lies
 above it). The plot (score vs budget, per arm) is search_quality.html next to --results.
 
+`--stop-when` replays `study.stop_when: converged` (lora_sweep's own `converged`, the study's patience)
+on every default and random sweep: the trials it would have run, and the test score of what it would
+have handed over then minus the score of what the sweep handed over at its end.
+
 Tasks: `demo` (sweeps/demo.yaml; trials chosen on demo/test.json's 16 scored prompts, the adapters
 scored on 128 more tickets from demo/make_data.py --holdout) and `sentiment`
 (bench/tasks/sentiment: a word's sentiment in four words, from the VADER lexicon; chosen on 64
@@ -150,6 +154,21 @@ def chosen_at(arm: dict[str, Any], budget_steps: int) -> int | None:
     return best
 
 
+def stopped_at(arm: dict[str, Any]) -> tuple[int, int | None]:
+    """Where `study.stop_when: converged` (its patience and noise test, lora_sweep's own `converged`)
+    would have stopped this sweep: the finished trials it would have run, and the trial it would hand
+    over then (the best on validation among them, as `chosen_at`)."""
+    from lora_sweep.sweep.search import converged
+
+    config = arm["config"].model_copy(deep=True)
+    config.study.stop_when = "converged"
+    finished = [arm["trials"][n] for n in arm["steps"]]
+    for k in range(1, len(finished) + 1):
+        if converged(config, finished[:k], arm["steps_per_trial"]):
+            break
+    return k, chosen_at(arm, sum(list(arm["steps"].values())[:k]))
+
+
 def test_scores(arm: dict[str, Any], number: int, work: Path, n_prompts: int) -> list[float]:
     """The per-prompt test scores of one trial's kept adapter: a launched job, once (kept in --workdir)."""
     from lora_sweep.sweep.holdout import score_on_test
@@ -227,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--label", default="default", help="the default arm's study name with --set (default: %(default)s)")
     p.add_argument("--trials", action="append", default=[], metavar="ARM=N",
                    help="finished trials of an arm's sweeps (default: random=24, default=12, hf=8)")
+    p.add_argument("--stop-when", action="store_true",
+                   help="also replay study.stop_when: converged on each sweep: trials saved, test score lost")
     p.add_argument("--fresh", action="store_true", help="delete this task's sweeps in --workdir first")
     p.add_argument("--plot", type=Path, default=None, help="default: search_quality.html next to --results")
     p.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline")
@@ -269,6 +290,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 chosen[(arm, seed, k)] = number
                 if number is not None:
                     scores.setdefault((arm, k), []).append(test_scores(run, number, work, prompts))
+        stops = {}
+        if args.stop_when:  # each sweep stopped where `converged` says, against the same sweep run to its end
+            for (arm, seed), run in runs.items():
+                if arm in ("default", "random"):
+                    k, number = stopped_at(run)
+                    full = chosen_at(run, len(run["steps"]) * steps)
+                    stops[(arm, seed)] = (k, len(run["steps"]), test_scores(run, number, work, prompts),
+                                          test_scores(run, full, work, prompts))
         (work / f"search_quality-{args.task}.json").write_text(json.dumps(
             {f"{a} s{s} @{k}": n for (a, s, k), n in chosen.items()}, indent=1))
 
@@ -305,6 +334,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if hf:
         lines.append(f"default@{small} - hf@{small}: {hf[0]:+.3f} (95 % {hf[1]:+.3f} .. {hf[2]:+.3f}, "
                      f"{verdict(hf[1], hf[2])})")
+    for arm in ("default", "random"):
+        replays = [v for (a, _), v in sorted(stops.items()) if a == arm]
+        if replays:
+            mean, low, high = bootstrap([r[2] for r in replays], [r[3] for r in replays])
+            lines.append(f"stop_when converged, {arm}: ran {sum(r[0] for r in replays)} of {sum(r[1] for r in replays)} "
+                         f"trials ({', '.join(f'{r[0]}/{r[1]}' for r in replays)} per seed); test score stopped - run "
+                         f"to the end {mean:+.3f} (95 % {low:+.3f} .. {high:+.3f}, {verdict(low, high)})")
     print("\n".join(lines))
     plot_path = args.plot or Path(args.results).parent / "search_quality.html"
     plot(curves, plot_path, f"{args.task}: test {metric} of the chosen adapter vs budget", metric,
