@@ -40,9 +40,10 @@ def test_direct_starts_the_job_module_and_ddp_keeps_accelerate(tmp_path):
 
 def test_only_a_job_that_quantizes_imports_bitsandbytes(tmp_path):
     """PEFT imports bitsandbytes wherever it is installed (about a second per job): a job whose file
-    does not ask for a 4-bit base is told to keep it out, and its interpreter does."""
+    does not ask for a 4-bit base is told to keep it out, and its interpreter does: the job package
+    hides it from `importlib.util.find_spec`, which is how PEFT and transformers look for it."""
     pytest.importorskip("bitsandbytes")
-    probe = "import sys, lora_sweep.job.train; print('bitsandbytes' in sys.modules and sys.modules['bitsandbytes'] is not None)"
+    probe = "import importlib.util, lora_sweep.job; print(importlib.util.find_spec('bitsandbytes') is not None)"
     imported = {}
     for name, lora in (("lora", {"r": 8}), ("qlora", {"r": 8, "load_in_4bit": True})):
         env = job_env(write_yaml(tmp_path / f"{name}.yaml", {"lora": lora}))

@@ -128,7 +128,7 @@ def test_validate_warns_once_and_keeps_the_range(tiny_llama, tmp_path):
 
 @pytest.mark.integration
 def test_a_sweep_of_24_step_trials_searches_what_the_run_can_use(tiny_llama, chat_data, tmp_path):
-    """Real sweeps (2 trials of 24 steps each): by default the warmup is drawn from 0..24, said once
+    """Real sweeps of 24-step trials (1, then 2): by default the warmup is drawn from 0..24, said once
     at the start and in the study's note; a user's 0..10000 is drawn from as written, and the report,
     `best` and the AI Toolkit export show the warmup each job ran."""
     import json
@@ -140,8 +140,8 @@ def test_a_sweep_of_24_step_trials_searches_what_the_run_can_use(tiny_llama, cha
     from lora_sweep.sweep import records
     from lora_sweep.views import report
 
-    def sweep(name: str, search_space: dict) -> tuple[optuna.Study, str, Path]:
-        tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", name=name, n_trials=2)
+    def sweep(name: str, search_space: dict, n_trials: int) -> tuple[optuna.Study, str, Path]:
+        tree = study_tree(tiny_llama, chat_data, tmp_path / "studies", name=name, n_trials=n_trials)
         tree["study"]["base_space"] = "standard"
         tree["study"]["lr_prior"] = False  # trial 1 is drawn, not the informed one; only the warmup's note
         tree["training"] = {"num_training_steps": 24, "eval_steps": 12, "save_steps": 12}
@@ -151,20 +151,20 @@ def test_a_sweep_of_24_step_trials_searches_what_the_run_can_use(tiny_llama, cha
         assert proc.returncode == 0, proc.stderr[-3000:]
         return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/studies/{name}.db"), proc.stderr, path
 
-    study, log, _ = sweep("fitted", {})
+    study, log, _ = sweep("fitted", {}, n_trials=1)  # the space is the study's: its defaults trial shows it
     note = ("num_warmup_steps searched over 0..24, not the documented 0..10000: the trials run 24 steps, and every "
             "value from 24 up is one and the same schedule (the learning rate rises for the whole run)")
     assert log.count(note) == 1 and f"search space: {note}" in log  # the start-up line, once
     assert study.user_attrs["run"] == {"steps": 24, "notes": [note]}
     assert f"- search space: {note}" in records.study_note(study)
     assert report.summary_lines(report.load_frame(study))[-1] == f"Search space: {note}."
-    assert len(study.trials) == 2
+    assert len(study.trials) == 1
     for trial in study.trials:
         assert trial.distributions["num_warmup_steps"] == IntDistribution(0, 24)
         assert 0 <= trial.params["num_warmup_steps"] <= 24
     assert "clamped" not in log  # no job clamped its warmup
 
-    study, log, path = sweep("written", {"num_warmup_steps": {"type": "int", "low": 0, "high": 10000}})
+    study, log, path = sweep("written", {"num_warmup_steps": {"type": "int", "low": 0, "high": 10000}}, n_trials=2)
     assert "search space:" not in log and study.user_attrs["run"] == {"steps": 24, "notes": []}
     asked = [t.params["num_warmup_steps"] for t in study.trials]
     assert all(t.distributions["num_warmup_steps"] == IntDistribution(0, 10000) for t in study.trials)
