@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -53,7 +54,24 @@ def test_only_a_job_that_quantizes_imports_bitsandbytes(tmp_path):
         imported[name] = out.stdout.split()[-1]
     assert imported == {"lora": "False", "qlora": "True"}
     (tmp_path / "broken.yaml").write_text("lora: [", encoding="utf-8")
-    assert "LORA_SWEEP_NO_BITSANDBYTES" not in job_env(tmp_path / "broken.yaml")  # the job says what is wrong
+    assert job_env(tmp_path / "broken.yaml")["LORA_SWEEP_NO_BITSANDBYTES"] == "1"  # it fails on its file anyway
+
+
+@pytest.mark.integration
+def test_under_the_warm_launcher_a_qlora_job_starts_in_its_own_interpreter(tiny_llama, chat_data, tmp_path):
+    """The warm runner imports no bitsandbytes, so it forks only jobs that do not quantize: a QLoRA job
+    under study.launcher warm runs as `direct` would, with bitsandbytes, and trains."""
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "qlora"
+    out.mkdir()
+    tree = job_tree(tiny_llama, chat_data, out, num_training_steps=2, eval_steps=2, save_steps=2)
+    tree["lora"].update(load_in_4bit=True)
+    run = launch.run_local(write_yaml(out / "job.yaml", tree), out, CPU_FLAGS, lambda event: False, launcher="warm")
+    assert run.returncode == 0, run.log_tail
+    log = (out / "train.log").read_text()
+    assert "the warm runner's copy" not in log  # loaded by the job itself: no runner behind it
+    result = json.loads((out / "result.json").read_text())
+    assert result["variant"]["load_in_4bit"] is True and result["best_step"] == 2
 
 
 @pytest.mark.integration
@@ -77,6 +95,9 @@ def test_every_launcher_trains_the_same_curve(tiny_llama, tmp_path):
     # the warm runner loaded the tokenizer and the base model once; its job used them
     log = (tmp_path / "warm" / "train.log").read_text()
     assert f"tokenizer {tiny_llama}: the warm runner's copy" in log and f"model {tiny_llama}: the warm runner's copy" in log
+    # and it runs without bitsandbytes (QLoRA jobs start in their own interpreter)
+    environ = Path(f"/proc/{launch.warm._runner.proc.pid}/environ").read_bytes().split(b"\0")
+    assert b"LORA_SWEEP_NO_BITSANDBYTES=1" in environ
     (train_a, eval_a) = curves["accelerate"]
     assert len(train_a) == 6 and len(eval_a) == 2 and train_a[-1] < train_a[0]
     # same seed, same threads: the same curve (float noise only)

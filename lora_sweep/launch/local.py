@@ -66,7 +66,7 @@ def job_env(job_path: Path) -> dict[str, str]:
         lora = yaml.safe_load(Path(job_path).read_text(encoding="utf-8")).get("lora") or {}
         quantizes = bool(lora.get("load_in_4bit", False))
     except (OSError, yaml.YAMLError, AttributeError):
-        quantizes = True  # the job reads its file itself and says what is wrong; bitsandbytes stays
+        quantizes = False  # the job reads its file itself and fails on it, with or without bitsandbytes
     if not quantizes:
         env[NO_BITSANDBYTES_ENV] = "1"
     return env
@@ -233,9 +233,11 @@ def run_local(
     event after which it is stopped as hung; `launcher`: study.launcher."""
     log_path = JobFolder(folder).log
     cmd, launch_env = command(job_path, flags, module, launcher)
-    child_env = {**os.environ, **launch_env, **(env or {}), **job_env(job_path)}
-    # a single-process job, where processes fork (not Windows): forked, no interpreter start
-    if launcher == "warm" and single_process(flags) and hasattr(os, "fork"):
+    told = job_env(job_path)
+    child_env = {**os.environ, **launch_env, **(env or {}), **told}
+    # a single-process job, where processes fork (not Windows): forked, no interpreter start. The
+    # runner has no bitsandbytes: a job that quantizes starts in its own interpreter (as `direct`).
+    if launcher == "warm" and single_process(flags) and hasattr(os, "fork") and NO_BITSANDBYTES_ENV in told:
         proc = warm.start(module, cmd[3:], child_env, folder, log_path)
     else:
         with log_path.open("wb") as log:

@@ -3,6 +3,9 @@ transformers, peft and lora_sweep's job once, then forks a fresh process for eac
 job. A trial skips the interpreter start and the imports (most of its fixed cost) and is still a
 process of its own, in a session of its own, that frees all its memory when it exits.
 
+The runner imports no bitsandbytes (PEFT would, wherever it is installed: about a second a sweep), so
+it serves the jobs that do not load their base in 4 bits; a QLoRA job starts in its own interpreter.
+
 The runner never touches CUDA or torch's thread pool before it forks: a child starts them itself,
 with its own CUDA_VISIBLE_DEVICES and thread count, as a freshly launched job would.
 
@@ -32,7 +35,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from lora_sweep.events import LauncherLost
+from lora_sweep.events import NO_BITSANDBYTES_ENV, LauncherLost
 
 log = logging.getLogger("lora_sweep.launch.warm")
 
@@ -232,7 +235,8 @@ class Runner:
     def __init__(self):
         self.errors = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "lora_sweep.launch.warm"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.errors, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=self.errors, start_new_session=True,
+                                     env={**os.environ, NO_BITSANDBYTES_ENV: "1"})
         self.ids = itertools.count()
         self.lock = threading.Lock()
         self.replies: dict[int, queue.Queue] = {}
