@@ -588,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    finally:  # a DDP rank exiting with its group alive can abort in gloo's teardown ("terminate called...")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     log.info("best eval_loss %.4f at step %d; adapter in %s", result["best_eval_loss"], result["best_step"],
              result["adapter_path"])
     return 0
