@@ -202,4 +202,10 @@ def test_the_wilcoxon_pruner_needs_a_generation_metric(tiny_llama, chat_data, tm
         assert proc.stderr.strip().splitlines()[-1].endswith(
             "study.pruner.type: wilcoxon pairs the per-prompt scores of a generation metric; objective.metric "
             "eval_loss has none (use median, or a generation metric)")
+    # and the same prompts in every trial: a searched seed would draw other test prompts
+    proc = run_cli(["validate", str(path), "objective.metric=exact_match",
+                    "search_space={seed: {type: int, low: 0, high: 9}}"], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
+        "study.pruner.type: wilcoxon pairs each prompt's scores across trials; search_space.seed changes which "
+        "prompts a trial scores or how they read (fix it, or use median)")
     assert not (tmp_path / "studies").exists()

@@ -182,12 +182,14 @@ def test_the_wilcoxon_pruner_pairs_prompt_scores_with_the_best_trial_at_the_same
     record_scores(study, first, 10, tuple(best))
     first.report(0.8, 10)
     study.tell(first, 0.8)
+    # a warm start's copy scoring higher has no scores: the pruner pairs with the sweep's own best
+    study.add_trial(optuna.trial.create_trial(value=0.95, user_attrs={"warm_start": {"study": "proxy"}}))
     worse = trial_scoring([0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
     assert worse.should_prune() is True  # worse: p 0.016
     study.tell(worse, state=optuna.trial.TrialState.PRUNED)
     # the sweep's line on it: the metric the pruner judged, not the value reported as the curve
     from lora_sweep.sweep.loop import Sweep
-    assert Sweep.pruned_text(SimpleNamespace(config=config), study.trials[1]) == (
+    assert Sweep.pruned_text(SimpleNamespace(config=config), study.trials[2]) == (
         "at step 10: exact_match 0.2000 on 10 prompts, worse prompt by prompt than the best trial's there")
     assert trial_scoring([1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0]).should_prune() is False  # one prompt worse: p 0.5
     assert trial_scoring([0.0] * 10, scored=False).should_prune() is False  # an evaluation without scores

@@ -36,7 +36,7 @@ from lora_sweep.config.files import (
     unflatten,
 )
 from lora_sweep.config.places import creation_problem, sqlite_if_bare, storage_problem
-from lora_sweep.config.space import build_space
+from lora_sweep.config.space import SEARCHABLE, build_space
 
 
 # ---------------------------------------------------------------- the study (a sweep)
@@ -175,11 +175,22 @@ def launcher_problem(args: list[str] | None) -> str | None:
 
 
 
+PROMPT_KEYS = ("training.seed", "data.test_nsamples", "data.system_prompt", "data.inference_system_prompt")
+
+
 def check_pruner(config: StudyConfig) -> None:
-    """The wilcoxon pruner pairs per-prompt scores, which only a generation metric has."""
-    if config.study.pruner.type == "wilcoxon" and not config.objective.is_generation:
+    """The wilcoxon pruner pairs per-prompt scores, which only a generation metric has, of the same
+    prompts in every trial: no searched key may change which prompts are scored, or how they read."""
+    if config.study.pruner.type != "wilcoxon":
+        return
+    if not config.objective.is_generation:
         raise ValueError(f"study.pruner.type: wilcoxon pairs the per-prompt scores of a generation metric; "
                          f"objective.metric {config.objective.metric} has none (use median, or a generation metric)")
+    changing = [name for name, spec in config.search_space.items()
+                if isinstance(spec, dict) and SEARCHABLE.get(name, name) in PROMPT_KEYS]
+    if changing:
+        raise ValueError(f"study.pruner.type: wilcoxon pairs each prompt's scores across trials; search_space."
+                         f"{changing[0]} changes which prompts a trial scores or how they read (fix it, or use median)")
 
 
 JOB_GROUPS = ("model", "lora", "data", "training", "objective", "compare", "tracking")  # a study's job side

@@ -17,6 +17,7 @@ from lora_sweep.config.space import Space
 from lora_sweep.stats import paired_bootstrap
 from lora_sweep.sweep.optuna_private import storage_of, trial_id
 from lora_sweep.sweep.records import sample_scores
+from lora_sweep.sweep.storage import best_trial
 
 
 def make_sampler(config: StudyConfig, space: Space, draw: int | None = None) -> optuna.samplers.BaseSampler:
@@ -71,7 +72,8 @@ class PromptWilcoxon(optuna.pruners.BasePruner):
     test: is this trial worse, prompt by prompt?). The scores are trial system attrs (`record_scores`),
     so the intermediate values stay one value per evaluation (the curves, the other pruners, the
     report). It judges at scored evaluations only; no pair at that step (the best trial did not score
-    it, or scored other prompts) prunes nothing."""
+    it) prunes nothing. The trials score the same prompts: the config refuses it with a searched key
+    that changes them (`check_pruner`)."""
 
     def __init__(self, **options: Any):
         with warnings.catch_warnings():  # experimental in optuna 5: the interface may change, not its test
@@ -80,8 +82,8 @@ class PromptWilcoxon(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         scored = prompt_scores(trial)
-        try:
-            best = study.best_trial
+        try:  # the sweep's best: not a warm start's copy (it has no scores), ties broken by the loss
+            best = best_trial(study)
         except ValueError:  # no complete trial yet
             return False
         step = max(scored, default=None)

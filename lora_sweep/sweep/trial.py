@@ -200,6 +200,8 @@ def launch_and_follow(config: StudyConfig, space: Space, study: optuna.Study, tr
             return False
         if evaluation.scores is not None and config.study.pruner.type == "wilcoxon":
             record_scores(study, trial, evaluation.step, evaluation.scores)
+        if any(e.step == evaluation.step for e in progress.evals[:-1]):
+            return False  # an evaluation scored late (a run stopped early): the run is over, nothing to prune
         pruned_on = pruner_value(objective, evaluation)
         if pruned_on is None:
             return False
