@@ -82,13 +82,13 @@ class PromptWilcoxon(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         scored = prompt_scores(trial)
+        step = max(scored, default=None)
+        if step is None or step != trial.last_step:
+            return False  # judged once, at the evaluation that scored the prompts
         try:  # the sweep's best: not a warm start's copy (it has no scores), ties broken by the loss
-            best = best_trial(study)
+            best = best_trial(study)  # (a complete trial: never this running one)
         except ValueError:  # no complete trial yet
             return False
-        step = max(scored, default=None)
-        if step is None or step != trial.last_step or best.number == trial.number:
-            return False  # judged once, at the evaluation that scored the prompts
         paired = prompt_scores(best).get(step)
         if paired is None or len(paired) != len(scored[step]):
             return False

@@ -43,8 +43,7 @@ from lora_sweep.config.study import StudyConfig
 from lora_sweep.config.files import dump_yaml, format_errors
 from lora_sweep.sweep.records import upload_trial_artifacts
 from lora_sweep.events import EvalEvent, Evaluation, JobFolder, JobResult, LauncherLost, best_eval, last_checkpoint
-from lora_sweep.sweep import optuna_private
-from lora_sweep.sweep.optuna_private import storage_of, trial_id
+from lora_sweep.sweep.optuna_private import fixed_params, storage_of, trial_id
 from lora_sweep.sweep.prior import holding
 from lora_sweep.sweep.search import make_sampler, record_scores
 from lora_sweep.config.space import Space, apply, suggest
@@ -93,7 +92,7 @@ def ask(config: StudyConfig, space: Space, study: optuna.Study) -> tuple[optuna.
         warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
         trial = study.ask()
     trial.set_user_attr(OWNER_ATTR, this_worker())
-    return trial, suggest(trial, holding(space, optuna_private.fixed_params(trial)))
+    return trial, suggest(trial, holding(space, fixed_params(trial)))
 
 
 def run(config: StudyConfig, space: Space, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
