@@ -330,6 +330,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             continue
         lines.append(f"{what}: {d[0]:+.3f} (95 % {d[1]:+.3f} .. {d[2]:+.3f}, {verdict(d[1], d[2])}): "
                      f"{'met' if met else 'NOT met'}")
+    for k in (k for k in budgets if k != small):  # the same difference at the other budgets both arms reach
+        d = diff(("default", k), ("random", k))
+        if d:
+            lines.append(f"default@{k} - random@{k}: {d[0]:+.3f} (95 % {d[1]:+.3f} .. {d[2]:+.3f}, {verdict(d[1], d[2])})")
     hf = diff(("default", small), ("hf", small))
     if hf:
         lines.append(f"default@{small} - hf@{small}: {hf[0]:+.3f} (95 % {hf[1]:+.3f} .. {hf[2]:+.3f}, "
