@@ -215,6 +215,11 @@ def verdict(low: float, high: float) -> str:
     return "above zero" if low > 0 else ("below zero" if high < 0 else "includes zero")
 
 
+def shown(d: tuple[float, float, float]) -> str:
+    """A difference as printed: `+0.036 (95 % -0.011 .. +0.088, includes zero)`."""
+    return f"{d[0]:+.3f} (95 % {d[1]:+.3f} .. {d[2]:+.3f}, {verdict(d[1], d[2])})"
+
+
 def plot(curves: dict[str, dict[int, tuple[float, float, float]]], path: Path, title: str, metric: str,
          inline: bool) -> None:
     """Mean test score vs budget (trials' worth of steps), one line per arm, 95 % intervals as bars."""
@@ -328,23 +333,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if d is None:
             lines.append(f"{what}: not measured")
             continue
-        lines.append(f"{what}: {d[0]:+.3f} (95 % {d[1]:+.3f} .. {d[2]:+.3f}, {verdict(d[1], d[2])}): "
-                     f"{'met' if met else 'NOT met'}")
+        lines.append(f"{what}: {shown(d)}: {'met' if met else 'NOT met'}")
     for k in (k for k in budgets if k != small):  # the same difference at the other budgets both arms reach
         d = diff(("default", k), ("random", k))
         if d:
-            lines.append(f"default@{k} - random@{k}: {d[0]:+.3f} (95 % {d[1]:+.3f} .. {d[2]:+.3f}, {verdict(d[1], d[2])})")
+            lines.append(f"default@{k} - random@{k}: {shown(d)}")
     hf = diff(("default", small), ("hf", small))
     if hf:
-        lines.append(f"default@{small} - hf@{small}: {hf[0]:+.3f} (95 % {hf[1]:+.3f} .. {hf[2]:+.3f}, "
-                     f"{verdict(hf[1], hf[2])})")
+        lines.append(f"default@{small} - hf@{small}: {shown(hf)}")
     for arm in ("default", "random"):
         replays = [v for (a, _), v in sorted(stops.items()) if a == arm]
         if replays:
-            mean, low, high = bootstrap([r[2] for r in replays], [r[3] for r in replays])
+            d = bootstrap([r[2] for r in replays], [r[3] for r in replays])
             lines.append(f"stop_when converged, {arm}: ran {sum(r[0] for r in replays)} of {sum(r[1] for r in replays)} "
                          f"trials ({', '.join(f'{r[0]}/{r[1]}' for r in replays)} per seed); test score stopped - run "
-                         f"to the end {mean:+.3f} (95 % {low:+.3f} .. {high:+.3f}, {verdict(low, high)})")
+                         f"to the end {shown(d)}")
     print("\n".join(lines))
     plot_path = args.plot or Path(args.results).parent / "search_quality.html"
     plot(curves, plot_path, f"{args.task}: test {metric} of the chosen adapter vs budget", metric,
