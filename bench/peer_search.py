@@ -60,12 +60,12 @@ def run_hf_search(config: Any, seed: int, trials: int, work: Path, storage: str,
     import optuna
     from transformers import PrinterCallback
 
+    from lora_sweep.config.space import build_space, suggest
     from lora_sweep.job import train
     from lora_sweep.job.data import Collator, RowDataset, prepare
-    from lora_sweep.job.samples import load_samples
     from lora_sweep.job.evaluate import GenerationMetric, causal_lm_loss, check_scorer
     from lora_sweep.job.models import find_model, load_tokenizer, pick_dtype
-    from lora_sweep.config.space import build_space, suggest
+    from lora_sweep.job.samples import load_samples
     from lora_sweep.sweep.search import make_pruner, make_sampler
     from lora_sweep.sweep.trial import job_config
 

@@ -171,9 +171,9 @@ def stopped_at(arm: dict[str, Any]) -> tuple[int, int | None]:
 
 def test_scores(arm: dict[str, Any], number: int, work: Path, n_prompts: int) -> list[float]:
     """The per-prompt test scores of one trial's kept adapter: a launched job, once (kept in --workdir)."""
+    from lora_sweep.config.space import build_space
     from lora_sweep.sweep.holdout import score_on_test
     from lora_sweep.sweep.records import sample_scores
-    from lora_sweep.config.space import build_space
 
     out = work / "scores" / f"{arm['config'].study.name}-trial-{number}.json"
     if out.is_file():
