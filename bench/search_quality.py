@@ -334,13 +334,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             lines.append(f"{what}: not measured")
             continue
         lines.append(f"{what}: {shown(d)}: {'met' if met else 'NOT met'}")
-    for k in (k for k in budgets if k != small):  # the same difference at the other budgets both arms reach
-        d = diff(("default", k), ("random", k))
+    # the same difference at every other budget both arms reach, and against the Trainer's search at each
+    for other, k in [("random", k) for k in budgets if k != small] + [("hf", k) for k in budgets]:
+        d = diff(("default", k), (other, k))
         if d:
-            lines.append(f"default@{k} - random@{k}: {shown(d)}")
-    hf = diff(("default", small), ("hf", small))
-    if hf:
-        lines.append(f"default@{small} - hf@{small}: {shown(hf)}")
+            lines.append(f"default@{k} - {other}@{k}: {shown(d)}")
     for arm in ("default", "random"):
         replays = [v for (a, _), v in sorted(stops.items()) if a == arm]
         if replays:
